@@ -1,0 +1,275 @@
+"""Placement policy under a Zipf request stream: msm's engine vs plain LRU vs random placement.
+
+A discrete-event simulation (no processes, no sleeping): more models than fit in the instances,
+requests drawn from a Zipf distribution, Poisson arrivals. Not a test: run it by hand.
+
+    .venv/bin/python bench/placement_zipf.py --models 500 --instances 10 --fit 0.3
+
+Latency model, the same for every policy: an instance serves ``--workers`` requests at once, each
+taking an exponential service time (mean ``--service-ms``); a request to a model without a ready
+copy waits for its load (``--load-base-s`` + size / ``--load-mb-s``), and loads on one instance run
+one at a time (``max_concurrent_loads=1``), queueing behind each other. Unloads take 50 ms.
+
+Policies:
+- ``msm``: the placement engine (placement/engine.py) driven like the controller drives it:
+  ``record_requests`` per request, ``request_for_cold_model`` on a miss, ``tick`` every 250 ms and
+  after each miss; requests go to the ready copy whose instance frees a worker first.
+- ``lru-hash``: each model hashed to one instance; each instance an independent LRU cache.
+- ``random``: a model's one copy goes to a random instance on a miss, evicting that instance's LRU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+import statistics
+import sys
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from placement.clock import FakeClock
+from placement.engine import Engine
+from placement.model_types import DesiredModel, EngineConfig, InstanceInfo, LoadAction
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Setup:
+    models: int
+    instances: int
+    fit: float
+    zipf_s: float
+    rate: float
+    duration_s: float
+    warmup_s: float
+    workers: int
+    service_ms: float
+    load_base_s: float
+    load_mb_s: float
+    seed: int
+    sizes: list[int] = field(default_factory=list)
+    capacity: int = 0
+
+    def build(self) -> None:
+        rng = random.Random(self.seed)
+        mbs = [min(400, max(20, rng.lognormvariate(math.log(80), 0.6))) for _ in range(self.models)]
+        self.sizes = [int(mb) * MB for mb in mbs]
+        self.capacity = int(sum(self.sizes) * self.fit / self.instances)
+
+    def load_time(self, size: int) -> float:
+        return self.load_base_s + size / MB / self.load_mb_s
+
+    def requests(self) -> list[tuple[float, int]]:
+        """(arrival time, model index): Poisson arrivals, Zipf popularity over a shuffled ranking."""
+        rng = random.Random(self.seed + 1)
+        weights = [1 / (k + 1) ** self.zipf_s for k in range(self.models)]
+        ranking = list(range(self.models))
+        rng.shuffle(ranking)  # popularity independent of index (and of hash placement)
+        cum = list(itertools.accumulate(weights))
+        out, t = [], 0.0
+        while True:
+            t += rng.expovariate(self.rate)
+            if t >= self.duration_s:
+                return out
+            k = min(self.models - 1, _bisect(cum, rng.random() * cum[-1]))
+            out.append((t, ranking[k]))
+
+
+def _bisect(cum: list[float], x: float) -> int:
+    lo, hi = 0, len(cum)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cum[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class Stats:
+    latencies: list[float] = field(default_factory=list)
+    hits: int = 0
+    requests: int = 0
+    loads: int = 0
+
+    def served(self, arrival: float, done: float, hit: bool, setup: Setup) -> None:
+        if arrival < setup.warmup_s:
+            return
+        self.requests += 1
+        self.hits += hit
+        self.latencies.append(done - arrival)
+
+    def row(self, name: str, wall: float) -> str:
+        lat = sorted(self.latencies)
+        q = statistics.quantiles(lat, n=1000)
+        return (f"| {name} | {self.hits / self.requests:.1%} | {self.loads} | {q[499] * 1000:.1f} | "
+                f"{q[989] * 1000:.1f} | {q[998] * 1000:.0f} | {statistics.fmean(lat) * 1000:.1f} | "
+                f"{wall:.1f} |")
+
+
+class Workers:
+    """Per-instance worker pools: when does a request that arrives at ``t`` finish?"""
+
+    def __init__(self, n_instances: int, workers: int, service_ms: float, seed: int) -> None:
+        self.free = [[0.0] * workers for _ in range(n_instances)]
+        self.rng = random.Random(seed + 2)
+        self.mean = service_ms / 1000
+
+    def earliest(self, i: int) -> float:
+        return self.free[i][0]
+
+    def serve(self, i: int, t: float) -> float:
+        start = max(t, heapq.heappop(self.free[i]))
+        done = start + self.rng.expovariate(1 / self.mean)
+        heapq.heappush(self.free[i], done)
+        return done
+
+
+def run_baseline(setup: Setup, policy: str) -> Stats:
+    """lru-hash / random: one copy per model, per-instance LRU, FIFO load queue per instance."""
+    st = Stats()
+    rng = random.Random(setup.seed + 3)
+    workers = Workers(setup.instances, setup.workers, setup.service_ms, setup.seed)
+    caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(setup.instances)]
+    used = [0] * setup.instances
+    where: dict[int, int] = {}  # model -> instance holding (or loading) it
+    ready_at: dict[int, float] = {}  # model -> time its load completes
+    loader_free = [0.0] * setup.instances
+    home = list(range(setup.models))
+    random.Random(setup.seed + 4).shuffle(home)
+    for t, m in setup.requests():
+        i = where.get(m)
+        if i is not None:
+            caches[i].move_to_end(m)
+            done = workers.serve(i, max(t, ready_at[m]))
+            st.served(t, done, ready_at[m] <= t, setup)
+            continue
+        i = home[m] % setup.instances if policy == "lru-hash" else rng.randrange(setup.instances)
+        size = setup.sizes[m]
+        for victim in list(caches[i]):
+            if used[i] + size <= setup.capacity:
+                break
+            if ready_at[victim] > t:
+                continue  # never evict a model that is still loading
+            del caches[i][victim]
+            del where[victim]
+            used[i] -= setup.sizes[victim]
+        caches[i][m] = None
+        used[i] += size
+        where[m] = i
+        start = max(t, loader_free[i])
+        ready_at[m] = loader_free[i] = start + setup.load_time(size)
+        st.loads += 1
+        st.served(t, workers.serve(i, ready_at[m]), False, setup)
+    return st
+
+
+def run_msm(setup: Setup, config: EngineConfig) -> Stats:
+    st = Stats()
+    clock = FakeClock(0.0)
+    engine = Engine(clock, config, random.Random(setup.seed))
+    workers = Workers(setup.instances, setup.workers, setup.service_ms, setup.seed)
+    for i in range(setup.instances):
+        engine.instance_up(InstanceInfo(f"i{i}", "rt", "127.0.0.1", 9000 + i, 9100 + i, setup.capacity))
+    specs = [DesiredModel(f"m{m}", f"m{m}__isvc-0", "rt", "sklearn", f"/m/{m}", setup.sizes[m])
+             for m in range(setup.models)]
+    engine.set_desired(specs)
+    index = {f"i{i}": i for i in range(setup.instances)}
+    events: list[tuple[float, int, str, tuple]] = []
+    seq = itertools.count()
+    waiting: dict[str, list[float]] = defaultdict(list)
+
+    def apply(actions: list) -> None:
+        now = clock.now()
+        for a in actions:
+            if isinstance(a, LoadAction):
+                st.loads += 1
+                done = now + setup.load_time(a.model.size_estimate_bytes)
+                heapq.heappush(events, (done, next(seq), "loaded", (a.instance, a.revision, a.model)))
+            else:
+                heapq.heappush(events, (now + 0.05, next(seq), "unloaded", (a.instance, a.revision)))
+
+    def serve(name: str, t: float, hit: bool) -> bool:
+        copies = engine.routable_copies(name)
+        if not copies:
+            return False
+        i = min((index[c[1]] for c in copies), key=workers.earliest)
+        now = clock.now()
+        st.served(t, workers.serve(i, now), hit, setup)
+        engine.record_requests(name, 1, f"i{i}")
+        return True
+
+    for t, m in setup.requests():
+        heapq.heappush(events, (t, next(seq), "request", (m,)))
+    tick = 0.0
+    while events:
+        t, _, kind, data = heapq.heappop(events)
+        while tick <= t:  # periodic ticks up to now
+            clock.set(max(clock.now(), tick))
+            apply(engine.tick())
+            tick += 0.25
+        clock.set(t)
+        if kind == "request":
+            name = f"m{data[0]}"
+            if not serve(name, t, True):
+                waiting[name].append(t)
+                engine.request_for_cold_model(name)
+                apply(engine.tick())
+        elif kind == "loaded":
+            inst, rev, spec = data
+            engine.load_succeeded(inst, rev, spec.size_estimate_bytes)
+            if waiting.get(spec.name) and engine.routable_copies(spec.name):
+                for arrival in waiting.pop(spec.name):
+                    serve(spec.name, arrival, False)
+            apply(engine.tick())
+        else:
+            engine.unload_done(*data)
+    return st
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=500)
+    ap.add_argument("--instances", type=int, default=10)
+    ap.add_argument("--fit", type=float, default=0.3, help="fraction of all model bytes that fits")
+    ap.add_argument("--zipf-s", type=float, default=1.0)
+    ap.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    ap.add_argument("--duration", type=float, default=1200.0, help="simulated seconds")
+    ap.add_argument("--warmup", type=float, default=300.0, help="simulated seconds not measured")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--service-ms", type=float, default=5.0)
+    ap.add_argument("--load-base-s", type=float, default=0.5)
+    ap.add_argument("--load-mb-s", type=float, default=200.0)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    setup = Setup(a.models, a.instances, a.fit, a.zipf_s, a.rate, a.duration, a.warmup, a.workers,
+                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed)
+    setup.build()
+    print(f"{a.models} models ({sum(setup.sizes) / MB / 1024:.1f} GiB), {a.instances} instances x "
+          f"{setup.capacity / MB:.0f} MiB ({a.fit:.0%} fits), Zipf s={a.zipf_s}, {a.rate:g} req/s, "
+          f"{a.duration:g} s simulated ({a.warmup:g} s warm-up), seed {a.seed}\n")
+    print("| policy | hit rate | loads | p50 ms | p99 ms | p99.9 ms | mean ms | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    runs = [
+        ("msm", lambda: run_msm(setup, EngineConfig())),
+        ("msm (no idle scale-down)", lambda: run_msm(setup, EngineConfig(idle_scale_down=False))),
+        ("lru-hash", lambda: run_baseline(setup, "lru-hash")),
+        ("random", lambda: run_baseline(setup, "random")),
+    ]
+    for name, fn in runs:
+        started = time.perf_counter()
+        st = fn()
+        print(st.row(name, time.perf_counter() - started), flush=True)
+
+
+if __name__ == "__main__":
+    main()

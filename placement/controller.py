@@ -1,0 +1,173 @@
+"""The controller: the I/O around the placement engine.
+
+It feeds the engine (desired state, runtime health, traffic), carries out the engine's decisions
+(load and unload calls to runtime adapters, each in its own owned task), and publishes the
+engine's mesh view to the gateway. The engine decides; the controller only does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from xds_server.server import XdsServer
+
+from placement.engine import Engine, LoadAction, UnloadAction
+from placement.model_types import DesiredModel, InstanceInfo
+from xds_server.mesh_view import Activator as ActivatorAddress
+from xds_server.publisher import SnapshotPublisher
+
+log = logging.getLogger("msm.controller")
+
+
+class RuntimeClient(Protocol):
+    async def load_model(self, model_id: str, model_type: str, model_path: str, model_key: str = "",
+                         timeout: float | None = None) -> int: ...
+    async def unload_model(self, model_id: str, timeout: float | None = None) -> None: ...
+
+
+class Controller:
+    def __init__(self, engine: Engine, publisher: SnapshotPublisher, xds: XdsServer,
+                 clients: Mapping[str, RuntimeClient], activator: ActivatorAddress | None = None,
+                 tick_interval: float = 0.25, drain_timeout: float = 10.0) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.xds = xds
+        self.clients = dict(clients)
+        self.activator = activator
+        self.tick_interval = tick_interval
+        self.drain_timeout = drain_timeout
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.desired_errors: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._publish()
+        self._loop_task = asyncio.create_task(self._run(), name="controller")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str]) -> None:
+        self.engine.set_desired(models)
+        self.desired_errors = dict(errors)
+        self.wake()
+
+    def add_instance(self, info: InstanceInfo, client: RuntimeClient, loaded: Mapping[str, int]) -> None:
+        self.clients[info.id] = client
+        self.engine.instance_up(info, loaded)
+        self.wake()
+
+    def remove_instance(self, instance_id: str) -> None:
+        self.engine.instance_down(instance_id)
+        self.wake()
+
+    def record_requests(self, model: str, count: int, instance_id: str | None = None) -> None:
+        self.engine.record_requests(model, count, instance_id)
+
+    async def ensure_ready(self, model: str, timeout: float) -> str | None:
+        """For the activator: None once ``model`` has a ready copy that the gateway has ACKed."""
+        deadline = time.monotonic() + timeout
+        if self.engine.has_model(model) is False:
+            return f"unknown model '{model}'"
+        self.engine.request_for_cold_model(model)
+        self.wake()
+        async with self._changed:
+            while True:
+                status = self.engine.model_status(model)
+                if status.ready_copies > 0 and self.publisher.version is not None:
+                    version = self.publisher.version
+                    break
+                if status.failed:
+                    return status.failure or "load failed on every instance tried"
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return f"no copy ready within {timeout:.0f}s"
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return f"no copy ready within {timeout:.0f}s"
+        if not await self.xds.wait_for_ack(version, timeout=max(1.0, deadline - time.monotonic())):
+            return "the gateway did not acknowledge the new routes in time"
+        return None
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                actions = self.engine.tick()
+                # Publish first: a copy being unloaded has already left the view, so its unload
+                # waits (below) until the gateway has ACKed routes that no longer name it.
+                await self._publish()
+                for action in actions:
+                    self._spawn(self._execute(action, self.publisher.version))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the mesh; log it loudly and go on
+                log.exception("controller tick failed")
+
+    async def _publish(self) -> None:
+        view = self.engine.mesh_view(self.activator)
+        await self.publisher.publish(view)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, action: LoadAction | UnloadAction, version: str | None) -> None:
+        client = self.clients.get(action.instance)
+        if isinstance(action, LoadAction):
+            m = action.model
+            if client is None:
+                self.engine.load_failed(action.instance, action.revision, "instance has no runtime client")
+            else:
+                started = time.monotonic()
+                try:
+                    size = await client.load_model(action.revision, m.model_type, m.model_path,
+                                                   timeout=m.load_timeout_s)
+                except Exception as e:  # the runtime's error text is what the user needs to see
+                    log.warning("load of %s on %s failed: %s", action.revision, action.instance, e)
+                    self.engine.load_failed(action.instance, action.revision, str(e))
+                else:
+                    log.info("loaded %s on %s in %.2fs (%d bytes)", action.revision, action.instance,
+                             time.monotonic() - started, size)
+                    self.engine.load_succeeded(action.instance, action.revision, size)
+        else:
+            if version is not None and not await self.xds.wait_for_ack(version, timeout=self.drain_timeout):
+                log.warning("gateway has not ACKed %s; unloading %s from %s anyway",
+                            version, action.revision, action.instance)
+            if client is not None:
+                try:
+                    await client.unload_model(action.revision)
+                except Exception as e:
+                    log.warning("unload of %s on %s failed: %s", action.revision, action.instance, e)
+            self.engine.unload_done(action.instance, action.revision)
+        self.wake()
+
+    def status(self) -> dict[str, Any]:
+        status = self.engine.status()
+        status["manifest_errors"] = self.desired_errors
+        status["snapshot_version"] = self.publisher.version
+        status["gateway_clients"] = [repr(c) for c in self.xds.clients()]
+        return status

@@ -1,0 +1,147 @@
+"""The activator against real loopback servers standing in for the gateway."""
+
+import json
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+
+from placement.activator import ACTIVATED_HEADER, Activator
+
+
+class FakeGateway:
+    """Records what the activator replays to it (REST and gRPC)."""
+
+    def __init__(self):
+        self.rest_seen: list[tuple[str, str, dict, bytes]] = []
+        self.grpc_seen: list[tuple[str, dict, bytes]] = []
+
+    async def start(self):
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._rest)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.rest_port = site._server.sockets[0].getsockname()[1]
+        self.grpc = grpc.aio.server()
+        gw = self
+
+        class Echo(grpc.GenericRpcHandler):
+            def service(self, details):
+                async def handle(request, context):
+                    gw.grpc_seen.append((details.method, dict(context.invocation_metadata()), request))
+                    return b"served:" + request
+                return grpc.unary_unary_rpc_method_handler(handle)
+
+        self.grpc.add_generic_rpc_handlers((Echo(),))
+        self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
+        await self.grpc.start()
+
+    async def stop(self):
+        await self.grpc.stop(0)
+        await self.runner.cleanup()
+
+    async def _rest(self, request):
+        body = await request.read()
+        self.rest_seen.append((request.method, request.path_qs, dict(request.headers), body))
+        return web.json_response({"served": request.path}, status=200)
+
+
+@pytest.fixture
+async def gateway():
+    gw = FakeGateway()
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+def make_activator(gateway, answers):
+    calls = []
+
+    async def ensure_ready(model, timeout):
+        calls.append(model)
+        return answers.get(model)
+
+    return Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=5), calls
+
+
+async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gateway):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/sklearn-mnist/infer?x=1",
+                data=b'{"inputs": []}') as r:
+            assert r.status == 200
+            assert await r.json() == {"served": "/v2/models/sklearn-mnist/infer"}
+        assert calls == ["sklearn-mnist"]
+        method, path, headers, body = gateway.rest_seen[0]
+        assert (method, path, body) == ("POST", "/v2/models/sklearn-mnist/infer?x=1", b'{"inputs": []}')
+        assert headers[ACTIVATED_HEADER] == "1"
+    finally:
+        await act.stop()
+
+
+async def test_a_replayed_request_that_comes_back_is_answered_503_not_looped(gateway):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
+                headers={ACTIVATED_HEADER: "1"}) as r:
+            assert r.status == 503
+            assert "no ready copy" in json.loads(await r.text())["error"]
+        assert calls == [] and gateway.rest_seen == []
+    finally:
+        await act.stop()
+
+
+async def test_a_model_that_cannot_load_gets_503_with_the_reason(gateway):
+    act, _ = make_activator(gateway, {"broken": "load failed on 3 instances: bad pickle"})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/broken/infer", data=b"{}") as r:
+            assert r.status == 503
+            assert r.headers["content-type"].startswith("application/json")
+            assert "bad pickle" in (await r.json())["error"]
+        assert gateway.rest_seen == []
+    finally:
+        await act.stop()
+
+
+async def test_cold_grpc_request_is_replayed_with_its_metadata(gateway):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            reply = await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "m"), ("x-user", "u1")), timeout=5)
+        assert reply == b"served:\x0a\x01m"
+        assert calls == ["m"]
+        method, md, body = gateway.grpc_seen[0]
+        assert body == b"\x0a\x01m"
+        assert method == "/inference.GRPCInferenceService/ModelInfer"
+        assert md["mm-vmodel-id"] == "m" and md["x-user"] == "u1" and md[ACTIVATED_HEADER] == "1"
+    finally:
+        await act.stop()
+
+
+async def test_grpc_without_model_header_is_invalid_and_failed_load_is_unavailable(gateway):
+    act, _ = make_activator(gateway, {"bad": "no runtime supports format foo"})
+    await act.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"", timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"", metadata=(("mm-vmodel-id", "bad"),), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no runtime supports format foo" in e.value.details()
+        assert gateway.grpc_seen == []
+    finally:
+        await act.stop()

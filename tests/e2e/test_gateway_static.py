@@ -1,0 +1,250 @@
+"""The translated gateway in a real Envoy, loaded from a static bootstrap (no xDS server).
+
+Backends on loopback answer which copy served a request and under which model name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _data_path_standin
+
+STANDIN = _data_path_standin.install()  # True while data_path.py is missing
+
+from backends import CopyBackend, RestBackend, StaticGateway, grpc_infer  # noqa: E402
+
+from xds_server.mesh_view import (  # noqa: E402
+    Activator,
+    Copy,
+    Destination,
+    HeaderMatch,
+    MeshView,
+    Model,
+    Revision,
+    RouteRule,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+LAYOUTS = [
+    pytest.param({"cluster_layout": "subset", "route_layout": "scoped"}, id="subset-scoped"),
+    pytest.param({"cluster_layout": "per_revision", "route_layout": "flat"}, id="per_revision-flat"),
+]
+DATA_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+# the data-path Lua marks a standard V2 body with this header; sending it too keeps these tests
+# independent of that filter
+DATA_HEADERS = {"x-msm-body": "data", "content-type": "application/json"}
+
+
+def cp(b: CopyBackend) -> Copy:
+    return Copy(b.copy, "127.0.0.1", b.rest.port, b.grpc.port)
+
+
+@pytest.fixture
+async def copies():
+    started = [await CopyBackend(f"c{i}").start() for i in range(3)]
+    try:
+        yield started
+    finally:
+        for b in started:
+            await b.stop()
+
+
+async def gateway(tmp_path: Path, view: MeshView, **options) -> StaticGateway:
+    return await StaticGateway(tmp_path, view, **options).start()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, layout):
+    c0, c1, _ = copies
+    view = MeshView.of([
+        Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
+        Model("b", (Revision("b__isvc-1", copies=(cp(c1),)),)),
+    ])
+    gw = await gateway(tmp_path, view, **layout)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{gw.rest_url}/v2/models/a/ready") as r:
+                assert r.status == 200
+                got = await r.json()
+            assert (got["copy"], got["path"]) == ("c0", "/v2/models/a__isvc-1/ready")
+            async with s.get(f"{gw.rest_url}/v2/models/b") as r:  # model metadata
+                got = await r.json()
+            assert (got["copy"], got["path"]) == ("c1", "/v2/models/b__isvc-1")
+            async with s.post(f"{gw.rest_url}/v2/models/b/versions/7/infer", data=DATA_BODY,
+                              headers=DATA_HEADERS) as r:
+                got = await r.json()
+            assert (got["copy"], got["path"]) == ("c1", "/v2/models/b__isvc-1/versions/7/infer")
+            assert "x-msm-body" not in got["headers"]
+        code, got = await grpc_infer(gw.grpc_target, "b")
+        assert code == grpc.StatusCode.OK
+        assert (got["copy"], got["vmodel"]) == ("c1", "b")
+        if not STANDIN:  # the data path's Lua filter rewrites ModelInferRequest.model_name
+            assert got["model_name"] == "b__isvc-1"
+        code, got = await grpc_infer(gw.grpc_target, "a")
+        assert got["copy"] == "c0"
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_unknown_model_is_404_json_and_grpc_not_found(tmp_path, copies, layout):
+    c0, _, _ = copies
+    view = MeshView.of([
+        Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
+        Model("gone", (Revision("gone__isvc-1"),)),
+    ])
+    gw = await gateway(tmp_path, view, **layout)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/v2/models/nope/infer", "/v2/models/ab/ready", "/v2/models/a-b", "/other"):
+                async with s.post(f"{gw.rest_url}{path}", data=DATA_BODY) as r:
+                    assert r.status == 404, path
+                    assert r.headers["content-type"].startswith("application/json")
+                    body = await r.json()
+                assert body == {"error": "model not found", "path": path}
+            async with s.post(f"{gw.rest_url}/v2/models/gone/infer", data=DATA_BODY,
+                              headers=DATA_HEADERS) as r:
+                assert r.status == 503
+                body = await r.json()
+            assert body == {"error": "no ready copy of revision 'gone__isvc-1' of model 'gone'"}
+        code, _ = await grpc_infer(gw.grpc_target, "nope")
+        assert code == grpc.StatusCode.NOT_FOUND
+        code, details = await grpc_infer(gw.grpc_target, "gone")
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "no ready copy" in details
+        assert c0.rest.requests == 0 and c0.grpc.requests == 0
+    finally:
+        await gw.stop()
+
+
+def assert_binomial(count: int, n: int, p: float) -> None:
+    """Within 4.5 standard deviations: a false failure about once in 150,000 runs."""
+    sd = math.sqrt(n * p * (1 - p))
+    assert abs(count - n * p) <= 4.5 * sd, (count, n, p)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout):
+    c0, c1, c2 = copies
+    view = MeshView.of([
+        Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
+              rules=(RouteRule((Destination("m__1", 90), Destination("m__2", 10))),)),
+        Model("t", (Revision("t__1", copies=(cp(c0),)), Revision("t__2", copies=(cp(c1),)),
+                    Revision("t__3", copies=(cp(c2),))),
+              rules=(RouteRule((Destination("t__1", 5), Destination("t__2", 3), Destination("t__3", 2))),)),
+    ])
+    gw = await gateway(tmp_path, view, **layout)
+    n = 400
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def one(model: str) -> tuple[int, str]:
+                async with s.get(f"{gw.rest_url}/v2/models/{model}/ready") as r:
+                    return r.status, (await r.json())["path"]
+
+            m = Counter(await asyncio.gather(*(one("m") for _ in range(n))))
+            t = Counter(await asyncio.gather(*(one("t") for _ in range(n))))
+        # every request matched exactly one route of its split: routes share one random value
+        assert sum(m.values()) == sum(m[(200, f"/v2/models/m__{i}/ready")] for i in (1, 2)) == n
+        assert_binomial(m[(200, "/v2/models/m__2/ready")], n, 0.1)
+        assert sum(t[(200, f"/v2/models/t__{i}/ready")] for i in (1, 2, 3)) == n
+        assert_binomial(t[(200, "/v2/models/t__1/ready")], n, 0.5)
+        assert_binomial(t[(200, "/v2/models/t__2/ready")], n, 0.3)
+        # gRPC splits too
+        grpc_copies = Counter()
+        for _ in range(200):
+            code, got = await grpc_infer(gw.grpc_target, "m")
+            assert code == grpc.StatusCode.OK
+            grpc_copies[got["copy"]] += 1
+        assert_binomial(grpc_copies["c1"], 200, 0.1)
+    finally:
+        await gw.stop()
+
+
+async def test_header_rule_wins_before_the_default_rule(tmp_path, copies):
+    c0, c1, _ = copies
+    canary = RouteRule((Destination("m__2"),), headers=(HeaderMatch("x-canary", exact="1"),))
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
+                              rules=(canary,
+                                     RouteRule((Destination("m__1"),))))])
+    gw = await gateway(tmp_path, view)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{gw.rest_url}/v2/models/m/ready", headers={"x-canary": "1"}) as r:
+                assert (await r.json())["path"] == "/v2/models/m__2/ready"
+            async with s.get(f"{gw.rest_url}/v2/models/m/ready") as r:
+                assert (await r.json())["path"] == "/v2/models/m__1/ready"
+    finally:
+        await gw.stop()
+
+
+async def test_cold_revision_goes_to_the_activator_unrewritten(tmp_path, copies):
+    activator = RestBackend("activator")
+    await activator.start()
+    view = MeshView.of([Model("cold", (Revision("cold__1"),))],
+                       activator=Activator("127.0.0.1", activator.port, copies[0].grpc.port))
+    gw = await gateway(tmp_path, view)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{gw.rest_url}/v2/models/cold/infer", data=b'{"inputs": []}') as r:
+                assert r.status == 200
+                got = await r.json()
+        assert (got["copy"], got["path"]) == ("activator", "/v2/models/cold/infer")
+        _, got = await grpc_infer(gw.grpc_target, "cold")
+        assert (got["copy"], got["model_name"]) == ("c0", "cold")
+    finally:
+        await gw.stop()
+        await activator.stop()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_killing_a_copy_mid_traffic_loses_no_request(tmp_path, copies, layout):
+    c0, c1, c2 = copies
+    # c2 holds another model on the same runtime: in the subset layout it shares the cluster
+    view = MeshView.of([
+        Model("m", (Revision("m__1", copies=(cp(c0), cp(c1))),)),
+        Model("o", (Revision("o__1", copies=(cp(c2),)),)),
+    ])
+    gw = await gateway(tmp_path, view, **layout)
+    total, concurrency, kill_after = 300, 8, 60
+    statuses: Counter = Counter()
+    served: Counter = Counter()
+    done = 0
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def worker(grpc_too: bool) -> None:
+                nonlocal done
+                while done < total:
+                    done += 1
+                    if done == kill_after:
+                        await c0.kill()
+                    if grpc_too and done % 2:
+                        code, got = await grpc_infer(gw.grpc_target, "m")
+                        statuses[code.name] += 1
+                        if code == grpc.StatusCode.OK:
+                            served[got["copy"]] += 1
+                        continue
+                    async with s.post(f"{gw.rest_url}/v2/models/m/infer", data=DATA_BODY,
+                                      headers=DATA_HEADERS) as r:
+                        statuses[r.status] += 1
+                        if r.status == 200:
+                            served[(await r.json())["copy"]] += 1
+
+            await asyncio.gather(*(worker(i % 2 == 0) for i in range(concurrency)))
+        assert set(statuses) <= {200, "OK"}, statuses
+        assert sum(statuses.values()) >= total
+        assert served["c0"] > 0 and served["c1"] > served["c0"]
+        assert "c2" not in served
+    finally:
+        await gw.stop()

@@ -1,0 +1,349 @@
+"""Translation MeshView → Envoy resources: pure unit tests, plus Envoy's own validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _data_path_standin
+
+_data_path_standin.install()
+
+from xds_server.bootstrap import render_bootstrap, static_bootstrap  # noqa: E402
+from xds_server.envoy_process import envoy_binary  # noqa: E402
+from xds_server.mesh_view import (  # noqa: E402
+    Activator,
+    Copy,
+    Destination,
+    HeaderMatch,
+    MeshView,
+    Model,
+    Revision,
+    RouteRule,
+)
+from xds_server.translate import GatewayOptions, UpstreamTls, translate  # noqa: E402
+from xds_server.translate import data_path as dp  # noqa: E402
+from xds_server.translate.routes import split_fractions  # noqa: E402
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+C0 = Copy("rt-0", "10.0.0.1", 8080, 8081)
+C1 = Copy("rt-1", "10.0.0.2", 8080, 8081)
+
+
+def view(activator: Activator | None = None) -> MeshView:
+    return MeshView.of([
+        Model("m", (Revision("m__isvc-1", copies=(C0, C1)), Revision("m__isvc-2", copies=(C1,))),
+              rules=(RouteRule((Destination("m__isvc-2"),), headers=(HeaderMatch("x-canary", exact="1"),)),
+                     RouteRule((Destination("m__isvc-1", 90), Destination("m__isvc-2", 10))))),
+        Model("n", (Revision("n__isvc-1", copies=(C0,)),)),
+        Model("cold", (Revision("cold__isvc-1"),)),
+    ], activator)
+
+
+def hcm_of(resources, name: str) -> hcm.HttpConnectionManager:
+    m = hcm.HttpConnectionManager()
+    resources[LISTENER][name].filter_chains[0].filters[0].typed_config.Unpack(m)
+    return m
+
+
+def routes_of(resources, kind: str, model: str, opts: GatewayOptions):
+    name = f"msm_{kind}/{model}" if opts.route_layout == "scoped" else f"msm_{kind}"
+    routes = resources[ROUTE][name].virtual_hosts[0].routes
+    return [r for r in routes if r.name.startswith(f"{model}/")]
+
+
+def test_split_fractions_are_cumulative_per_million():
+    assert split_fractions([100]) == [None]
+    assert split_fractions([90, 10]) == [900_000, None]
+    assert split_fractions([5, 3, 2]) == [500_000, 800_000, None]
+    assert split_fractions([1, 1, 1]) == [333_333, 666_667, None]
+
+
+def test_listeners_ports_and_scope_keys():
+    opts = GatewayOptions(rest_port=18080, grpc_port=18081, listen_address="0.0.0.0")
+    res = translate(view(), opts)
+    assert set(res[LISTENER]) == {"msm_rest", "msm_grpc"}
+    addr = res[LISTENER]["msm_rest"].address.socket_address
+    assert (addr.address, addr.port_value) == ("0.0.0.0", 18080)
+    assert res[LISTENER]["msm_grpc"].address.socket_address.port_value == 18081
+    rest = hcm_of(res, "msm_rest").scoped_routes.scope_key_builder.fragments[0].header_value_extractor
+    assert (rest.name, rest.element_separator, rest.index) == (":path", "/", 3)
+    grpc = hcm_of(res, "msm_grpc").scoped_routes.scope_key_builder.fragments[0].header_value_extractor
+    assert (grpc.name, grpc.index) == ("mm-vmodel-id", 0)
+    # one scope and one small RouteConfiguration per model and listener
+    assert res[SCOPED]["msm_rest/m"].key.fragments[0].string_key == "m"
+    assert res[SCOPED]["msm_grpc/n"].route_configuration_name == "msm_grpc/n"
+    assert set(res[ROUTE]) == {f"msm_{k}/{m}" for k in ("rest", "grpc") for m in ("m", "n", "cold")}
+
+    flat = translate(view(), GatewayOptions(route_layout="flat"))
+    assert SCOPED not in flat
+    assert hcm_of(flat, "msm_rest").rds.route_config_name == "msm_rest"
+    assert set(flat[ROUTE]) == {"msm_rest", "msm_grpc"}
+
+
+@pytest.mark.parametrize("route_layout", ["scoped", "flat"])
+def test_rest_routes_rewrite_to_the_revision_and_pick_the_upstream_port(route_layout):
+    opts = GatewayOptions(cluster_layout="per_revision", route_layout=route_layout)
+    res = translate(view(), opts)
+    routes = routes_of(res, "rest", "n", opts)
+    assert [r.name for r in routes] == ["n/0/body/n__isvc-1", "n/0/infer/n__isvc-1", "n/0/other/n__isvc-1"]
+    body, infer, other = routes
+    for r in routes:
+        assert r.match.path_separated_prefix == "/v2/models/n"
+        assert r.stat_prefix == "msm_n__isvc-1"
+        assert r.route.retry_policy.num_retries.value == 2
+    assert [(h.name, h.string_match.exact) for h in body.match.headers] == [
+        (dp.REST_BODY_HEADER, dp.REST_BODY_DATA)]
+    assert body.route.cluster == other.route.cluster == "rev_rest_n__isvc-1"
+    assert body.route.prefix_rewrite == other.route.prefix_rewrite == "/v2/models/n__isvc-1"
+    assert list(body.request_headers_to_remove) == [dp.REST_BODY_HEADER]
+    # an infer call with any other body is transcoded to gRPC: no path rewrite, model name in metadata
+    assert infer.route.cluster == "rev_grpc_n__isvc-1"
+    assert infer.route.prefix_rewrite == ""
+    assert {(h.name, h.string_match.exact or h.string_match.suffix) for h in infer.match.headers} == {
+        (":method", "POST"), (":path", "/infer")}
+    assert infer.metadata == dp.route_target_metadata("n__isvc-1")
+    assert not body.HasField("metadata")
+
+
+def test_grpc_routes_match_the_vmodel_header():
+    opts = GatewayOptions(cluster_layout="per_revision")
+    res = translate(view(), opts)
+    (r,) = routes_of(res, "grpc", "n", opts)
+    assert [(h.name, h.string_match.exact) for h in r.match.headers] == [("mm-vmodel-id", "n")]
+    assert r.route.cluster == "rev_grpc_n__isvc-1"
+    assert r.metadata == dp.route_target_metadata("n__isvc-1")
+
+
+def test_rules_in_order_and_split_by_runtime_fraction():
+    opts = GatewayOptions(cluster_layout="per_revision")
+    res = translate(view(), opts)
+    routes = routes_of(res, "grpc", "m", opts)
+    assert [r.name for r in routes] == ["m/0/grpc/m__isvc-2", "m/1/grpc/m__isvc-1", "m/1/grpc/m__isvc-2"]
+    canary, first, second = routes
+    assert ("x-canary", "1") in [(h.name, h.string_match.exact) for h in canary.match.headers]
+    assert not canary.match.HasField("runtime_fraction")
+    f = first.match.runtime_fraction.default_value
+    assert (f.numerator, f.denominator) == (900_000, f.MILLION)
+    assert not second.match.HasField("runtime_fraction")
+    assert (first.route.cluster, second.route.cluster) == ("rev_grpc_m__isvc-1", "rev_grpc_m__isvc-2")
+
+
+def test_a_revision_without_copies_gives_its_share_away_or_answers_503():
+    v = MeshView.of([Model("m", (Revision("m__1", copies=(C0,)), Revision("m__2")),
+                           rules=(RouteRule((Destination("m__1", 50), Destination("m__2", 50))),)),
+                     Model("gone", (Revision("gone__1"),))])
+    opts = GatewayOptions(cluster_layout="per_revision")
+    res = translate(v, opts)
+    (r,) = routes_of(res, "grpc", "m", opts)
+    assert r.route.cluster == "rev_grpc_m__1" and not r.match.HasField("runtime_fraction")
+    for kind in ("rest", "grpc"):
+        for r in routes_of(res, kind, "gone", opts):
+            assert r.direct_response.status == 503
+            assert "gone" in r.direct_response.body.inline_string
+    assert "rev_rest_gone__1" not in res[CLUSTER]
+
+
+def test_activator_takes_revisions_without_copies():
+    act = Activator("127.0.0.1", 7000, 7001)
+    opts = GatewayOptions()
+    res = translate(view(act), opts)
+    for r in routes_of(res, "rest", "cold", opts):
+        assert r.route.cluster == "activator_rest"
+        assert r.route.prefix_rewrite == ""  # the activator sees the model name the client used
+    (g,) = routes_of(res, "grpc", "cold", opts)
+    assert g.route.cluster == "activator_grpc"
+    c = res[CLUSTER]["activator_grpc"]
+    assert c.type == cluster_pb2.Cluster.STATIC
+    assert c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 7001
+
+
+def test_retry_policy_and_outlier_detection():
+    opts = GatewayOptions(cluster_layout="per_revision", retries=3)
+    res = translate(view(), opts)
+    (r,) = routes_of(res, "grpc", "n", opts)
+    p = r.route.retry_policy
+    assert set(p.retry_on.split(",")) == {
+        "reset", "connect-failure", "refused-stream", "unavailable", "cancelled"}
+    assert p.num_retries.value == 3
+    assert [h.name for h in p.retry_host_predicate] == ["envoy.retry_host_predicates.previous_hosts"]
+    c = res[CLUSTER]["rev_grpc_n__isvc-1"]
+    assert c.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    assert c.outlier_detection.consecutive_gateway_failure.value == 2
+    assert c.outlier_detection.enforcing_consecutive_5xx.value == 0  # a model's 500 is not a dead copy
+    assert c.circuit_breakers.thresholds[0].max_retries.value >= 100_000
+    assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in c.typed_extension_protocol_options
+    assert not res[CLUSTER]["rev_rest_n__isvc-1"].typed_extension_protocol_options
+
+
+def test_rule_timeout_and_retries_override_the_defaults():
+    v = MeshView.of([Model("m", (Revision("m__1", copies=(C0,)),),
+                           rules=(RouteRule((Destination("m__1"),), timeout_s=2.5, retries=0),))])
+    opts = GatewayOptions(cluster_layout="per_revision")
+    (r,) = routes_of(translate(v, opts), "grpc", "m", opts)
+    assert r.route.timeout.ToMilliseconds() == 2500
+    assert r.route.retry_policy.num_retries.value == 0
+
+
+def test_per_revision_layout_clusters_and_endpoints():
+    res = translate(view(), GatewayOptions(cluster_layout="per_revision"))
+    assert set(res[CLUSTER]) == {f"rev_{k}_{r}" for k in ("rest", "grpc")
+                                 for r in ("m__isvc-1", "m__isvc-2", "n__isvc-1")}
+    cla = res[ENDPOINT]["rev_grpc_m__isvc-1"]
+    ports = [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+             for e in cla.endpoints[0].lb_endpoints]
+    assert ports == [("10.0.0.1", 8081), ("10.0.0.2", 8081)]
+    assert res[CLUSTER]["rev_grpc_m__isvc-1"].eds_cluster_config.eds_config.HasField("ads")
+
+
+def test_subset_layout_lists_revisions_on_instances_and_routes_select_by_metadata():
+    opts = GatewayOptions(cluster_layout="subset")
+    res = translate(view(), opts)
+    assert set(res[CLUSTER]) == {"rt_rest_default_0", "rt_grpc_default_0"}
+    c = res[CLUSTER]["rt_rest_default_0"]
+    assert c.lb_subset_config.list_as_any
+    assert [list(s.keys) for s in c.lb_subset_config.subset_selectors] == [["rev"]]
+    assert c.lb_subset_config.fallback_policy == c.lb_subset_config.NO_FALLBACK
+    hosts = {e.endpoint.address.socket_address.address:
+             [v.string_value for v in e.metadata.filter_metadata["envoy.lb"].fields["rev"].list_value.values]
+             for e in res[ENDPOINT]["rt_rest_default_0"].endpoints[0].lb_endpoints}
+    assert hosts == {"10.0.0.1": ["m__isvc-1", "n__isvc-1"], "10.0.0.2": ["m__isvc-1", "m__isvc-2"]}
+    (r,) = routes_of(res, "grpc", "n", opts)
+    assert r.route.cluster == "rt_grpc_default_0"
+    assert r.route.metadata_match.filter_metadata["envoy.lb"].fields["rev"].string_value == "n__isvc-1"
+
+
+def test_subset_shards_keep_a_model_in_one_shard():
+    models = [Model(f"m{i}", (Revision(f"m{i}__1", copies=(C0,)),)) for i in range(40)]
+    opts = GatewayOptions(cluster_layout="subset", subset_shards=4)
+    res = translate(MeshView.of(models), opts)
+    assert len(res[CLUSTER]) == 8
+    held = {}
+    for name, cla in res[ENDPOINT].items():
+        for e in cla.endpoints[0].lb_endpoints:
+            for v in e.metadata.filter_metadata["envoy.lb"].fields["rev"].list_value.values:
+                held.setdefault(v.string_value, set()).add(name)
+    for m in models:
+        (r,) = routes_of(res, "grpc", m.name, opts)
+        assert held[f"{m.name}__1"] == {r.route.cluster, r.route.cluster.replace("grpc", "rest")}
+
+
+def test_upstream_tls_reads_certificates_from_sds():
+    res = translate(view(), GatewayOptions(upstream_tls=UpstreamTls(sni="runtime.local")))
+    for name, c in res[CLUSTER].items():
+        assert c.transport_socket.name == "envoy.transport_sockets.tls", name
+        ctx = tls_pb2.UpstreamTlsContext()
+        c.transport_socket.typed_config.Unpack(ctx)
+        cert = ctx.common_tls_context.tls_certificate_sds_secret_configs[0]
+        assert cert.name == "default"
+        assert cert.sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name == "sds-grpc"
+        ca = ctx.common_tls_context.combined_validation_context.validation_context_sds_secret_config
+        assert ca.name == "ROOTCA"
+        assert ctx.sni == "runtime.local"
+        assert list(ctx.common_tls_context.alpn_protocols) == (["h2"] if "grpc" in name else [])
+    assert not translate(view())[CLUSTER]["rt_rest_default_0"].HasField("transport_socket")
+
+
+def test_local_replies_are_json_and_grpc_not_found():
+    res = translate(view())
+    for name in ("msm_rest", "msm_grpc"):
+        lrc = hcm_of(res, name).local_reply_config
+        assert lrc.body_format.json_format["error"] == "%LOCAL_REPLY_BODY%"
+        not_found = lrc.mappers[0]
+        assert list(not_found.filter.response_flag_filter.flags) == ["NR"]
+        assert not_found.status_code.value == 404
+        grpc_status = [h.header.value for h in not_found.headers_to_add if h.header.key == "grpc-status"]
+        assert grpc_status == (["5"] if name == "msm_grpc" else [])
+        assert lrc.mappers[1].status_code.value == 503
+
+
+def test_one_model_change_touches_only_its_own_scoped_routes():
+    before = translate(view(), GatewayOptions(cluster_layout="per_revision"))
+    v = view()
+    models = dict(v.models)
+    models["n"] = Model("n", (Revision("n__isvc-1", copies=(C1,)),))
+    after = translate(MeshView(models), GatewayOptions(cluster_layout="per_revision"))
+    changed = {(t, n) for t in after for n in after[t] if before[t].get(n) != after[t][n]}
+    assert changed == {(ENDPOINT, "rev_rest_n__isvc-1"), (ENDPOINT, "rev_grpc_n__isvc-1")}
+    assert translate(view()) == translate(view())  # deterministic
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError):
+        GatewayOptions(cluster_layout="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        GatewayOptions(subset_shards=0)
+
+
+SDS_CLUSTER = {
+    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}},
+    "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"pipe": {"path": "/tmp/msm-test-sds.sock"}}}}]}]},
+}
+
+
+def envoy_validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("cluster_layout", ["subset", "per_revision"])
+@pytest.mark.parametrize("route_layout", ["scoped", "flat"])
+@pytest.mark.parametrize("tls", [False, True])
+def test_envoy_accepts_the_translated_resources(tmp_path, cluster_layout, route_layout, tls):
+    opts = GatewayOptions(cluster_layout=cluster_layout, route_layout=route_layout, subset_shards=2,
+                          upstream_tls=UpstreamTls() if tls else None)
+    boot = static_bootstrap(translate(view(Activator("127.0.0.1", 7000, 7001)), opts), admin_port=0)
+    if tls:
+        boot["static_resources"]["clusters"].append(SDS_CLUSTER)
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(boot))
+    p = envoy_validate(path)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_envoy_rejects_a_broken_route_so_validation_means_something(tmp_path):
+    bad = MeshView.of([Model("m", (Revision("m__1", copies=(C0,)),),
+                             rules=(RouteRule((Destination("m__1"),),
+                                              headers=(HeaderMatch("x", regex="(["),)),))])
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static_bootstrap(translate(bad, GatewayOptions()), admin_port=0)))
+    assert envoy_validate(path).returncode != 0
+
+
+@pytest.mark.parametrize("delta", [True, False])
+def test_rendered_bootstrap_is_valid_ads_with_admin_on_loopback(tmp_path, delta):
+    import yaml
+
+    text = render_bootstrap(node_id="gw-1", xds_host="127.0.0.1", xds_port=18555, admin_port=9911,
+                            delta=delta)
+    boot = yaml.safe_load(text)
+    assert boot["node"]["id"] == "gw-1"
+    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9911}
+    ads = boot["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
+    assert ads["grpc_services"][0]["envoy_grpc"]["cluster_name"] == "xds"
+    (xds,) = boot["static_resources"]["clusters"]
+    assert xds["type"] == "STATIC" and "http2_protocol_options" in json.dumps(xds)
+    path = tmp_path / "boot.yaml"
+    path.write_text(text)
+    p = envoy_validate(path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert yaml.safe_load(render_bootstrap("n", "xds.msm.svc", 1, 2))["static_resources"]["clusters"][0][
+        "type"] == "STRICT_DNS"

@@ -1,0 +1,153 @@
+"""The mesh view: everything the gateway must know to route, and nothing more.
+
+Placement produces a ``MeshView``; translation turns it into Envoy resources. It is plain,
+immutable data so that translation stays a pure function and can be tested without processes.
+
+Names:
+- a *model* is the name clients call (KServe's InferenceService name, ModelMesh's vModel);
+- a *revision* is one concrete version of it, known to the runtime by ``Revision.id``
+  (ModelMesh style ``<model>__isvc-<hash>``); the gateway rewrites the model name in the
+  request (REST path, gRPC ``model_name`` field) to this id;
+- a *copy* is a revision loaded and ready on one runtime instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A ready copy of a revision on one runtime instance."""
+
+    instance: str  # unique instance id, e.g. "mlserver-0"
+    address: str
+    rest_port: int
+    grpc_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """One revision of a model and its ready copies."""
+
+    id: str  # the name the runtime serves it under
+    runtime: str = "default"  # ServingRuntime name: copies of one runtime can share a cluster
+    copies: tuple[Copy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """A request header condition; exactly one of exact / prefix / regex is set."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A weighted destination: a share of a rule's traffic to one revision."""
+
+    revision: str  # Revision.id
+    weight: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """One http route of a model, VirtualService style: the first rule that matches wins."""
+
+    destinations: tuple[Destination, ...]
+    headers: tuple[HeaderMatch, ...] = ()
+    timeout_s: float | None = None  # None: gateway default
+    retries: int | None = None  # None: gateway default
+    mirror: str | None = None  # a Revision.id that receives a copy of the traffic
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A model as clients see it: its revisions and how traffic is split among them.
+
+    With no rules, all traffic goes to ``revisions[0]`` (the active revision comes first).
+    """
+
+    name: str
+    revisions: tuple[Revision, ...]
+    rules: tuple[RouteRule, ...] = ()
+
+    def revision(self, revision_id: str) -> Revision | None:
+        for r in self.revisions:
+            if r.id == revision_id:
+                return r
+        return None
+
+    def effective_rules(self) -> tuple[RouteRule, ...]:
+        if self.rules:
+            return self.rules
+        if not self.revisions:
+            return ()
+        return (RouteRule(destinations=(Destination(self.revisions[0].id, 100),)),)
+
+
+@dataclass(frozen=True, slots=True)
+class Activator:
+    """Where requests for a revision with no ready copy go: msm's load-on-demand endpoint.
+
+    It triggers a load, waits for a ready copy, and replays the request through the gateway.
+    """
+
+    address: str
+    rest_port: int
+    grpc_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeshView:
+    """All models the gateway routes. Treat as immutable: a change is a new MeshView."""
+
+    models: Mapping[str, Model] = field(default_factory=dict)
+    activator: Activator | None = None
+
+    @staticmethod
+    def of(models: list[Model] | tuple[Model, ...], activator: Activator | None = None) -> MeshView:
+        return MeshView({m.name: m for m in models}, activator)
+
+
+def check_model(model: Model) -> list[str]:
+    """What makes a model unroutable: the problems translation must never see.
+
+    Producers (the placement file, the placement engine) call it so a bad split is reported
+    where it was written and the last good view keeps serving.
+    """
+    problems: list[str] = []
+    if not model.name or "/" in model.name or any(c.isspace() for c in model.name):
+        problems.append(f"invalid model name {model.name!r} (no '/', no spaces)")
+    if not model.revisions:
+        problems.append("has no revision")
+    ids = [r.id for r in model.revisions]
+    if len(set(ids)) != len(ids):
+        problems.append("revision ids must be unique")
+    for r in model.revisions:
+        if not r.id or "/" in r.id or any(c.isspace() for c in r.id):
+            problems.append(f"invalid revision id {r.id!r}")
+        instances = [c.instance for c in r.copies]
+        if len(set(instances)) != len(instances):
+            problems.append(f"revision {r.id} lists an instance twice")
+    known = set(ids)
+    for i, rule in enumerate(model.rules):
+        if not rule.destinations:
+            problems.append(f"rule {i}: no destination")
+        for d in rule.destinations:
+            if d.revision not in known:
+                problems.append(f"rule {i}: destination '{d.revision}' is not a revision of this model")
+            if d.weight < 0:
+                problems.append(f"rule {i}: negative weight for '{d.revision}'")
+        if rule.destinations and sum(d.weight for d in rule.destinations) <= 0:
+            problems.append(f"rule {i}: weights add up to 0")
+        if rule.mirror is not None and rule.mirror not in known:
+            problems.append(f"rule {i}: mirror '{rule.mirror}' is not a revision of this model")
+        for h in rule.headers:
+            if sum(x is not None for x in (h.exact, h.prefix, h.regex)) != 1:
+                problems.append(f"rule {i}: header '{h.name}' needs exactly one of exact/prefix/regex")
+    return problems

@@ -1,0 +1,191 @@
+"""Clusters and their endpoints (CDS + EDS) for both cluster layouts."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from xds_server.mesh_view import Activator, MeshView
+from xds_server.translate import names
+from xds_server.translate.common import ads_source, duration, pack
+from xds_server.translate.options import GatewayOptions, UpstreamTls
+
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_BIG = 1_000_000  # circuit breakers: a shared runtime cluster must not cap models at Envoy's default 1024
+
+
+def _socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _sds_config(opts: UpstreamTls) -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        api_config_source=config_source_pb2.ApiConfigSource(
+            api_type=config_source_pb2.ApiConfigSource.GRPC,
+            transport_api_version=config_source_pb2.V3,
+            grpc_services=[grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=opts.sds_cluster))],
+        ),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def tls_transport_socket(tls: UpstreamTls, kind: str) -> base_pb2.TransportSocket:
+    """An upstream TLS socket whose certificate and trust bundle are SDS secrets."""
+    sds = _sds_config(tls)
+    ctx = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(name=tls.cert_secret, sds_config=sds)],
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=tls_common_pb2.CertificateValidationContext(),
+                validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(
+                    name=tls.validation_secret, sds_config=sds),
+            ),
+            alpn_protocols=["h2"] if (kind == names.GRPC and tls.alpn_h2) else [],
+        ),
+        sni=tls.sni or "",
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
+
+
+def _prototype(kind: str, opts: GatewayOptions, subset: bool) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(
+        type=cluster_pb2.Cluster.EDS,
+        connect_timeout=duration(opts.connect_timeout_s),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            # connection failures, resets and 502/503/504 of a copy; 500s are the model's answer
+            # (a bad input) and must not eject an instance that serves many models
+            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=opts.outlier_consecutive_gateway_failure),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+            enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+            interval=duration(opts.outlier_interval_s),
+            base_ejection_time=duration(opts.outlier_base_ejection_s),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=opts.outlier_max_ejection_percent),
+        ),
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_connections=wrappers_pb2.UInt32Value(value=_BIG),
+                max_pending_requests=wrappers_pb2.UInt32Value(value=_BIG),
+                max_requests=wrappers_pb2.UInt32Value(value=_BIG),
+                max_retries=wrappers_pb2.UInt32Value(value=_BIG),
+            )]),
+    )
+    c.eds_cluster_config.eds_config.CopyFrom(ads_source())
+    if kind == names.GRPC:
+        http = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+        c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+    if subset:
+        c.lb_subset_config.CopyFrom(cluster_pb2.Cluster.LbSubsetConfig(
+            fallback_policy=cluster_pb2.Cluster.LbSubsetConfig.NO_FALLBACK,
+            subset_selectors=[cluster_pb2.Cluster.LbSubsetConfig.LbSubsetSelector(keys=[names.SUBSET_KEY])],
+            list_as_any=True,
+        ))
+    if opts.upstream_tls is not None:
+        c.transport_socket.CopyFrom(tls_transport_socket(opts.upstream_tls, kind))
+    return c
+
+
+def _lb_endpoint(host: str, port: int,
+                 revisions: list[str] | None = None) -> endpoint_components_pb2.LbEndpoint:
+    ep = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(host, port)))
+    if revisions is not None:
+        values = ep.metadata.filter_metadata[names.LB_METADATA].fields[names.SUBSET_KEY].list_value.values
+        values.extend(struct_pb2.Value(string_value=r) for r in revisions)
+    return ep
+
+
+def _cla(name: str,
+         endpoints: list[endpoint_components_pb2.LbEndpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    locality = endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=endpoints)
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[locality])
+
+
+def _port(kind: str, rest_port: int, grpc_port: int) -> int:
+    return rest_port if kind == names.REST else grpc_port
+
+
+def activator_clusters(activator: Activator, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
+    """Static clusters to msm's activator (no TLS: it runs beside the control plane)."""
+    try:
+        ipaddress.ip_address(activator.address)
+        kind_of_discovery = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        kind_of_discovery = cluster_pb2.Cluster.STRICT_DNS
+    out = {}
+    for kind in names.KINDS:
+        name = names.activator_cluster(kind)
+        c = cluster_pb2.Cluster(name=name, type=kind_of_discovery,
+                                connect_timeout=duration(opts.connect_timeout_s))
+        c.load_assignment.CopyFrom(_cla(name, [_lb_endpoint(
+            activator.address, _port(kind, activator.rest_port, activator.grpc_port))]))
+        if kind == names.GRPC:
+            http = http_protocol_options_pb2.HttpProtocolOptions(
+                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+            c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+        out[name] = c
+    return out
+
+
+def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
+        dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
+    """Clusters (EDS over ADS) and their ClusterLoadAssignments for the chosen layout.
+
+    Only revisions with a ready copy get upstream endpoints; routes never name anything else.
+    """
+    subset = opts.cluster_layout == "subset"
+    protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+
+    def add_cluster(kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint]) -> None:
+        c = cluster_pb2.Cluster()
+        c.CopyFrom(protos[kind])
+        c.name = name
+        clusters[name] = c
+        clas[name] = _cla(name, endpoints)
+
+    if subset:
+        # (runtime, shard) -> instance -> (address, rest, grpc, [revision ids])
+        groups: dict[tuple[str, int], dict[str, tuple[str, int, int, list[str]]]] = defaultdict(dict)
+        for model in view.models.values():
+            shard = names.shard_of(model.name, opts.subset_shards)
+            for rev in model.revisions:
+                hosts = groups[(rev.runtime, shard)] if rev.copies else None
+                for cp in rev.copies:
+                    entry = hosts.get(cp.instance)
+                    if entry is None:
+                        entry = hosts[cp.instance] = (cp.address, cp.rest_port, cp.grpc_port, [])
+                    entry[3].append(rev.id)
+        for (runtime, shard), hosts in sorted(groups.items()):
+            for kind in names.KINDS:
+                eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs))
+                       for _, (addr, rest, grpc, revs) in sorted(hosts.items())]
+                add_cluster(kind, names.runtime_cluster(kind, runtime, shard), eps)
+    else:
+        for model in view.models.values():
+            for rev in model.revisions:
+                if not rev.copies:
+                    continue
+                for kind in names.KINDS:
+                    eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port))
+                           for cp in sorted(rev.copies, key=lambda c: c.instance)]
+                    add_cluster(kind, names.revision_cluster(kind, rev.id), eps)
+
+    if view.activator is not None:
+        clusters.update(activator_clusters(view.activator, opts))
+    return clusters, clas

@@ -1,0 +1,183 @@
+"""The gateway's inference data path: HTTP filters that make Envoy speak both V2 REST bodies.
+
+REST listener, in order (see docs/data-path.md for the why):
+
+1. ``msm.classify_body`` (Lua, ``envoy/lua/classify_body.lua``): on ``POST …/infer``, a
+   standard V2 REST body (``inputs[].data``) gets the header ``x-msm-body: data`` and the route
+   is looked up again; the route that matches that header goes to the runtime's REST port with
+   transcoding off. Other bodies (the article's ``inputs[].contents``) go on to
+2. ``envoy.filters.http.grpc_json_transcoder``: JSON → gRPC ``ModelInfer`` to the runtime's gRPC
+   port, and the gRPC answer back to JSON (camelCase, as in the article);
+3. ``msm.model_rewrite`` (Lua, ``envoy/lua/rewrite_model.lua``): the model name in field 1 of the
+   gRPC request message becomes the route's target revision id (route metadata);
+4. the router.
+
+gRPC listener: ``msm.model_rewrite``, then the router. No Python runs per request.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.type.matcher.v3 import http_inputs_pb2
+from google.protobuf import any_pb2, descriptor_pb2, wrappers_pb2
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import Message
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
+
+from xds_server.assets import envoy_asset
+
+REST_BODY_HEADER = "x-msm-body"
+REST_BODY_DATA = "data"
+
+CLASSIFY_FILTER = "msm.classify_body"
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
+REWRITE_FILTER = "msm.model_rewrite"
+ROUTER_FILTER = "envoy.filters.http.router"
+TARGET_KEY = "target"  # route metadata: filter_metadata[REWRITE_FILTER][TARGET_KEY] = revision id
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+def _pack(msg: Message) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+@cache
+def lua_source(name: str) -> str:
+    """A Lua script shipped in ``envoy/lua/``."""
+    return envoy_asset("lua", name).read_text(encoding="utf-8")
+
+
+def _lua_filter(filter_name: str, script: str, clear_route_cache: bool) -> hcm.HttpFilter:
+    cfg = lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string=lua_source(script)),
+        clear_route_cache=wrappers_pb2.BoolValue(value=clear_route_cache),
+    )
+    return hcm.HttpFilter(name=filter_name, typed_config=_pack(cfg))
+
+
+@cache
+def inference_descriptor_set() -> bytes:
+    """A serialized FileDescriptorSet of ``inference_v2.proto`` and its imports, dependencies first."""
+    from xds_server.protos import inference_v2_pb2
+
+    files: list[descriptor_pb2.FileDescriptorProto] = []
+    seen: set[str] = set()
+
+    def add(fd: FileDescriptor) -> None:
+        if fd.name in seen:
+            return
+        seen.add(fd.name)
+        for dep in fd.dependencies:
+            add(dep)
+        fdp = descriptor_pb2.FileDescriptorProto()
+        fd.CopyToProto(fdp)
+        files.append(fdp)
+
+    add(inference_v2_pb2.DESCRIPTOR)
+    return descriptor_pb2.FileDescriptorSet(file=files).SerializeToString()
+
+
+def transcoder_config(opts: Any = None) -> transcoder_pb2.GrpcJsonTranscoder:
+    """REST → gRPC for ``inference.GRPCInferenceService``; routes keep matching the REST path."""
+    limit = int(getattr(opts, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+    return transcoder_pb2.GrpcJsonTranscoder(
+        proto_descriptor_bin=inference_descriptor_set(),
+        services=[INFERENCE_SERVICE],
+        match_incoming_request_route=True,
+        # protobuf's JSON defaults: lowerCamelCase names, int64 as strings, unset fields omitted,
+        # which is the article's response ("modelName", "int64Contents": ["8"], "shape": ["1", "1"])
+        print_options=transcoder_pb2.GrpcJsonTranscoder.PrintOptions(
+            add_whitespace=False,
+            always_print_primitive_fields=False,
+            always_print_enums_as_ints=False,
+            preserve_proto_field_names=False,
+        ),
+        # a gRPC error becomes an HTTP status with a JSON google.rpc.Status-shaped body
+        convert_grpc_status=True,
+        max_request_body_size=wrappers_pb2.UInt32Value(value=min(limit, 2**32 - 1)),
+        max_response_body_size=wrappers_pb2.UInt32Value(value=min(limit, 2**32 - 1)),
+    )
+
+
+def _skip_when_marked(
+        transcoder: transcoder_pb2.GrpcJsonTranscoder) -> extension_matcher_pb2.ExtensionWithMatcher:
+    """The transcoder, skipped for requests that carry ``x-msm-body: data``.
+
+    The match runs on the headers as the transcoder receives them, i.e. after the classifier
+    marked them. A per-route ``FilterConfig{disabled}`` cannot do this: which filters run is fixed
+    when the filter chain is built, from the route chosen before the body was read.
+    """
+    marked = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+        input=xds_extension_pb2.TypedExtensionConfig(
+            name="msm.body_header",
+            typed_config=_pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=REST_BODY_HEADER))),
+        value_match=xds_string_pb2.StringMatcher(exact=REST_BODY_DATA),
+    )
+    skip = matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(
+        name="msm.skip_transcoder", typed_config=_pack(skip_action_pb2.SkipFilter())))
+    return extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[
+            matcher_pb2.Matcher.MatcherList.FieldMatcher(
+                predicate=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=marked), on_match=skip),
+        ])),
+        extension_config=extension_pb2.TypedExtensionConfig(
+            name=TRANSCODER_FILTER, typed_config=_pack(transcoder)),
+    )
+
+
+def _router() -> hcm.HttpFilter:
+    return hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+
+
+def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
+    """HCM filters of the REST listener: classify, transcode, rewrite the model name, route."""
+    return [
+        # marks `data` bodies and clears the route cache so the REST-port route matches
+        _lua_filter(CLASSIFY_FILTER, "classify_body.lua", clear_route_cache=True),
+        # skipped for bodies the classifier marked
+        hcm.HttpFilter(name=TRANSCODER_FILTER,
+                       typed_config=_pack(_skip_when_marked(transcoder_config(opts)))),
+        # must not re-route: after transcoding the path is /inference.GRPCInferenceService/…
+        _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False),
+        _router(),
+    ]
+
+
+def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
+    """HCM filters of the gRPC listener: rewrite the model name, route."""
+    return [_lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+
+
+def route_target_metadata(revision_id: str) -> base_pb2.Metadata:
+    """Route metadata naming the revision the runtime knows the model by (read by the rewrite Lua)."""
+    m = base_pb2.Metadata()
+    m.filter_metadata[REWRITE_FILTER].update({TARGET_KEY: revision_id})
+    return m
+
+
+def transcoding_per_route(enabled: bool) -> dict[str, Any]:
+    """``Route.typed_per_filter_config`` entries for a REST-listener route.
+
+    ``enabled``: the route sends ``…/infer`` to a runtime's gRPC port; every filter runs.
+    Otherwise (REST-port routes: ``data`` bodies, ready, metadata) the transcoder is off, and
+    so is the classifier, which has nothing to decide there.
+    """
+    if enabled:
+        return {}
+    off = _pack(rc.FilterConfig(disabled=True))
+    return {CLASSIFY_FILTER: off, TRANSCODER_FILTER: off}

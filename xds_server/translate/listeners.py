@@ -1,0 +1,99 @@
+"""The REST and gRPC listeners: HTTP connection managers, route discovery, local replies."""
+
+from __future__ import annotations
+
+from envoy.config.accesslog.v3 import accesslog_pb2 as al
+from envoy.config.core.v3 import address_pb2, base_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from xds_server.translate import data_path, names
+from xds_server.translate.common import ads_source, pack
+from xds_server.translate.options import GatewayOptions
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+NOT_FOUND_MESSAGE = "model not found"
+NO_COPY_MESSAGE = "no ready copy of the model"
+# gRPC status codes carried in the trailers-only local replies of the gRPC listener
+GRPC_NOT_FOUND = "5"
+
+
+def _flag_filter(*flags: str) -> al.AccessLogFilter:
+    return al.AccessLogFilter(response_flag_filter=al.ResponseFlagFilter(flags=list(flags)))
+
+
+def _json_format(fields: dict[str, str]) -> substitution_format_string_pb2.SubstitutionFormatString:
+    s = struct_pb2.Struct()
+    s.update(fields)
+    return substitution_format_string_pb2.SubstitutionFormatString(json_format=s)
+
+
+def local_reply_config(kind: str) -> hcm.LocalReplyConfig:
+    """Every reply Envoy makes itself is JSON ``{"error": ...}``.
+
+    No route (an unknown model) is 404 ``model not found``, with gRPC status NOT_FOUND on the
+    gRPC listener; no healthy upstream or an unknown cluster (a model whose copies are gone) is 503.
+    """
+    not_found = hcm.ResponseMapper(
+        filter=_flag_filter("NR"), status_code=wrappers_pb2.UInt32Value(value=404),
+        body=base_pb2.DataSource(inline_string=NOT_FOUND_MESSAGE),
+        body_format_override=_json_format({"error": "%LOCAL_REPLY_BODY%", "path": "%REQ(:PATH)%"}),
+    )
+    if kind == names.GRPC:
+        not_found.headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="grpc-status", value=GRPC_NOT_FOUND),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+        not_found.headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="grpc-message", value=NOT_FOUND_MESSAGE),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    no_copy = hcm.ResponseMapper(
+        filter=_flag_filter("UH", "NC"), status_code=wrappers_pb2.UInt32Value(value=503),
+        body=base_pb2.DataSource(inline_string=NO_COPY_MESSAGE),
+    )
+    return hcm.LocalReplyConfig(
+        mappers=[not_found, no_copy],
+        body_format=_json_format({"error": "%LOCAL_REPLY_BODY%"}),
+    )
+
+
+def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnectionManager:
+    m = hcm.HttpConnectionManager(
+        stat_prefix=names.VHOST[kind],
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        http_filters=(data_path.rest_http_filters(opts) if kind == names.REST
+                      else data_path.grpc_http_filters(opts)),
+        local_reply_config=local_reply_config(kind),
+    )
+    if opts.route_layout == "scoped":
+        if kind == names.REST:  # /v2/models/<name>/... split by "/" -> ["", "v2", "models", "<name>", ...]
+            extractor = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+                name=":path", element_separator="/", index=3)
+        else:
+            extractor = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+                name=names.MODEL_HEADER, element_separator="\n", index=0)
+        m.scoped_routes.CopyFrom(hcm.ScopedRoutes(
+            name=names.LISTENER[kind],
+            scope_key_builder=hcm.ScopedRoutes.ScopeKeyBuilder(fragments=[
+                hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=extractor)]),
+            rds_config_source=ads_source(),
+            scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads_source()),
+        ))
+    else:
+        m.rds.CopyFrom(hcm.Rds(config_source=ads_source(), route_config_name=names.flat_route_config(kind)))
+    return m
+
+
+def build_listeners(opts: GatewayOptions) -> dict[str, listener_pb2.Listener]:
+    out = {}
+    for kind in names.KINDS:
+        name = names.LISTENER[kind]
+        port = opts.rest_port if kind == names.REST else opts.grpc_port
+        out[name] = listener_pb2.Listener(
+            name=name,
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+                address=opts.listen_address, port_value=port)),
+            filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+                name=HCM_FILTER, typed_config=pack(http_connection_manager(kind, opts)))])],
+        )
+    return out

@@ -1,0 +1,50 @@
+"""Names of the translated Envoy resources; the single place that spells them."""
+
+from __future__ import annotations
+
+import zlib
+
+from xds_server.translate.options import GatewayOptions
+
+REST = "rest"
+GRPC = "grpc"
+KINDS = (REST, GRPC)
+
+LISTENER = {REST: "msm_rest", GRPC: "msm_grpc"}
+VHOST = {REST: "rest", GRPC: "grpc"}  # route stats: vhost.<vhost>.route.msm_<revision>.*
+ROUTE_STAT_PREFIX = "msm_"  # placement/gateway_stats.py parses this
+MODEL_HEADER = "mm-vmodel-id"
+SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
+LB_METADATA = "envoy.lb"
+
+
+def flat_route_config(kind: str) -> str:
+    return LISTENER[kind]
+
+
+def scoped_route_config(kind: str, model: str) -> str:
+    """Name of a model's own RouteConfiguration (and of its ScopedRouteConfiguration)."""
+    return f"{LISTENER[kind]}/{model}"
+
+
+def revision_cluster(kind: str, revision_id: str) -> str:
+    return f"rev_{kind}_{revision_id}"
+
+
+def runtime_cluster(kind: str, runtime: str, shard: int) -> str:
+    return f"rt_{kind}_{runtime}_{shard}"
+
+
+def activator_cluster(kind: str) -> str:
+    return f"activator_{kind}"
+
+
+def shard_of(model: str, shards: int) -> int:
+    """Stable shard of a model (crc32 of its name), so a model's revisions share a shard."""
+    return zlib.crc32(model.encode()) % shards if shards > 1 else 0
+
+
+def cluster_for(kind: str, model: str, revision_id: str, runtime: str, opts: GatewayOptions) -> str:
+    if opts.cluster_layout == "per_revision":
+        return revision_cluster(kind, revision_id)
+    return runtime_cluster(kind, runtime, shard_of(model, opts.subset_shards))

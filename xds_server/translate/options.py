@@ -1,0 +1,69 @@
+"""Gateway options: everything about the Envoy gateway that is not in the mesh view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ClusterLayout = Literal["per_revision", "subset"]
+RouteLayout = Literal["scoped", "flat"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to the runtimes with certificates from SDS (an Istio agent's ``sds-grpc`` cluster)."""
+
+    sds_cluster: str = "sds-grpc"
+    cert_secret: str = "default"  # workload certificate + key
+    validation_secret: str = "ROOTCA"  # trust bundle that validates the runtime's certificate
+    sni: str | None = None
+    alpn_h2: bool = True  # offer "h2" on the gRPC clusters
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    """How the translated Envoy gateway listens, routes, retries and lays out its clusters.
+
+    ``cluster_layout``:
+      - ``subset``: one REST and one gRPC cluster per runtime (optionally split in
+        ``subset_shards`` by a hash of the model name); endpoints are runtime instances whose
+        metadata lists the revisions they hold, routes pick a revision with ``metadata_match``.
+        Envoy's memory grows with instances, not models (see docs/gateway.md for the numbers).
+      - ``per_revision``: one REST and one gRPC cluster per revision, EDS endpoints = its copies.
+
+    ``route_layout``:
+      - ``scoped``: Scoped RDS keyed on the model name; one small RouteConfiguration per model
+        and listener, so a model change resends only that model's routes and matching is a hash
+        lookup;
+      - ``flat``: one RouteConfiguration per listener holding every model.
+    """
+
+    rest_port: int = 8008
+    grpc_port: int = 8033
+    listen_address: str = "127.0.0.1"
+    cluster_layout: ClusterLayout = "subset"
+    subset_shards: int = 1
+    route_layout: RouteLayout = "scoped"
+    timeout_s: float = 60.0  # per request, retries included; 0 disables
+    retries: int = 2
+    per_try_timeout_s: float | None = None
+    connect_timeout_s: float = 1.0
+    # outlier detection: a copy that keeps failing at the connection level is skipped for a while
+    outlier_consecutive_gateway_failure: int = 2
+    outlier_interval_s: float = 1.0
+    outlier_base_ejection_s: float = 10.0
+    outlier_max_ejection_percent: int = 100
+    route_stats: bool = True  # Route.stat_prefix "msm_<revision>" (read by placement/gateway_stats)
+    max_request_bytes: int = 64 * 1024 * 1024  # request bodies buffered for retries and transcoding
+    upstream_tls: UpstreamTls | None = None
+    ads: bool = True  # RDS/EDS/SRDS through ADS (the bootstrap's xds cluster)
+
+    def __post_init__(self) -> None:
+        if self.cluster_layout not in ("per_revision", "subset"):
+            raise ValueError(f"cluster_layout must be per_revision or subset, not {self.cluster_layout!r}")
+        if self.route_layout not in ("scoped", "flat"):
+            raise ValueError(f"route_layout must be scoped or flat, not {self.route_layout!r}")
+        if self.subset_shards < 1:
+            raise ValueError("subset_shards must be >= 1")
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")

@@ -1,0 +1,234 @@
+"""Routes keyed on the model name (RDS, flat or Scoped RDS), splits by ``runtime_fraction``.
+
+A split is one route per destination. Envoy evaluates every route of a request against the same
+per-request random value, so route *i* carrying the cumulative share ``w_1 + … + w_i`` (out of a
+million) matches exactly a ``w_i`` share of the requests that reach the split; the last route
+has no fraction and takes the rest. Unlike ``weighted_clusters``, each destination keeps its own
+path rewrite and metadata, which is what sends a request to the runtime under the revision's id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
+
+from xds_server.mesh_view import HeaderMatch, MeshView, Model, RouteRule
+from xds_server.translate import data_path, names
+from xds_server.translate.common import duration, pack
+from xds_server.translate.options import GatewayOptions
+
+MILLION = 1_000_000
+# "cancelled": a runtime shutting down (pod terminating, grpc server stop) cancels its in-flight RPCs
+RETRY_ON = "reset,connect-failure,refused-stream,unavailable,cancelled"
+_PREVIOUS_HOSTS = rc.RetryPolicy.RetryHostPredicate(
+    name="envoy.retry_host_predicates.previous_hosts",
+    typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one destination of a rule goes."""
+
+    revision: str
+    kind: str  # "runtime", "activator" or "unavailable"
+    runtime: str = ""
+
+
+def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target, int]]:
+    """The rule's destinations with their weights, resolved to runtime / activator / unavailable.
+
+    Without an activator, a destination with no ready copy gives its share to the destinations
+    that have one; if none has, the rule answers 503.
+    """
+    out: list[tuple[Target, int]] = []
+    for d in rule.destinations:
+        rev = model.revision(d.revision)
+        if rev is None or d.weight <= 0:
+            continue
+        if rev.copies:
+            out.append((Target(rev.id, "runtime", rev.runtime), d.weight))
+        elif view.activator is not None:
+            out.append((Target(rev.id, "activator"), d.weight))
+        else:
+            out.append((Target(rev.id, "unavailable"), d.weight))
+    live = [(t, w) for t, w in out if t.kind != "unavailable"]
+    if live:
+        return live
+    return out[:1] or [(Target("", "unavailable"), 1)]
+
+
+def split_fractions(weights: list[int]) -> list[int | None]:
+    """Cumulative numerators (per million) for a split; the last destination gets ``None``."""
+    total = sum(weights)
+    out: list[int | None] = []
+    acc = 0
+    for w in weights[:-1]:
+        acc += w
+        out.append(round(acc * MILLION / total))
+    out.append(None)
+    return out
+
+
+def _header(h: HeaderMatch) -> rc.HeaderMatcher:
+    if h.exact is not None:
+        sm = string_pb2.StringMatcher(exact=h.exact)
+    elif h.prefix is not None:
+        sm = string_pb2.StringMatcher(prefix=h.prefix)
+    else:
+        sm = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=h.regex or ""))
+    return rc.HeaderMatcher(name=h.name, string_match=sm)
+
+
+def _exact(name: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _retry(rule: RouteRule, opts: GatewayOptions) -> rc.RetryPolicy:
+    p = rc.RetryPolicy(
+        retry_on=RETRY_ON,
+        num_retries=wrappers_pb2.UInt32Value(value=opts.retries if rule.retries is None else rule.retries),
+        retry_host_predicate=[_PREVIOUS_HOSTS],
+        host_selection_retry_max_attempts=5,
+    )
+    if opts.per_try_timeout_s:
+        p.per_try_timeout.CopyFrom(duration(opts.per_try_timeout_s))
+    return p
+
+
+def _fraction(numerator: int | None, route: rc.Route) -> None:
+    if numerator is not None:
+        route.match.runtime_fraction.CopyFrom(base_pb2.RuntimeFractionalPercent(
+            default_value=percent_pb2.FractionalPercent(
+                numerator=numerator, denominator=percent_pb2.FractionalPercent.MILLION),
+            runtime_key="msm.split.unset",  # never set: the default share applies
+        ))
+
+
+def _unavailable(model: Model, target: Target) -> rc.DirectResponseAction:
+    what = f"model '{model.name}'"
+    if target.revision:
+        what = f"revision '{target.revision}' of {what}"
+    return rc.DirectResponseAction(
+        status=503, body=base_pb2.DataSource(inline_string=f"no ready copy of {what}"))
+
+
+class _RouteBuilder:
+    """Routes of one model on one listener."""
+
+    def __init__(self, model: Model, kind: str, view: MeshView, opts: GatewayOptions) -> None:
+        self.model, self.kind, self.view, self.opts = model, kind, view, opts
+        self.prefix = f"/v2/models/{model.name}"
+
+    def routes(self) -> list[rc.Route]:
+        out: list[rc.Route] = []
+        for i, rule in enumerate(self.model.effective_rules()):
+            targets = _targets(self.model, rule, self.view)
+            fractions = split_fractions([w for _, w in targets])
+            if self.kind == names.REST:
+                # (1) standard V2 JSON body (the data-path Lua marks it) and (3) every non-infer
+                # call go to the runtime's REST port; (2) other infer bodies are transcoded to gRPC
+                variants = ("body", "infer", "other")
+            else:
+                variants = ("grpc",)
+            for variant in variants:
+                for (target, _), frac in zip(targets, fractions, strict=True):
+                    out.append(self._route(i, rule, variant, target, frac))
+        return out
+
+    def _match(self, rule: RouteRule, variant: str) -> rc.RouteMatch:
+        m = rc.RouteMatch()
+        if variant == "grpc":
+            m.prefix = "/"
+            m.headers.append(_exact(names.MODEL_HEADER, self.model.name))
+        else:
+            m.path_separated_prefix = self.prefix
+            if variant == "body":
+                m.headers.append(_exact(data_path.REST_BODY_HEADER, data_path.REST_BODY_DATA))
+            elif variant == "infer":
+                m.headers.append(_exact(":method", "POST"))
+                m.headers.append(rc.HeaderMatcher(
+                    name=":path", string_match=string_pb2.StringMatcher(suffix="/infer")))
+        m.headers.extend(_header(h) for h in rule.headers)
+        return m
+
+    def _route(self, index: int, rule: RouteRule, variant: str, target: Target, frac: int | None) -> rc.Route:
+        opts = self.opts
+        r = rc.Route(name=f"{self.model.name}/{index}/{variant}/{target.revision}",
+                     match=self._match(rule, variant))
+        _fraction(frac, r)
+        upstream_grpc = variant in ("infer", "grpc")
+        if target.kind == "unavailable":
+            r.direct_response.CopyFrom(_unavailable(self.model, target))
+        else:
+            a = r.route
+            if target.kind == "activator":
+                # the activator gets the request as the client sent it (model name, REST body)
+                upstream_grpc = self.kind == names.GRPC
+                a.cluster = names.activator_cluster(names.GRPC if upstream_grpc else names.REST)
+            else:
+                up = names.GRPC if upstream_grpc else names.REST
+                a.cluster = names.cluster_for(up, self.model.name, target.revision, target.runtime, opts)
+                if opts.cluster_layout == "subset":
+                    a.metadata_match.filter_metadata[names.LB_METADATA].fields[
+                        names.SUBSET_KEY].string_value = target.revision
+                if upstream_grpc:
+                    r.metadata.CopyFrom(data_path.route_target_metadata(target.revision))
+                else:
+                    a.prefix_rewrite = f"/v2/models/{target.revision}"
+            timeout = opts.timeout_s if rule.timeout_s is None else rule.timeout_s
+            a.timeout.CopyFrom(duration(timeout))
+            a.retry_policy.CopyFrom(_retry(rule, opts))
+            if opts.route_stats:
+                r.stat_prefix = f"{names.ROUTE_STAT_PREFIX}{target.revision}"
+        if variant == "body":
+            r.request_headers_to_remove.append(data_path.REST_BODY_HEADER)
+        if self.kind == names.REST:
+            enabled = upstream_grpc and target.kind == "runtime"
+            for filter_name, cfg in data_path.transcoding_per_route(enabled).items():
+                r.typed_per_filter_config[filter_name].CopyFrom(cfg)
+        return r
+
+
+def model_routes(model: Model, kind: str, view: MeshView, opts: GatewayOptions) -> list[rc.Route]:
+    return _RouteBuilder(model, kind, view, opts).routes()
+
+
+def _vhost(kind: str, routes: list[rc.Route], opts: GatewayOptions) -> rc.VirtualHost:
+    return rc.VirtualHost(
+        name=names.VHOST[kind], domains=["*"], routes=routes,
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=opts.max_request_bytes),
+    )
+
+
+def build_routes(view: MeshView, opts: GatewayOptions) -> tuple[
+        dict[str, route_pb2.RouteConfiguration], dict[str, scoped_route_pb2.ScopedRouteConfiguration]]:
+    """RouteConfigurations (and, for Scoped RDS, one scope per model and listener)."""
+    rcs: dict[str, route_pb2.RouteConfiguration] = {}
+    scopes: dict[str, scoped_route_pb2.ScopedRouteConfiguration] = {}
+    models = [view.models[k] for k in sorted(view.models)]
+    for kind in names.KINDS:
+        if opts.route_layout == "flat":
+            routes = [r for m in models for r in model_routes(m, kind, view, opts)]
+            name = names.flat_route_config(kind)
+            rcs[name] = route_pb2.RouteConfiguration(
+                name=name, virtual_hosts=[_vhost(kind, routes, opts)],
+                validate_clusters=wrappers_pb2.BoolValue())
+            continue
+        for m in models:
+            name = names.scoped_route_config(kind, m.name)
+            rcs[name] = route_pb2.RouteConfiguration(
+                name=name, virtual_hosts=[_vhost(kind, model_routes(m, kind, view, opts), opts)],
+                validate_clusters=wrappers_pb2.BoolValue())
+            scopes[name] = scoped_route_pb2.ScopedRouteConfiguration(
+                name=name, route_configuration_name=name,
+                key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+                    fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=m.name)]))
+    return rcs, scopes
