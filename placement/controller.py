@@ -13,12 +13,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from xds_server.server import XdsServer
-
 from placement.engine import Engine, LoadAction, UnloadAction
 from placement.model_types import DesiredModel, InstanceInfo
 from xds_server.mesh_view import Activator as ActivatorAddress
 from xds_server.publisher import SnapshotPublisher
+from xds_server.server import XdsServer
 
 log = logging.getLogger("msm.controller")
 

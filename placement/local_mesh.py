@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from xds_server.bootstrap import render_bootstrap
 
+from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
 
 SAMPLE_CURL = (

@@ -24,12 +24,12 @@ _data_path_standin.install()
 server_mod = pytest.importorskip("xds_server.server")
 
 from backends import CopyBackend, free_port  # noqa: E402
-from xds_server.cache import SnapshotCache  # noqa: E402
-from xds_server.snapshot import Snapshot  # noqa: E402
 
 from xds_server.bootstrap import render_bootstrap  # noqa: E402
+from xds_server.cache import SnapshotCache  # noqa: E402
 from xds_server.envoy_process import EnvoyProcess  # noqa: E402
 from xds_server.mesh_view import Copy, Destination, HeaderMatch, MeshView, Model, Revision, RouteRule  # noqa: E402
+from xds_server.snapshot import Snapshot  # noqa: E402
 from xds_server.translate import GatewayOptions, translate  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
