@@ -84,7 +84,13 @@ def test_listeners_ports_and_scope_keys():
     grpc = hcm_of(res, "msm_grpc").scoped_routes.scope_key_builder.fragments[0].header_value_extractor
     assert (grpc.name, grpc.index) == ("mm-vmodel-id", 0)
     # one scope and one small RouteConfiguration per model and listener
-    assert res[SCOPED]["msm_rest/m"].key.fragments[0].string_key == "m"
+    assert [f.string_key for f in res[SCOPED]["msm_rest/m"].key.fragments] == ["m", "v2"]
+    # every listener receives every scope over SRDS: the keys differ by the path's first element
+    assert [f.string_key for f in res[SCOPED]["msm_grpc/m"].key.fragments] == [
+        "m", "inference.GRPCInferenceService"]
+    for b in (rest, grpc):
+        assert hcm_of(res, f"msm_{'rest' if b is rest else 'grpc'}").scoped_routes.scope_key_builder \
+            .fragments[1].header_value_extractor.index == 1
     assert res[SCOPED]["msm_grpc/n"].route_configuration_name == "msm_grpc/n"
     assert set(res[ROUTE]) == {f"msm_{k}/{m}" for k in ("rest", "grpc") for m in ("m", "n", "cold")}
 

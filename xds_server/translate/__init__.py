@@ -9,18 +9,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
-try:
-    from xds_server import resource_types as rt
-except ImportError:  # TEMPORARY until resource_types.py lands
-    import types as _types
-
-    rt = _types.SimpleNamespace(
-        LISTENER="type.googleapis.com/envoy.config.listener.v3.Listener",
-        ROUTE="type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        SCOPED_ROUTE="type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration",
-        CLUSTER="type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        ENDPOINT="type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-    )
+from xds_server import resource_types as rt
 from xds_server.mesh_view import MeshView
 from xds_server.translate.clusters import build_clusters
 from xds_server.translate.listeners import build_listeners

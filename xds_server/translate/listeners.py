@@ -72,10 +72,13 @@ def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnecti
         else:
             extractor = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
                 name=names.MODEL_HEADER, element_separator="\n", index=0)
+        tag = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+            name=":path", element_separator="/", index=1)  # names.SCOPE_TAG[kind]
         m.scoped_routes.CopyFrom(hcm.ScopedRoutes(
             name=names.LISTENER[kind],
             scope_key_builder=hcm.ScopedRoutes.ScopeKeyBuilder(fragments=[
-                hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=extractor)]),
+                hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=extractor),
+                hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(header_value_extractor=tag)]),
             rds_config_source=ads_source(),
             scoped_rds=hcm.ScopedRds(scoped_rds_config_source=ads_source()),
         ))

@@ -9,6 +9,10 @@ from xds_server.translate.options import GatewayOptions
 REST = "rest"
 GRPC = "grpc"
 KINDS = (REST, GRPC)
+# Scoped RDS delivers every scope to every listener on the ADS stream, so the two listeners' scope
+# keys must differ: the second key fragment is the first path element each listener's requests
+# carry (/v2/models/<name>/... and /inference.GRPCInferenceService/<method>).
+SCOPE_TAG = {REST: "v2", GRPC: "inference.GRPCInferenceService"}
 
 LISTENER = {REST: "msm_rest", GRPC: "msm_grpc"}
 VHOST = {REST: "rest", GRPC: "grpc"}  # route stats: vhost.<vhost>.route.msm_<revision>.*

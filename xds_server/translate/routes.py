@@ -230,5 +230,7 @@ def build_routes(view: MeshView, opts: GatewayOptions) -> tuple[
             scopes[name] = scoped_route_pb2.ScopedRouteConfiguration(
                 name=name, route_configuration_name=name,
                 key=scoped_route_pb2.ScopedRouteConfiguration.Key(
-                    fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=m.name)]))
+                    fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=m.name),
+                               scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(
+                                   string_key=names.SCOPE_TAG[kind])]))
     return rcs, scopes

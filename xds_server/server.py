@@ -1,0 +1,157 @@
+"""The ADS gRPC server: both protocol variants on grpcio's asyncio API.
+
+Responses are written as prebuilt bytes (see ``snapshot.py``), so the method handlers are
+registered with an identity response serialiser instead of the generated servicer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client import CollectorRegistry
+
+from xds_server import resource_types as rt
+from xds_server.cache import SnapshotCache
+from xds_server.delta import DeltaStream
+from xds_server.metrics import XdsMetrics
+from xds_server.snapshot import Snapshot
+from xds_server.sotw import SotwStream
+from xds_server.stream import Stream
+
+log = logging.getLogger("msm.xds")
+
+AdsStream = SotwStream | DeltaStream
+Context = grpc.aio.ServicerContext
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class XdsServer:
+    """Serves the cache's current snapshot to every Envoy that connects over ADS."""
+
+    def __init__(self, cache: SnapshotCache, registry: CollectorRegistry | None = None) -> None:
+        self.cache = cache
+        self.metrics = XdsMetrics(registry)
+        self._server: grpc.aio.Server | None = None
+        self._streams: dict[int, Stream] = {}
+        self._progress = asyncio.Event()
+        self.port: int | None = None
+        cache.on_publish(self._published)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 18000) -> int:
+        """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ])
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._sotw, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_identity),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._delta, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_identity),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"xDS server cannot listen on {host}:{port}")
+        await server.start()
+        self._server, self.port = server, bound
+        log.info("xDS (ADS, SotW and delta) listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self, grace: float = 0.5) -> None:
+        for s in list(self._streams.values()):
+            s.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    # -- streams ----------------------------------------------------------------------------
+    async def _sotw(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+        stream = SotwStream(self.cache, self.metrics, context.peer(), self._notify)
+        async for out in self._serve(stream, requests):
+            yield out
+
+    async def _delta(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+        stream = DeltaStream(self.cache, self.metrics, context.peer(), self._notify)
+        async for out in self._serve(stream, requests):
+            yield out
+
+    async def _serve(self, stream: AdsStream, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        self._streams[stream.id] = stream
+        self.metrics.clients.labels(stream.variant).inc()
+        self.metrics.streams.labels(stream.variant).inc()
+        reader = asyncio.create_task(self._read(stream, requests), name=f"xds-read-{stream.id}")
+        try:
+            async for out in stream.responses():
+                yield out
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            del self._streams[stream.id]
+            self.metrics.clients.labels(stream.variant).dec()
+            log.info("%s stream %d from %s closed", stream.variant, stream.id, stream.node_id or stream.peer)
+            self._notify()
+
+    @staticmethod
+    async def _read(stream: AdsStream, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for req in requests:
+                stream.on_request(req)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            stream.close()
+
+    def _published(self, snapshot: Snapshot) -> None:
+        self.metrics.snapshots.inc()
+        for type_url, count in snapshot.counts().items():
+            self.metrics.snapshot_resources.labels(rt.short(type_url)).set(count)
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- introspection ----------------------------------------------------------------------
+    def clients(self) -> list[Stream]:
+        """Open streams, oldest first (each has ``node_id``, ``variant`` and ``describe()``)."""
+        return sorted(self._streams.values(), key=lambda s: s.id)
+
+    def _caught_up(self, seq: int, type_urls: list[str] | None, node_id: str | None) -> bool:
+        return all(s.synced(seq, type_urls) for s in self._streams.values()
+                   if node_id is None or s.node_id == node_id)
+
+    async def wait_for_ack(self, version: str, type_urls: Iterable[str] | None = None,
+                           node_id: str | None = None, timeout: float = 10.0) -> bool:
+        """Wait until every client (or ``node_id``) holds snapshot ``version`` or a later one.
+
+        True at once when no client is connected. False when the version was never published or
+        ``timeout`` passes first (as it does when a client rejected the version).
+        """
+        seq = self.cache.seq_of(version)
+        if seq is None:
+            return False
+        types = list(type_urls) if type_urls is not None else None
+        deadline = time.monotonic() + timeout
+        while not self._caught_up(seq, types, node_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                return self._caught_up(seq, types, node_id)
+        return True

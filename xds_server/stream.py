@@ -1,0 +1,352 @@
+"""What one ADS stream knows about its client, and what to send it next.
+
+Both protocol variants share this state machine; ``sotw.py`` and ``delta.py`` only decide how a
+request updates the subscription and how a response is encoded.
+
+Semantics kept here:
+
+- At most one response per type is outstanding. The client's ACK (same nonce, no error) moves
+  what it is known to hold; a NACK leaves the last good state in place, and the rejected content
+  is not offered again until a newer snapshot (or a change of subscription) gives a reason to.
+- Make before break. Routing types (listeners, scoped routes, route tables) move to a snapshot
+  only once every cluster of that snapshot is acknowledged at its version together with its
+  endpoints; until the client acknowledges those routes, clusters it may still route to are kept
+  (and their endpoints too). Only then are clusters the new snapshot dropped removed.
+- A cluster that changes is re-created by Envoy and stays warming until its endpoints arrive
+  again, so the endpoints of every changed cluster are resent even when they did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xds_server import resource_types as rt
+from xds_server.cache import SnapshotCache
+from xds_server.metrics import XdsMetrics
+from xds_server.snapshot import Resource, Snapshot
+
+log = logging.getLogger("msm.xds")
+
+#: resources a client should have: a Resource to send, or None for "keep what it holds".
+Want = Mapping[str, Resource | None]
+
+
+@dataclass
+class Pending:
+    nonce: str
+    seq: int
+    version: str
+    sent: dict[str, Resource]
+    removed: frozenset[str]
+
+
+@dataclass
+class TypeState:
+    """One type URL on one stream: subscription, what the client holds, what is in flight."""
+
+    type_url: str
+    requested: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    explicit: bool = False  # has named resources at least once (ends legacy wildcard)
+    answered: bool = False
+    known: dict[str, str] = field(default_factory=dict)  # name → version the client holds
+    held: dict[str, Resource] = field(default_factory=dict)  # the resources behind ``known``
+    pending: Pending | None = None
+    last_nonce: str = ""
+    acked_version: str = ""
+    nacked_seq: int = -1
+    last_error: str | None = None
+    nack_count: int = 0
+    force: set[str] = field(default_factory=set)  # names to resend even if unchanged
+    synced_seq: int = 0
+
+    def subscribed(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+    def forget(self, names: set[str] | frozenset[str]) -> None:
+        for n in names:
+            self.known.pop(n, None)
+            self.held.pop(n, None)
+            self.force.discard(n)
+
+    def accept(self, p: Pending, full_state: bool) -> None:
+        """The client ACKed ``p``: it now holds what was sent (all it holds, with ``full_state``)."""
+        if full_state:
+            self.known = {n: r.version for n, r in p.sent.items()}
+            self.held = dict(p.sent)
+        else:
+            for n, r in p.sent.items():
+                self.known[n] = r.version
+                self.held[n] = r
+            self.forget(set(p.removed))
+        self.acked_version = p.version
+
+
+class Stream:
+    """Base of one ADS stream; a subclass handles one protocol variant."""
+
+    variant = ""
+    full_state_responses = False  # SotW: each response carries the whole subscription
+
+    _ids = itertools.count(1)
+
+    def __init__(self, cache: SnapshotCache, metrics: XdsMetrics, peer: str,
+                 on_progress: Callable[[], None]) -> None:
+        self.id = next(self._ids)
+        self.cache = cache
+        self.metrics = metrics
+        self.peer = peer
+        self.node_id = ""
+        self.cluster = ""
+        self.connected_at = time.time()
+        self.types: dict[str, TypeState] = {}
+        self.target: Snapshot | None = None
+        self.target_seq = 0
+        self.route_snapshot: Snapshot | None = None
+        self.route_seq = 0
+        self._candidates: list[tuple[int, Snapshot]] = []
+        self._nonces = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._on_progress = on_progress
+
+    # -- requests ---------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def state(self, type_url: str) -> TypeState:
+        ts = self.types.get(type_url)
+        if ts is None:
+            ts = self.types[type_url] = TypeState(type_url)
+        return ts
+
+    def _set_node(self, node: Any) -> None:
+        if not self.node_id and node is not None and node.id:
+            self.node_id = node.id
+            self.cluster = node.cluster
+            log.info("%s stream %d from %s (%s)", self.variant, self.id, self.node_id, self.peer)
+
+    def _resolve(self, ts: TypeState, nonce: str, error: Any | None) -> bool:
+        """Match an ACK/NACK to the response in flight; False when the nonce is stale."""
+        p = ts.pending
+        if p is None or nonce != p.nonce:
+            return False
+        ts.pending = None
+        label = rt.short(ts.type_url)
+        if error is not None and (error.code or error.message):
+            ts.nacked_seq = p.seq
+            ts.last_error = error.message
+            ts.nack_count += 1
+            self.metrics.nacks.labels(label).inc()
+            log.warning("%s rejected %s version %s (nonce %s): %s; it keeps %s", self.node_id or self.peer,
+                        label, p.version, nonce, error.message, ts.acked_version or "nothing")
+        else:
+            ts.accept(p, self.full_state_responses)
+            log.debug("%s ACK %s %s nonce %s", self.node_id or self.peer, label, p.version, nonce)
+            ts.last_error = None
+            self.metrics.acks.labels(label).inc()
+        return True
+
+    # -- the send loop ------------------------------------------------------------------------
+    async def responses(self) -> AsyncIterator[bytes]:
+        """Responses to write, in order, until the client goes away."""
+        self.cache.watch(self._wake)
+        try:
+            while not self._closed:
+                self._follow_cache()
+                out = self._next_response()
+                if out is not None:
+                    yield out
+                    continue
+                self._update_synced()
+                await self._wake.wait()
+                self._wake.clear()
+        finally:
+            self.cache.unwatch(self._wake)
+
+    def _follow_cache(self) -> None:
+        snap = self.cache.current
+        if snap is None or self.cache.seq == self.target_seq:
+            return
+        self.target, self.target_seq = snap, self.cache.seq
+        self._candidates.append((self.target_seq, snap))
+        if len(self._candidates) > 8:
+            del self._candidates[0]
+
+    def _pick_route_snapshot(self) -> None:
+        """Move routing to the newest snapshot whose clusters the client has warm."""
+        for seq, snap in reversed(self._candidates):
+            if seq <= self.route_seq:
+                break
+            if self._warm(snap):
+                self.route_snapshot, self.route_seq = snap, seq
+                self._candidates = [(s, c) for s, c in self._candidates if s > seq]
+                return
+
+    def _warm(self, snap: Snapshot) -> bool:
+        cds, eds = self.types.get(rt.CLUSTER), self.types.get(rt.ENDPOINT)
+        if cds is not None and cds.requested:
+            if cds.pending is not None:
+                return False
+            if any(cds.known.get(n) != r.version for n, r in snap.get(rt.CLUSTER).items()):
+                return False
+            if snap.cluster_endpoint_names and (eds is None or not eds.requested):
+                return False  # Envoy has not asked for the endpoints yet: the clusters are warming
+        if eds is not None and eds.requested:
+            endpoints = snap.get(rt.ENDPOINT)
+            if eds.pending is not None or any(n in endpoints for n in eds.force):
+                return False
+            for n, r in endpoints.items():
+                held = eds.held.get(n)
+                if eds.known.get(n) != r.version and (
+                        held is None or eds.known.get(n) != held.version or r.version not in held.covers):
+                    return False
+        return True
+
+    def _prunable(self) -> bool:
+        """True when the client routes by the target snapshot, so older clusters can go."""
+        if self.route_seq != self.target_seq:
+            return False
+        for t, ts in self.types.items():
+            if t in rt.ROUTING and ts.requested and not self._in_sync(ts, self._final(ts)):
+                return False
+        return True
+
+    def _final(self, ts: TypeState) -> Want:
+        assert self.target is not None
+        return self._restrict(ts, self.target.get(ts.type_url))
+
+    @staticmethod
+    def _restrict(ts: TypeState, src: Mapping[str, Resource | None]) -> Want:
+        if ts.wildcard:
+            return src
+        return {n: src[n] for n in ts.names if n in src}
+
+    def want(self, ts: TypeState) -> Want | None:
+        """What the client should hold of this type now; None to hold it where it is."""
+        t = ts.type_url
+        assert self.target is not None
+        if t in rt.ROUTING:
+            if self.route_snapshot is None:
+                return None
+            return self._restrict(ts, self.route_snapshot.get(t))
+        src: Mapping[str, Resource | None] = self.target.get(t)
+        if t in (rt.CLUSTER, rt.ENDPOINT) and not self._prunable():
+            # make before break: keep what older routes may still select
+            kept: dict[str, Resource | None] = {n: ts.held.get(n) for n in ts.known if n not in src}
+            if t == rt.ENDPOINT:
+                target = self.target
+                for n, held in ts.held.items():
+                    if n in src and ts.known.get(n) == held.version:
+                        kept[n] = target.endpoints_union(n, held)
+            if kept:
+                src = {**src, **kept}
+        return self._restrict(ts, src)
+
+    def _blocked(self, ts: TypeState) -> bool:
+        seq = self.route_seq if ts.type_url in rt.ROUTING else self.target_seq
+        return ts.nacked_seq >= seq
+
+    def _in_sync(self, ts: TypeState, want: Want) -> bool:
+        return ts.pending is None and not self._blocked(ts) and not self._differs(ts, want)
+
+    def _next_response(self) -> bytes | None:
+        if self.target is None:
+            return None
+        if self.route_seq < self.target_seq:
+            self._pick_route_snapshot()
+        for t in sorted(self.types, key=rt.order_key):
+            ts = self.types[t]
+            if not ts.requested or ts.pending is not None or self._blocked(ts):
+                continue
+            want = self.want(ts)
+            if want is None or not self._differs(ts, want):
+                continue
+            seq = self.route_seq if t in rt.ROUTING else self.target_seq
+            snap = self.route_snapshot if t in rt.ROUTING else self.target
+            assert snap is not None
+            nonce = str(next(self._nonces))
+            body, sent, removed = self._encode(ts, want, snap, nonce)
+            if t == rt.CLUSTER:
+                self._resend_endpoints_of_changed(ts, sent)
+            elif t == rt.ENDPOINT:
+                ts.force.difference_update(sent)
+            ts.pending = Pending(nonce, seq, snap.version, sent, removed)
+            ts.last_nonce = nonce
+            ts.answered = True
+            label = rt.short(t)
+            log.debug("%s <- %s %s nonce %s: %d resources, %d removed, %d bytes", self.node_id or self.peer,
+                      label, snap.version, nonce, len(sent), len(removed), len(body))
+            self.metrics.responses.labels(label, self.variant).inc()
+            self.metrics.response_bytes.labels(label, self.variant).inc(len(body))
+            self.metrics.resources_sent.labels(label, self.variant).inc(len(sent))
+            return body
+        return None
+
+    def _resend_endpoints_of_changed(self, cds: TypeState, sent: Mapping[str, Resource]) -> None:
+        eds = self.types.get(rt.ENDPOINT)
+        if eds is None or self.target is None:
+            return
+        eds_names = self.target.cluster_endpoint_names
+        for name, res in sent.items():
+            before = cds.known.get(name)
+            if before is not None and before != res.version and name in eds_names:
+                if eds.subscribed(eds_names[name]):
+                    eds.force.add(eds_names[name])
+
+    def _update_synced(self) -> None:
+        if self.target is None:
+            return
+        moved = False
+        for ts in self.types.values():
+            if ts.requested and ts.synced_seq < self.target_seq and self._in_sync(ts, self._final(ts)):
+                ts.synced_seq = self.target_seq
+                moved = True
+        if moved:
+            self._on_progress()
+
+    # -- variant hooks ------------------------------------------------------------------------
+    def _differs(self, ts: TypeState, want: Want) -> bool:
+        raise NotImplementedError
+
+    def _encode(self, ts: TypeState, want: Want, snap: Snapshot,
+                nonce: str) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
+        raise NotImplementedError
+
+    # -- introspection ------------------------------------------------------------------------
+    def synced(self, seq: int, type_urls: list[str] | None = None) -> bool:
+        types = type_urls if type_urls is not None else [t for t, s in self.types.items() if s.requested]
+        for t in types:
+            ts = self.types.get(t)
+            if ts is not None and ts.requested and ts.synced_seq < seq:
+                return False
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id, "cluster": self.cluster, "variant": self.variant, "peer": self.peer,
+            "connected_at": self.connected_at,
+            "types": {
+                rt.short(t): {
+                    "acked_version": ts.acked_version, "resources": len(ts.known),
+                    "subscription": "*" if ts.wildcard else len(ts.names),
+                    "pending": ts.pending.nonce if ts.pending else None,
+                    "nacks": ts.nack_count, "last_error": ts.last_error,
+                }
+                for t, ts in sorted(self.types.items(), key=lambda kv: rt.order_key(kv[0]))
+            },
+        }
+
+    def __repr__(self) -> str:
+        return f"<{self.variant} stream {self.id} node={self.node_id!r} peer={self.peer}>"
