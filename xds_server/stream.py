@@ -201,13 +201,17 @@ class Stream:
                 return False
             if any(cds.known.get(n) != r.version for n, r in snap.get(rt.CLUSTER).items()):
                 return False
-            if snap.cluster_endpoint_names and (eds is None or not eds.requested):
-                return False  # Envoy has not asked for the endpoints yet: the clusters are warming
         if eds is not None and eds.requested:
             endpoints = snap.get(rt.ENDPOINT)
             if eds.pending is not None or any(n in endpoints for n in eds.force):
                 return False
-            for n, r in endpoints.items():
+            # a client holding the clusters needs all their endpoints; one without CDS, what it asked
+            required = (snap.cluster_endpoint_names.values() if cds is not None and cds.requested
+                        else (n for n in endpoints if eds.subscribed(n)))
+            for n in required:
+                r = endpoints.get(n)
+                if r is None:
+                    continue
                 held = eds.held.get(n)
                 if eds.known.get(n) != r.version and (
                         held is None or eds.known.get(n) != held.version or r.version not in held.covers):

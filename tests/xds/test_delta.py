@@ -1,0 +1,149 @@
+"""Incremental ADS: subscriptions as deltas, removals, resumption, and per-change cost."""
+
+from __future__ import annotations
+
+import pytest
+from xds_client import AdsClient, mesh, names_of, publish, until
+
+from xds_server import resource_types as rt
+from xds_server.snapshot import Snapshot
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_subscribe_and_unsubscribe_endpoints(xds):
+    publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        eds = await c.recv()
+        assert names_of(eds) == ["a"] and all(r.version for r in eds.resources)
+        await c.ack(eds)
+        await c.delta_req(rt.ENDPOINT, subscribe=["b"])
+        eds = await c.recv()
+        assert names_of(eds) == ["b"]  # only the new name
+        await c.ack(eds)
+        await c.delta_req(rt.ENDPOINT, unsubscribe=["a"])
+        await until(lambda: xds.clients()[0].types[rt.ENDPOINT].names == {"b"})
+        # both change: the client only hears about b now
+        publish(xds.cache, mesh({"a": [5], "b": [6]}))
+        eds = await c.recv()
+        assert names_of(eds) == ["b"]
+    finally:
+        await c.close()
+
+
+async def test_wildcard_clusters_and_removal_in_removed_resources(xds):
+    publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.CLUSTER)  # an empty first subscription is a wildcard
+        cds = await c.recv()
+        assert names_of(cds) == ["a", "b"] and not cds.removed_resources
+        await c.ack(cds)
+        await c.delta_req(rt.ENDPOINT, subscribe=["a", "b"])
+        await c.ack(await c.recv())
+        snap = publish(xds.cache, mesh({"a": [1]}))
+        got = {}
+        for _ in range(2):
+            r = await c.recv()
+            got[r.type_url] = r
+            await c.ack(r)
+        assert list(got[rt.CLUSTER].removed_resources) == ["b"] and not got[rt.CLUSTER].resources
+        assert list(got[rt.ENDPOINT].removed_resources) == ["b"]
+        assert got[rt.CLUSTER].system_version_info == snap.version
+        assert await xds.wait_for_ack(snap.version, timeout=2)
+    finally:
+        await c.close()
+
+
+async def test_a_name_subscribed_again_is_sent_again_even_if_unchanged(xds):
+    publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        await c.ack(await c.recv())
+        await c.delta_req(rt.ENDPOINT, unsubscribe=["a"])
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        assert names_of(await c.recv()) == ["a"]
+    finally:
+        await c.close()
+
+
+async def test_reconnect_with_initial_resource_versions_gets_only_the_difference(xds):
+    publish(xds.cache, mesh({"a": [1], "b": [2], "c": [3]}))
+    c = AdsClient(xds.test_port, delta=True)
+    await c.delta_req(rt.CLUSTER)
+    first = await c.recv()
+    held = {r.name: r.version for r in first.resources}
+    await c.ack(first)
+    await c.close()
+    # while it was away: b changed, c went, d came
+    publish(xds.cache, mesh({"a": [1], "b": [2], "d": [4]}, timeouts={"b": 9}))
+    c2 = AdsClient(xds.test_port, delta=True)
+    try:
+        await c2.delta_req(rt.CLUSTER, initial=held)
+        resp = await c2.recv()
+        assert names_of(resp) == ["b", "d"]
+        assert list(resp.removed_resources) == ["c"]
+    finally:
+        await c2.close()
+
+
+async def test_nack_is_not_resent_and_the_next_snapshot_is(xds):
+    publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        await c.ack(await c.recv())
+        publish(xds.cache, mesh({"a": [2]}))
+        rejected = await c.recv()
+        await c.nack(rejected, "bad endpoint")
+        assert await c.nothing_within()
+        publish(xds.cache, mesh({"a": [3]}))
+        again = await c.recv()
+        assert names_of(again) == ["a"] and again.nonce != rejected.nonce
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_one_model_change_in_a_large_mesh(xds, delta):
+    """Delta sends one resource for a one-model change; SotW resends the whole subscription."""
+    n = 200
+    clusters = {f"m{i}": [1000 + i] for i in range(n)}
+    publish(xds.cache, mesh(clusters))
+    c = AdsClient(xds.test_port, delta=delta)
+    names = sorted(clusters)
+    try:
+        if delta:
+            await c.delta_req(rt.ENDPOINT, subscribe=names)
+        else:
+            await c.sotw(rt.ENDPOINT, names)
+        await c.ack(await c.recv(), names)
+        clusters["m7"] = [9]
+        publish(xds.cache, mesh(clusters))
+        resp = await c.recv()
+        assert len(names_of(resp)) == (1 if delta else n)
+    finally:
+        await c.close()
+
+
+def test_snapshot_entries_decode_to_the_messages_and_are_reused():
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    res = mesh({"a": [1], "b": [2]})
+    snap = Snapshot.build(res)
+    body = snap.sotw_body(rt.CLUSTER)
+    decoded = discovery_pb2.DiscoveryResponse.FromString(body)
+    assert names_of(decoded) == ["a", "b"]
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(
+        b"".join(r.delta_entry for r in snap.get(rt.CLUSTER).values()))
+    assert [(r.name, r.version) for r in delta.resources] == [
+        (n, snap.get(rt.CLUSTER)[n].version) for n in ("a", "b")]
+    # same content → same version; a change → a new version
+    assert Snapshot.build(mesh({"a": [1], "b": [2]})).version == snap.version
+    assert Snapshot.build(mesh({"a": [1], "b": [3]})).version != snap.version
+    # a message object carried over is not serialised again
+    again = Snapshot.build(res, previous=snap)
+    assert again.get(rt.CLUSTER)["a"] is snap.get(rt.CLUSTER)["a"]
