@@ -33,6 +33,9 @@ class DeltaStream(Stream):
         unsub = set(req.resource_names_unsubscribe)
         if first:
             ts.known = dict(req.initial_resource_versions)
+            # what it holds and the current snapshot has too: needed to keep old hosts while routes move
+            current = self.cache.current.get(ts.type_url) if self.cache.current is not None else {}
+            ts.held = {n: r for n, r in current.items() if ts.known.get(n) == r.version}
             ts.wildcard = not sub  # legacy wildcard: an empty first subscription
         if "*" in sub:
             ts.wildcard = True

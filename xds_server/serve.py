@@ -88,6 +88,6 @@ class PlacementFileServer:
             "last_error": self.last_error,
             "snapshot_version": self.publisher.version,
             "models": sorted(self.view.models),
-            "clients": [repr(c) for c in self.xds.clients()],
+            "clients": [c.describe() for c in self.xds.clients()],
             "time": time.time(),
         }

@@ -147,3 +147,34 @@ def test_snapshot_entries_decode_to_the_messages_and_are_reused():
     # a message object carried over is not serialised again
     again = Snapshot.build(res, previous=snap)
     assert again.get(rt.CLUSTER)["a"] is snap.get(rt.CLUSTER)["a"]
+
+
+async def test_after_a_reconnect_hosts_still_routed_stay_until_routes_move(xds):
+    from xds_client import decode
+
+    from xds_server.stream import Stream
+
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=True)
+    held: dict[str, dict[str, str]] = {}
+    for t, names in ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.ROUTE, ["r"])):
+        await c.delta_req(t, names)
+        resp = await c.recv()
+        held[t] = {r.name: r.version for r in resp.resources}
+        await c.ack(resp)
+    await c.close()
+    c2 = AdsClient(xds.test_port, delta=True)
+    try:
+        for t, names in ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.ROUTE, ["r"])):
+            await c2.delta_req(t, names, initial=held[t])
+        await until(lambda: any(isinstance(s, Stream) and rt.ROUTE in s.types for s in xds.clients()))
+        publish(xds.cache, mesh({"rt": [2]}, routes={"m": "rt", "n": "rt"}))
+        first = await c2.recv()
+        while first.type_url != rt.ENDPOINT:  # the empty first answers of wildcard types
+            await c2.ack(first)
+            first = await c2.recv()
+        ports = [e.endpoint.address.socket_address.port_value
+                 for loc in decode(first, "rt").endpoints for e in loc.lb_endpoints]
+        assert ports == [2, 1]
+    finally:
+        await c2.close()
