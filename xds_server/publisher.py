@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from xds_server.cache import SnapshotCache
 from xds_server.mesh_view import MeshView
 from xds_server.snapshot import Snapshot
-from xds_server.translate import GatewayOptions, translate
+from xds_server.translate import GatewayOptions
+from xds_server.translate.incremental import IncrementalTranslator
 
 log = logging.getLogger("msm.publisher")
 
@@ -29,9 +30,11 @@ class SnapshotPublisher:
         self._options = options
         self._lock = asyncio.Lock()
         self._last_view: MeshView | None = None
+        self._translator = IncrementalTranslator(options)
+        self._previous: Snapshot | None = None
         self.version: str | None = None
         self._translate_seconds = Histogram(
-            "msm_translate_seconds", "Time to translate a mesh view and build its snapshot",
+            "msm_snapshot_build_seconds", "Time to translate a mesh view and build its snapshot",
             registry=registry if registry is not None else CollectorRegistry(),
         )
 
@@ -56,4 +59,7 @@ class SnapshotPublisher:
             return snapshot.version
 
     def _build(self, view: MeshView) -> Snapshot:
-        return Snapshot.build(translate(view, self._options))
+        # runs in a worker thread; publications are serialised by the lock, so no race on the caches
+        snapshot = Snapshot.build(self._translator.translate(view), previous=self._previous)
+        self._previous = snapshot
+        return snapshot

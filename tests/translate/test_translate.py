@@ -353,3 +353,37 @@ def test_rendered_bootstrap_is_valid_ads_with_admin_on_loopback(tmp_path, delta)
     assert p.returncode == 0, p.stdout + p.stderr
     assert yaml.safe_load(render_bootstrap("n", "xds.msm.svc", 1, 2))["static_resources"]["clusters"][0][
         "type"] == "STRICT_DNS"
+
+
+@pytest.mark.parametrize("layout", ["subset", "per_revision"])
+def test_incremental_translation_equals_full_translation_and_reuses_unchanged_models(layout):
+    from dataclasses import replace
+
+    from xds_server.translate.incremental import IncrementalTranslator
+
+    opts = GatewayOptions(cluster_layout=layout, subset_shards=4)
+    inc = IncrementalTranslator(opts)
+
+    def wire(res):
+        return {t: {n: m.SerializeToString(deterministic=True) for n, m in v.items()} for t, v in res.items()}
+
+    def same(a, b) -> bool:
+        return wire(a) == wire(b)
+
+    v1 = view()
+    first = inc.translate(v1)
+    assert same(first, translate(v1, opts))
+    # one model moves to another copy; another gets a second revision; the activator appears
+    m = v1.models["m"]
+    moved = replace(m, revisions=(replace(m.revisions[0], copies=(Copy("i9", "10.0.0.9", 9000, 9001),)),))
+    v2 = MeshView.of([moved, *[x for k, x in v1.models.items() if k != "m"]])
+    second = inc.translate(v2)
+    assert same(second, translate(v2, opts))
+    for name, msg in second[ROUTE].items():
+        if not name.endswith("/m"):
+            assert msg is first[ROUTE][name]  # untouched models keep their message objects
+    assert second[ROUTE]["msm_rest/m"] is not first[ROUTE]["msm_rest/m"]
+    v3 = MeshView(models=v2.models, activator=Activator("127.0.0.1", 7001, 7002))
+    assert same(inc.translate(v3), translate(v3, opts))
+    v4 = MeshView.of([x for k, x in v2.models.items() if k != "n"])
+    assert same(inc.translate(v4), translate(v4, opts))

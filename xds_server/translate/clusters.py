@@ -13,7 +13,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from xds_server.mesh_view import Activator, MeshView
+from xds_server.mesh_view import Activator, MeshView, Model
 from xds_server.translate import names
 from xds_server.translate.common import ads_source, duration, pack
 from xds_server.translate.options import GatewayOptions, UpstreamTls
@@ -141,51 +141,84 @@ def activator_clusters(activator: Activator, opts: GatewayOptions) -> dict[str, 
     return out
 
 
+Hosts = dict[str, tuple[str, int, int, list[str]]]  # instance -> (address, rest, grpc, [revision ids])
+
+
+def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int], Hosts]:
+    """(runtime, shard) → the instances of that group and the revisions each holds."""
+    groups: dict[tuple[str, int], Hosts] = defaultdict(dict)
+    for model in view.models.values():
+        shard = names.shard_of(model.name, opts.subset_shards)
+        for rev in model.revisions:
+            if not rev.copies:
+                continue
+            hosts = groups[(rev.runtime, shard)]
+            for cp in rev.copies:
+                entry = hosts.get(cp.instance)
+                if entry is None:
+                    entry = hosts[cp.instance] = (cp.address, cp.rest_port, cp.grpc_port, [])
+                entry[3].append(rev.id)
+    return groups
+
+
+class _Builder:
+    def __init__(self, opts: GatewayOptions) -> None:
+        subset = opts.cluster_layout == "subset"
+        self.protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
+        self.clusters: dict[str, cluster_pb2.Cluster] = {}
+        self.clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+
+    def add(self, kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint]) -> None:
+        c = cluster_pb2.Cluster()
+        c.CopyFrom(self.protos[kind])
+        c.name = name
+        self.clusters[name] = c
+        self.clas[name] = _cla(name, endpoints)
+
+
+def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions) -> tuple[
+        dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
+    """The REST and gRPC clusters of one (runtime, shard) group, endpoints listing revisions."""
+    b = _Builder(opts)
+    for kind in names.KINDS:
+        eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs))
+               for _, (addr, rest, grpc, revs) in sorted(hosts.items())]
+        b.add(kind, names.runtime_cluster(kind, runtime, shard), eps)
+    return b.clusters, b.clas
+
+
+def model_revision_clusters(model: Model, opts: GatewayOptions) -> tuple[
+        dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
+    """Per-revision layout: a REST and a gRPC cluster per revision with a ready copy."""
+    b = _Builder(opts)
+    for rev in model.revisions:
+        if not rev.copies:
+            continue
+        for kind in names.KINDS:
+            eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port))
+                   for cp in sorted(rev.copies, key=lambda c: c.instance)]
+            b.add(kind, names.revision_cluster(kind, rev.id), eps)
+    return b.clusters, b.clas
+
+
 def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
         dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
     """Clusters (EDS over ADS) and their ClusterLoadAssignments for the chosen layout.
 
     Only revisions with a ready copy get upstream endpoints; routes never name anything else.
     """
-    subset = opts.cluster_layout == "subset"
-    protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
     clusters: dict[str, cluster_pb2.Cluster] = {}
     clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
-
-    def add_cluster(kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint]) -> None:
-        c = cluster_pb2.Cluster()
-        c.CopyFrom(protos[kind])
-        c.name = name
-        clusters[name] = c
-        clas[name] = _cla(name, endpoints)
-
-    if subset:
-        # (runtime, shard) -> instance -> (address, rest, grpc, [revision ids])
-        groups: dict[tuple[str, int], dict[str, tuple[str, int, int, list[str]]]] = defaultdict(dict)
-        for model in view.models.values():
-            shard = names.shard_of(model.name, opts.subset_shards)
-            for rev in model.revisions:
-                hosts = groups[(rev.runtime, shard)] if rev.copies else None
-                for cp in rev.copies:
-                    entry = hosts.get(cp.instance)
-                    if entry is None:
-                        entry = hosts[cp.instance] = (cp.address, cp.rest_port, cp.grpc_port, [])
-                    entry[3].append(rev.id)
-        for (runtime, shard), hosts in sorted(groups.items()):
-            for kind in names.KINDS:
-                eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs))
-                       for _, (addr, rest, grpc, revs) in sorted(hosts.items())]
-                add_cluster(kind, names.runtime_cluster(kind, runtime, shard), eps)
+    if opts.cluster_layout == "subset":
+        for (runtime, shard), hosts in sorted(subset_groups(view, opts).items()):
+            c, e = group_clusters(runtime, shard, hosts, opts)
+            clusters.update(c)
+            clas.update(e)
     else:
         for model in view.models.values():
-            for rev in model.revisions:
-                if not rev.copies:
-                    continue
-                for kind in names.KINDS:
-                    eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port))
-                           for cp in sorted(rev.copies, key=lambda c: c.instance)]
-                    add_cluster(kind, names.revision_cluster(kind, rev.id), eps)
-
+            c, e = model_revision_clusters(model, opts)
+            clusters.update(c)
+            clas.update(e)
     if view.activator is not None:
         clusters.update(activator_clusters(view.activator, opts))
     return clusters, clas

@@ -208,29 +208,41 @@ def _vhost(kind: str, routes: list[rc.Route], opts: GatewayOptions) -> rc.Virtua
     )
 
 
+def model_scoped_routes(model: Model, view: MeshView, opts: GatewayOptions) -> tuple[
+        dict[str, route_pb2.RouteConfiguration], dict[str, scoped_route_pb2.ScopedRouteConfiguration]]:
+    """One model's RouteConfiguration and scope on each listener (Scoped RDS layout)."""
+    rcs: dict[str, route_pb2.RouteConfiguration] = {}
+    scopes: dict[str, scoped_route_pb2.ScopedRouteConfiguration] = {}
+    for kind in names.KINDS:
+        name = names.scoped_route_config(kind, model.name)
+        rcs[name] = route_pb2.RouteConfiguration(
+            name=name, virtual_hosts=[_vhost(kind, model_routes(model, kind, view, opts), opts)],
+            validate_clusters=wrappers_pb2.BoolValue())
+        scopes[name] = scoped_route_pb2.ScopedRouteConfiguration(
+            name=name, route_configuration_name=name,
+            key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+                fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=model.name),
+                           scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(
+                               string_key=names.SCOPE_TAG[kind])]))
+    return rcs, scopes
+
+
 def build_routes(view: MeshView, opts: GatewayOptions) -> tuple[
         dict[str, route_pb2.RouteConfiguration], dict[str, scoped_route_pb2.ScopedRouteConfiguration]]:
     """RouteConfigurations (and, for Scoped RDS, one scope per model and listener)."""
     rcs: dict[str, route_pb2.RouteConfiguration] = {}
     scopes: dict[str, scoped_route_pb2.ScopedRouteConfiguration] = {}
     models = [view.models[k] for k in sorted(view.models)]
-    for kind in names.KINDS:
-        if opts.route_layout == "flat":
+    if opts.route_layout == "flat":
+        for kind in names.KINDS:
             routes = [r for m in models for r in model_routes(m, kind, view, opts)]
             name = names.flat_route_config(kind)
             rcs[name] = route_pb2.RouteConfiguration(
                 name=name, virtual_hosts=[_vhost(kind, routes, opts)],
                 validate_clusters=wrappers_pb2.BoolValue())
-            continue
-        for m in models:
-            name = names.scoped_route_config(kind, m.name)
-            rcs[name] = route_pb2.RouteConfiguration(
-                name=name, virtual_hosts=[_vhost(kind, model_routes(m, kind, view, opts), opts)],
-                validate_clusters=wrappers_pb2.BoolValue())
-            scopes[name] = scoped_route_pb2.ScopedRouteConfiguration(
-                name=name, route_configuration_name=name,
-                key=scoped_route_pb2.ScopedRouteConfiguration.Key(
-                    fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=m.name),
-                               scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(
-                                   string_key=names.SCOPE_TAG[kind])]))
+        return rcs, scopes
+    for m in models:
+        model_rcs, model_scopes = model_scoped_routes(m, view, opts)
+        rcs.update(model_rcs)
+        scopes.update(model_scopes)
     return rcs, scopes
