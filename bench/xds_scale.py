@@ -115,6 +115,17 @@ async def backend(name: str) -> tuple[web.AppRunner, Copy]:
     return runner, Copy(name, "127.0.0.1", port, free_port())
 
 
+async def served_by(s: aiohttp.ClientSession, url: str, copy: str) -> float:
+    """Poll through Envoy until ``copy`` answers; returns the time it first did."""
+    while True:
+        try:
+            async with s.get(url) as r:
+                if r.status == 200 and (await r.json())["copy"] == copy:
+                    return time.perf_counter()
+        except aiohttp.ClientError:
+            pass
+
+
 def sent_bytes(registry: CollectorRegistry, variant: str) -> float:
     total = 0.0
     for metric in registry.collect():
@@ -191,15 +202,7 @@ async def one(models: int, n_instances: int, changes: int, variants: list[str], 
                             t = time.perf_counter()
                             version = await publisher.publish(view)
                             built = time.perf_counter() - t
-                            reached = None
-                            if envoy:
-                                while reached is None:
-                                    try:
-                                        async with s.get(url) as r:
-                                            if r.status == 200 and (await r.json())["copy"] == current.instance:
-                                                reached = time.perf_counter() - t
-                                    except aiohttp.ClientError:
-                                        pass
+                            reached = await served_by(s, url, current.instance) - t if envoy else None
                             await server.wait_for_ack(version, timeout=120)
                             acked = time.perf_counter() - t
                         moves.append({"build_ms": built * 1000, "reach_ms": (reached or 0) * 1000,
