@@ -60,6 +60,15 @@ class SnapshotPublisher:
 
     def _build(self, view: MeshView) -> Snapshot:
         # runs in a worker thread; publications are serialised by the lock, so no race on the caches
-        snapshot = Snapshot.build(self._translator.translate(view), previous=self._previous)
+        try:
+            if self._previous is None or not self._translator.incremental:
+                snapshot = Snapshot.build(self._translator.translate(view), previous=self._previous)
+            else:
+                snapshot = Snapshot.patch(self._previous, self._translator.changes(view))
+        except Exception:
+            # the translator may be half-way through a change: start over with a full build
+            self._translator = IncrementalTranslator(self._options)
+            self._previous = None
+            raise
         self._previous = snapshot
         return snapshot

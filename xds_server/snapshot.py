@@ -9,6 +9,7 @@ concatenation of a small header and the prebuilt entries: no message is serialis
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,6 +34,7 @@ class Resource:
     sotw_entry: bytes  # DiscoveryResponse.resources[i], tag included
     delta_entry: bytes  # DeltaDiscoveryResponse.resources[i], tag included
     merged_from: frozenset[str] = frozenset()  # versions a make-before-break union stands for
+    mix: int = 0  # 64-bit digest of (name, version): snapshot versions are XORs of these
 
     @property
     def covers(self) -> frozenset[str]:
@@ -49,17 +51,39 @@ class Resource:
         delta = discovery_pb2.DeltaDiscoveryResponse(
             resources=[discovery_pb2.Resource(name=name, version=version, resource=packed)]
         ).SerializeToString()
-        return cls(name, type_url, version, message, sotw, delta, merged_from)
+        mix = int.from_bytes(hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=8).digest(), "big")
+        return cls(name, type_url, version, message, sotw, delta, merged_from, mix)
+
+
+def _version(digests: Mapping[str, int]) -> str:
+    h = hashlib.blake2b(digest_size=6)
+    for type_url in sorted(digests):
+        if digests[type_url]:
+            h.update(f"{type_url}={digests[type_url]:016x};".encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """All resources by type URL then name. Never mutated once built."""
+    """All resources by type URL then name. Never mutated once built.
+
+    A snapshot made from a previous one (``build(previous=...)`` or ``patch``) records which names
+    changed per type, so a stream that was in sync with the previous one checks only those; a
+    type that did not change is the very same mapping object as in the previous snapshot.
+    """
 
     version: str
     resources: Mapping[str, Mapping[str, Resource]]
+    digests: Mapping[str, int] = field(default_factory=dict, repr=False)
+    changed: Mapping[str, frozenset[str]] = field(default_factory=dict, repr=False)
+    _base: weakref.ref[Snapshot] | None = field(default=None, repr=False)
     _bodies: dict[str, bytes] = field(default_factory=dict, repr=False)
     _unions: dict[tuple[str, str], Resource] = field(default_factory=dict, repr=False)
+
+    @property
+    def base(self) -> Snapshot | None:
+        """The snapshot this one was made from, while something still holds it."""
+        return self._base() if self._base is not None else None
 
     @classmethod
     def build(cls, resources: Mapping[str, Mapping[str, Message]], version: str | None = None,
@@ -69,24 +93,99 @@ class Snapshot:
         With ``previous``, resources whose message is the very same object as in the previous
         snapshot are reused without being serialised again.
         """
-        built: dict[str, dict[str, Resource]] = {}
+        built: dict[str, Mapping[str, Resource]] = {}
+        digests: dict[str, int] = {}
+        changed: dict[str, frozenset[str]] = {}
         for type_url in sorted(resources, key=rt.order_key):
-            old = previous.resources.get(type_url, {}) if previous is not None else {}
+            old = previous.get(type_url) if previous is not None else {}
             typed: dict[str, Resource] = {}
+            mix = 0
+            diff = []
             for name in sorted(resources[type_url]):
                 msg = resources[type_url][name]
                 prior = old.get(name)
-                typed[name] = prior if prior is not None and prior.message is msg else Resource.of(
-                    type_url, name, msg)
-            built[type_url] = typed
-        if version is None:
-            digest = hashlib.blake2b(digest_size=6)
-            for type_url, typed in built.items():
-                digest.update(type_url.encode())
-                for name, res in typed.items():
-                    digest.update(name.encode() + b"\0" + res.version.encode())
-            version = digest.hexdigest()
-        return cls(version, built)
+                if prior is not None and prior.message is msg:
+                    res = prior
+                else:
+                    res = Resource.of(type_url, name, msg)
+                    if prior is not None and res.version == prior.version:
+                        res = prior
+                if res is not prior:
+                    diff.append(name)
+                typed[name] = res
+                mix ^= res.mix
+            diff.extend(n for n in old if n not in typed)
+            if previous is not None and not diff and type_url in previous.resources:
+                built[type_url] = old  # the same object: streams skip the type entirely
+            else:
+                built[type_url] = typed
+            digests[type_url] = mix
+            changed[type_url] = frozenset(diff)
+        if previous is not None:
+            for type_url in previous.resources:
+                if type_url not in built:
+                    changed[type_url] = frozenset(previous.get(type_url))
+        return cls(version or _version(digests), built, digests, changed,
+                   weakref.ref(previous) if previous is not None else None)
+
+    @classmethod
+    def patch(cls, previous: Snapshot, changes: Mapping[str, Mapping[str, Message | None]],
+              version: str | None = None) -> Snapshot:
+        """``previous`` with some resources replaced (a message) or removed (None).
+
+        Costs what changed, not what the snapshot holds: untouched types are shared, touched ones
+        are copied (a C-level dict copy) and only the given resources serialised.
+        """
+        built: dict[str, Mapping[str, Resource]] = dict(previous.resources)
+        digests = dict(previous.digests)
+        changed: dict[str, frozenset[str]] = {}
+        for type_url, items in changes.items():
+            old = previous.get(type_url)
+            typed: dict[str, Resource] | None = None
+            mix = digests.get(type_url, 0)
+            diff = []
+            for name, msg in items.items():
+                prior = old.get(name)
+                if msg is None:
+                    if prior is None:
+                        continue
+                    res = None
+                else:
+                    if prior is not None and prior.message is msg:
+                        continue
+                    res = Resource.of(type_url, name, msg)
+                    if prior is not None and prior.version == res.version:
+                        continue
+                if typed is None:
+                    typed = dict(old)
+                if prior is not None:
+                    mix ^= prior.mix
+                    del typed[name]
+                if res is not None:
+                    mix ^= res.mix
+                    typed[name] = res
+                diff.append(name)
+            if typed is not None:
+                built[type_url] = typed
+                digests[type_url] = mix
+                changed[type_url] = frozenset(diff)
+        return cls(version or _version(digests), built, digests, changed, weakref.ref(previous))
+
+    def changes_since(self, older: Snapshot, type_url: str, max_steps: int = 16) -> frozenset[str] | None:
+        """Names of ``type_url`` that may differ between ``older`` and this snapshot.
+
+        None when ``older`` is not an ancestor within ``max_steps`` (the caller compares in full).
+        """
+        names: set[str] = set()
+        snap: Snapshot | None = self
+        for _ in range(max_steps):
+            if snap is older:
+                return frozenset(names)
+            if snap is None or snap.base is None:
+                return None
+            names.update(snap.changed.get(type_url, ()))
+            snap = snap.base
+        return frozenset(names) if snap is older else None
 
     def get(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, {})

@@ -387,3 +387,33 @@ def test_incremental_translation_equals_full_translation_and_reuses_unchanged_mo
     assert same(inc.translate(v3), translate(v3, opts))
     v4 = MeshView.of([x for k, x in v2.models.items() if k != "n"])
     assert same(inc.translate(v4), translate(v4, opts))
+
+
+@pytest.mark.parametrize("layout", ["subset", "per_revision"])
+def test_patched_snapshots_equal_full_builds(layout):
+    from dataclasses import replace
+
+    from xds_server.snapshot import Snapshot
+    from xds_server.translate.incremental import IncrementalTranslator
+
+    opts = GatewayOptions(cluster_layout=layout)
+    inc = IncrementalTranslator(opts)
+    v1 = view()
+    snap = Snapshot.build(inc.translate(v1))
+    m = v1.models["n"]
+    steps = [
+        MeshView.of([replace(m, revisions=(replace(m.revisions[0], copies=(C1,)),)),
+                     *[x for k, x in v1.models.items() if k != "n"]]),
+        MeshView(models=v1.models, activator=Activator("127.0.0.1", 7001, 7002)),
+        MeshView.of([x for k, x in v1.models.items() if k != "m"]),
+        v1,
+    ]
+    for v in steps:
+        changes = inc.changes(v)
+        patched = Snapshot.patch(snap, changes)
+        full = Snapshot.build(translate(v, opts))
+        assert patched.version == full.version
+        assert {t: set(r) for t, r in patched.resources.items() if r} == {
+            t: set(r) for t, r in full.resources.items() if r}
+        assert inc.rebuilt < 6  # only what changed was rebuilt
+        snap = patched

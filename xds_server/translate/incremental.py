@@ -2,89 +2,180 @@
 
 A placement change touches one model or a few; translating 10,000 unchanged models again would
 cost seconds. This keeps, per model, the messages it produced (its scoped routes, and its
-clusters in the per-revision layout), and per (runtime, shard) group the clusters built from that
-group's hosts, and returns the very same message objects when their inputs are equal, so
-``Snapshot.build(previous=...)`` does not serialise them again either. The output equals
-``translate(view, opts)``; a layout without per-model pieces (flat routes) falls back to it.
+clusters in the per-revision layout) and, per (runtime, shard) group of the subset layout, which
+instance holds which revisions, and rebuilds only the models and groups whose inputs changed.
+``changes(view)`` returns just those resources (None = removed), for ``Snapshot.patch``;
+``translate(view)`` the whole set, equal to ``translate(view, opts)``. A layout without per-model
+pieces (flat routes) falls back to full translation.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
 
 from google.protobuf.message import Message
 
 from xds_server import resource_types as rt
 from xds_server.mesh_view import Activator, MeshView, Model
+from xds_server.translate import names as nm
 from xds_server.translate import translate
-from xds_server.translate.clusters import (
-    activator_clusters,
-    group_clusters,
-    model_revision_clusters,
-    subset_groups,
-)
+from xds_server.translate.clusters import activator_clusters, group_clusters, model_revision_clusters
 from xds_server.translate.listeners import build_listeners
 from xds_server.translate.options import GatewayOptions
 from xds_server.translate.routes import model_scoped_routes
 
 Resources = dict[str, dict[str, Message]]
+Changes = dict[str, dict[str, Message | None]]
+GroupKey = tuple[str, int]
+# what one model puts into subset groups: (group, instance, (address, rest, grpc), revision id)
+Contribution = tuple[GroupKey, str, tuple[str, int, int], str]
 
 
 class IncrementalTranslator:
     def __init__(self, opts: GatewayOptions | None = None) -> None:
         self.opts = opts or GatewayOptions()
-        self._listeners = build_listeners(self.opts)
         self._activator: Activator | None = None
-        self._activator_clusters: dict[str, Message] = {}
-        self._models: dict[str, tuple[Model, Resources]] = {}
-        self._groups: dict[tuple[str, int], tuple[Any, Resources]] = {}
-        self.reused = 0  # models (and groups) whose messages the last call reused
+        self._models: dict[str, tuple[Model, Resources, list[Contribution]]] = {}
+        # group → instance → [address tuple, Counter of revision ids]
+        self._groups: dict[GroupKey, dict[str, list]] = {}
+        self._group_names: dict[GroupKey, Resources] = {}
+        types = (rt.LISTENER, rt.ROUTE, rt.SCOPED_ROUTE, rt.CLUSTER, rt.ENDPOINT)
+        self._out: Resources = {t: {} for t in types}
+        self._started = False
+        self.rebuilt = 0  # models and groups rebuilt by the last call
+
+    @property
+    def incremental(self) -> bool:
+        return self.opts.route_layout == "scoped"
 
     def translate(self, view: MeshView) -> Resources:
+        """Every resource for ``view``."""
+        if not self.incremental:
+            return translate(view, self.opts)
+        self.changes(view)
+        return {t: dict(v) for t, v in self._out.items()}
+
+    def changes(self, view: MeshView) -> Changes:
+        """Resources that differ from the previous call's (None for removed ones)."""
+        if not self.incremental:
+            raise ValueError("incremental translation needs the scoped route layout")
         opts = self.opts
-        if opts.route_layout != "scoped":
-            return translate(view, opts)
+        changes: Changes = {t: {} for t in self._out}
+
+        def put(type_url: str, name: str, msg: Message | None) -> None:
+            changes[type_url][name] = msg
+            if msg is None:
+                self._out[type_url].pop(name, None)
+            else:
+                self._out[type_url][name] = msg
+
+        if not self._started:
+            self._started = True
+            for name, msg in build_listeners(opts).items():
+                put(rt.LISTENER, name, msg)
         if view.activator != self._activator:
+            for name in (activator_clusters(self._activator, opts) if self._activator else {}):
+                put(rt.CLUSTER, name, None)
             self._activator = view.activator
-            self._models.clear()  # routes fall back to the activator
-            self._activator_clusters = (activator_clusters(view.activator, opts)
-                                        if view.activator is not None else {})
-        out: Resources = {rt.LISTENER: dict(self._listeners), rt.ROUTE: {}, rt.SCOPED_ROUTE: {},
-                          rt.CLUSTER: {}, rt.ENDPOINT: {}}
+            for name, msg in (activator_clusters(view.activator, opts) if view.activator else {}).items():
+                put(rt.CLUSTER, name, msg)
+            stale = list(self._models)  # routes of models without copies name the activator
+        else:
+            stale = []
+        for name in stale:
+            self._models[name] = (_NEVER, *self._models[name][1:])
+
         per_revision = opts.cluster_layout == "per_revision"
-        models: dict[str, tuple[Model, Resources]] = {}
-        reused = 0
-        for name in sorted(view.models):
-            model = view.models[name]
+        dirty_groups: set[GroupKey] = set()
+        rebuilt = 0
+        models = view.models
+        for name in [n for n in self._models if n not in models]:
+            _, parts, contrib = self._models.pop(name)
+            for type_url, msgs in parts.items():
+                for n in msgs:
+                    put(type_url, n, None)
+            dirty_groups.update(self._remove(contrib))
+            rebuilt += 1
+        for name, model in models.items():
             cached = self._models.get(name)
             if cached is not None and (cached[0] is model or cached[0] == model):
-                parts = cached[1]
-                reused += 1
-            else:
-                rcs, scopes = model_scoped_routes(model, view, opts)
-                parts = {rt.ROUTE: rcs, rt.SCOPED_ROUTE: scopes}
-                if per_revision:
-                    parts[rt.CLUSTER], parts[rt.ENDPOINT] = model_revision_clusters(model, opts)
-            models[name] = (model, parts)
+                continue
+            rebuilt += 1
+            rcs, scopes = model_scoped_routes(model, view, opts)
+            parts: Resources = {rt.ROUTE: dict(rcs), rt.SCOPED_ROUTE: dict(scopes)}
+            if per_revision:
+                clusters, clas = model_revision_clusters(model, opts)
+                parts[rt.CLUSTER], parts[rt.ENDPOINT] = dict(clusters), dict(clas)
+            contrib = [] if per_revision else _contributions(model, opts)
+            if cached is not None:
+                for type_url, msgs in cached[1].items():
+                    for n in msgs:
+                        if n not in parts.get(type_url, {}):
+                            put(type_url, n, None)
+                dirty_groups.update(self._remove(cached[2]))
             for type_url, msgs in parts.items():
-                out[type_url].update(msgs)
-        self._models = models
-        if not per_revision:
-            groups: dict[tuple[str, int], tuple[Any, Resources]] = {}
-            for key, hosts in sorted(subset_groups(view, opts).items()):
-                fingerprint = tuple(sorted((i, a, r, g, tuple(sorted(revs)))
-                                           for i, (a, r, g, revs) in hosts.items()))
-                cached_group = self._groups.get(key)
-                if cached_group is not None and cached_group[0] == fingerprint:
-                    parts = cached_group[1]
-                    reused += 1
-                else:
-                    clusters, clas = group_clusters(key[0], key[1], hosts, opts)
-                    parts = {rt.CLUSTER: clusters, rt.ENDPOINT: clas}
-                groups[key] = (fingerprint, parts)
-                for type_url, msgs in parts.items():
-                    out[type_url].update(msgs)
-            self._groups = groups
-        out[rt.CLUSTER].update(self._activator_clusters)
-        self.reused = reused
-        return out
+                for n, msg in msgs.items():
+                    put(type_url, n, msg)
+            dirty_groups.update(self._add(contrib))
+            self._models[name] = (model, parts, contrib)
+        for key in sorted(dirty_groups):
+            rebuilt += 1
+            old_names = self._group_names.pop(key, {})
+            hosts = self._groups.get(key)
+            new_parts: Resources = {}
+            if hosts:
+                clusters, clas = group_clusters(key[0], key[1], {
+                    inst: (*addr, sorted(revs)) for inst, (addr, revs) in hosts.items()}, opts)
+                new_parts = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
+                self._group_names[key] = new_parts
+            for type_url, msgs in old_names.items():
+                for n in msgs:
+                    if n not in new_parts.get(type_url, {}):
+                        put(type_url, n, None)
+            for type_url, msgs in new_parts.items():
+                for n, msg in msgs.items():
+                    put(type_url, n, msg)
+        self.rebuilt = rebuilt
+        return {t: c for t, c in changes.items() if c}
+
+    def _remove(self, contrib: list[Contribution]) -> set[GroupKey]:
+        touched = set()
+        for key, inst, _addr, rev in contrib:
+            hosts = self._groups[key]
+            revs = hosts[inst][1]
+            revs[rev] -= 1
+            if revs[rev] <= 0:
+                del revs[rev]
+            if not revs:
+                del hosts[inst]
+            if not hosts:
+                del self._groups[key]
+            touched.add(key)
+        return touched
+
+    def _add(self, contrib: list[Contribution]) -> set[GroupKey]:
+        touched = set()
+        for key, inst, addr, rev in contrib:
+            entry = self._groups.setdefault(key, {}).setdefault(inst, [addr, Counter()])
+            entry[0] = addr
+            entry[1][rev] += 1
+            touched.add(key)
+        return touched
+
+
+class _Never:
+    """Equal to no model: forces a model's routes to be rebuilt."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_NEVER = _Never()
+
+
+def _contributions(model: Model, opts: GatewayOptions) -> list[Contribution]:
+    shard = nm.shard_of(model.name, opts.subset_shards)
+    return [((rev.runtime, shard), cp.instance, (cp.address, cp.rest_port, cp.grpc_port), rev.id)
+            for rev in model.revisions for cp in rev.copies]
