@@ -31,6 +31,8 @@ class DeltaStream(Stream):
         ts.requested = True
         sub = set(req.resource_names_subscribe)
         unsub = set(req.resource_names_unsubscribe)
+        if first or sub or unsub:
+            ts.invalidate()
         if first:
             ts.known = dict(req.initial_resource_versions)
             # what it holds and the current snapshot has too: needed to keep old hosts while routes move
@@ -54,20 +56,37 @@ class DeltaStream(Stream):
             ts.nacked_seq = -1
         self.wake()
 
-    def _differs(self, ts: TypeState, want: Want) -> bool:
+    def _differs(self, ts: TypeState, want: Want, candidates: frozenset[str] | None) -> bool:
         if not ts.answered and ts.wildcard:
             return True
         known, force = ts.known, ts.force
+        if candidates is not None:
+            for n in candidates:
+                r = want.get(n)
+                if r is not None:
+                    if known.get(n) != r.version or n in force:
+                        return True
+                elif n in known and ts.subscribed(n):
+                    return True
+            return False
         if any(r is not None and (known.get(n) != r.version or n in force) for n, r in want.items()):
             return True
         return any(n not in want and ts.subscribed(n) for n in known)
 
-    def _encode(self, ts: TypeState, want: Want, snap: Snapshot,
-                nonce: str) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
+    def _encode(self, ts: TypeState, want: Want, snap: Snapshot, nonce: str,
+                candidates: frozenset[str] | None) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
         known, force = ts.known, ts.force
-        sent = {n: r for n, r in want.items()
-                if r is not None and (known.get(n) != r.version or n in force)}
-        removed = frozenset(n for n in known if n not in want and ts.subscribed(n))
+        if candidates is not None:
+            sent = {}
+            for n in candidates:
+                r = want.get(n)
+                if r is not None and (known.get(n) != r.version or n in force):
+                    sent[n] = r
+            removed = frozenset(n for n in candidates if n not in want and n in known and ts.subscribed(n))
+        else:
+            sent = {n: r for n, r in want.items()
+                    if r is not None and (known.get(n) != r.version or n in force)}
+            removed = frozenset(n for n in known if n not in want and ts.subscribed(n))
         head = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=snap.version, type_url=ts.type_url, nonce=nonce,
             removed_resources=sorted(removed))

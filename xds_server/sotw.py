@@ -41,22 +41,29 @@ class SotwStream(Stream):
         if names:
             ts.explicit = True
         if wildcard != ts.wildcard or names != ts.names:
+            ts.invalidate()
             ts.wildcard, ts.names = wildcard, names
             if not wildcard:
                 ts.forget({n for n in ts.known if n not in names})
             ts.nacked_seq = -1
         self.wake()
 
-    def _differs(self, ts: TypeState, want: Want) -> bool:
+    def _differs(self, ts: TypeState, want: Want, candidates: frozenset[str] | None) -> bool:
         if not ts.answered:
             return ts.wildcard or bool(want)
+        if candidates is not None:
+            for n in candidates:
+                r = want.get(n)
+                if (r.version if r is not None else None) != ts.known.get(n):
+                    return True
+            return False
         if len(want) != len(ts.known) or any(n in want for n in ts.force):
             return True
         known = ts.known
         return any(r is not None and known.get(n) != r.version for n, r in want.items())
 
-    def _encode(self, ts: TypeState, want: Want, snap: Snapshot,
-                nonce: str) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
+    def _encode(self, ts: TypeState, want: Want, snap: Snapshot, nonce: str,
+                candidates: frozenset[str] | None) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
         sent = {n: r for n, r in want.items() if r is not None}
         if want is snap.get(ts.type_url):
             body = snap.sotw_body(ts.type_url)

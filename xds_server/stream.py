@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,31 @@ class Pending:
     version: str
     sent: dict[str, Resource]
     removed: frozenset[str]
+    snap: Snapshot | None = None  # set when the response makes the client hold exactly this snapshot
+    epoch: int = 0
+
+
+class _Named(Mapping[str, Resource | None]):
+    """A named subscription's view of a snapshot mapping, built in O(1)."""
+
+    __slots__ = ("_names", "_src")
+
+    def __init__(self, names: set[str], src: Mapping[str, Resource | None]) -> None:
+        self._names, self._src = names, src
+
+    def __getitem__(self, name: str) -> Resource | None:
+        if name in self._names:
+            return self._src[name]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names and name in self._src
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n in list(self._names) if n in self._src)
+
+    def __len__(self) -> int:
+        return sum(1 for n in self._names if n in self._src)
 
 
 @dataclass
@@ -66,11 +91,22 @@ class TypeState:
     nack_count: int = 0
     force: set[str] = field(default_factory=set)  # names to resend even if unchanged
     synced_seq: int = 0
+    # The client holds exactly this snapshot's resources (for its subscription): the next
+    # snapshot is compared on the names changed since, not in full. Dropped on any change of
+    # what the client holds or asks for (``invalidate``); ``epoch`` counts those changes.
+    synced_snap: Snapshot | None = None
+    epoch: int = 0
 
     def subscribed(self, name: str) -> bool:
         return self.wildcard or name in self.names
 
+    def invalidate(self) -> None:
+        self.synced_snap = None
+        self.epoch += 1
+
     def forget(self, names: set[str] | frozenset[str]) -> None:
+        if names:
+            self.invalidate()
         for n in names:
             self.known.pop(n, None)
             self.held.pop(n, None)
@@ -85,8 +121,11 @@ class TypeState:
             for n, r in p.sent.items():
                 self.known[n] = r.version
                 self.held[n] = r
-            self.forget(set(p.removed))
+            for n in p.removed:
+                self.known.pop(n, None)
+                self.held.pop(n, None)
         self.acked_version = p.version
+        self.synced_snap = p.snap if p.snap is not None and p.epoch == self.epoch else None
 
 
 class Stream:
@@ -111,7 +150,7 @@ class Stream:
         self.target_seq = 0
         self.route_snapshot: Snapshot | None = None
         self.route_seq = 0
-        self._candidates: list[tuple[int, Snapshot]] = []
+        self._route_candidates: list[tuple[int, Snapshot]] = []
         self._nonces = itertools.count(1)
         self._wake = asyncio.Event()
         self._closed = False
@@ -180,18 +219,18 @@ class Stream:
         if snap is None or self.cache.seq == self.target_seq:
             return
         self.target, self.target_seq = snap, self.cache.seq
-        self._candidates.append((self.target_seq, snap))
-        if len(self._candidates) > 8:
-            del self._candidates[0]
+        self._route_candidates.append((self.target_seq, snap))
+        if len(self._route_candidates) > 8:
+            del self._route_candidates[0]
 
     def _pick_route_snapshot(self) -> None:
         """Move routing to the newest snapshot whose clusters the client has warm."""
-        for seq, snap in reversed(self._candidates):
+        for seq, snap in reversed(self._route_candidates):
             if seq <= self.route_seq:
                 break
             if self._warm(snap):
                 self.route_snapshot, self.route_seq = snap, seq
-                self._candidates = [(s, c) for s, c in self._candidates if s > seq]
+                self._route_candidates = [(s, c) for s, c in self._route_candidates if s > seq]
                 return
 
     def _warm(self, snap: Snapshot) -> bool:
@@ -223,28 +262,41 @@ class Stream:
         if self.route_seq != self.target_seq:
             return False
         for t, ts in self.types.items():
-            if t in rt.ROUTING and ts.requested and not self._in_sync(ts, self._final(ts)):
+            if t in rt.ROUTING and ts.requested and not self._in_sync_with(ts, self.target):
                 return False
         return True
 
-    def _final(self, ts: TypeState) -> Want:
-        assert self.target is not None
-        return self._restrict(ts, self.target.get(ts.type_url))
-
     @staticmethod
     def _restrict(ts: TypeState, src: Mapping[str, Resource | None]) -> Want:
-        if ts.wildcard:
-            return src
-        return {n: src[n] for n in ts.names if n in src}
+        return src if ts.wildcard else _Named(ts.names, src)
 
-    def want(self, ts: TypeState) -> Want | None:
-        """What the client should hold of this type now; None to hold it where it is."""
+    @staticmethod
+    def _candidates(ts: TypeState, snap: Snapshot) -> frozenset[str] | None:
+        """Names that may differ between what the client holds and ``snap``; None if unknown."""
+        if ts.synced_snap is None or ts.force:
+            return None
+        if ts.synced_snap is snap:
+            return frozenset()
+        return snap.changes_since(ts.synced_snap, ts.type_url)
+
+    def _in_sync_with(self, ts: TypeState, snap: Snapshot) -> bool:
+        """The client holds exactly ``snap``'s resources of this type, with nothing in flight."""
+        if ts.pending is not None or self._blocked(ts):
+            return False
+        if self._differs(ts, self._restrict(ts, snap.get(ts.type_url)), self._candidates(ts, snap)):
+            return False
+        ts.synced_snap = snap
+        return True
+
+    def want(self, ts: TypeState) -> tuple[Snapshot, Want, bool] | None:
+        """What the client should hold of this type now, from which snapshot, and whether that is
+        the snapshot's content exactly; None to hold it where it is."""
         t = ts.type_url
         assert self.target is not None
         if t in rt.ROUTING:
             if self.route_snapshot is None:
                 return None
-            return self._restrict(ts, self.route_snapshot.get(t))
+            return self.route_snapshot, self._restrict(ts, self.route_snapshot.get(t)), True
         src: Mapping[str, Resource | None] = self.target.get(t)
         if t in (rt.CLUSTER, rt.ENDPOINT) and not self._prunable():
             # make before break: keep what older routes may still select
@@ -255,15 +307,12 @@ class Stream:
                     if n in src and ts.known.get(n) == held.version:
                         kept[n] = target.endpoints_union(n, held)
             if kept:
-                src = {**src, **kept}
-        return self._restrict(ts, src)
+                return self.target, self._restrict(ts, {**src, **kept}), False
+        return self.target, self._restrict(ts, src), True
 
     def _blocked(self, ts: TypeState) -> bool:
         seq = self.route_seq if ts.type_url in rt.ROUTING else self.target_seq
         return ts.nacked_seq >= seq
-
-    def _in_sync(self, ts: TypeState, want: Want) -> bool:
-        return ts.pending is None and not self._blocked(ts) and not self._differs(ts, want)
 
     def _next_response(self) -> bytes | None:
         if self.target is None:
@@ -274,19 +323,23 @@ class Stream:
             ts = self.types[t]
             if not ts.requested or ts.pending is not None or self._blocked(ts):
                 continue
-            want = self.want(ts)
-            if want is None or not self._differs(ts, want):
+            plan = self.want(ts)
+            if plan is None:
+                continue
+            snap, want, pure = plan
+            candidates = self._candidates(ts, snap) if pure else None
+            if not self._differs(ts, want, candidates):
+                if pure:
+                    ts.synced_snap = snap
                 continue
             seq = self.route_seq if t in rt.ROUTING else self.target_seq
-            snap = self.route_snapshot if t in rt.ROUTING else self.target
-            assert snap is not None
             nonce = str(next(self._nonces))
-            body, sent, removed = self._encode(ts, want, snap, nonce)
+            body, sent, removed = self._encode(ts, want, snap, nonce, candidates)
             if t == rt.CLUSTER:
                 self._resend_endpoints_of_changed(ts, sent)
             elif t == rt.ENDPOINT:
                 ts.force.difference_update(sent)
-            ts.pending = Pending(nonce, seq, snap.version, sent, removed)
+            ts.pending = Pending(nonce, seq, snap.version, sent, removed, snap if pure else None, ts.epoch)
             ts.last_nonce = nonce
             ts.answered = True
             label = rt.short(t)
@@ -308,24 +361,29 @@ class Stream:
             if before is not None and before != res.version and name in eds_names:
                 if eds.subscribed(eds_names[name]):
                     eds.force.add(eds_names[name])
+                    eds.invalidate()
 
     def _update_synced(self) -> None:
         if self.target is None:
             return
         moved = False
         for ts in self.types.values():
-            if ts.requested and ts.synced_seq < self.target_seq and self._in_sync(ts, self._final(ts)):
+            if ts.requested and ts.synced_seq < self.target_seq and self._in_sync_with(ts, self.target):
                 ts.synced_seq = self.target_seq
                 moved = True
         if moved:
             self._on_progress()
 
     # -- variant hooks ------------------------------------------------------------------------
-    def _differs(self, ts: TypeState, want: Want) -> bool:
+    def _differs(self, ts: TypeState, want: Want, candidates: frozenset[str] | None) -> bool:
+        """Whether the client must be sent something to hold ``want``.
+
+        With ``candidates``, the client holds what ``want`` holds outside those names.
+        """
         raise NotImplementedError
 
-    def _encode(self, ts: TypeState, want: Want, snap: Snapshot,
-                nonce: str) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
+    def _encode(self, ts: TypeState, want: Want, snap: Snapshot, nonce: str,
+                candidates: frozenset[str] | None) -> tuple[bytes, dict[str, Resource], frozenset[str]]:
         raise NotImplementedError
 
     # -- introspection ------------------------------------------------------------------------

@@ -178,3 +178,21 @@ async def test_after_a_reconnect_hosts_still_routed_stay_until_routes_move(xds):
         assert ports == [2, 1]
     finally:
         await c2.close()
+
+
+async def test_a_name_subscribed_while_a_response_is_in_flight_is_still_sent(xds):
+    publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        first = await c.recv()
+        await c.delta_req(rt.ENDPOINT, subscribe=["b"])  # before the ACK of the first response
+        await until(lambda: "b" in xds.clients()[0].types[rt.ENDPOINT].names)
+        await c.ack(first)
+        second = await c.recv()
+        assert names_of(second) == ["b"]
+        await c.ack(second)
+        publish(xds.cache, mesh({"a": [1], "b": [3]}))  # a later change of b alone is noticed
+        assert names_of(await c.recv()) == ["b"]
+    finally:
+        await c.close()

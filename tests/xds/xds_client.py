@@ -68,7 +68,8 @@ def mesh(clusters: dict[str, list[int]], routes: dict[str, str] | None = None,
 
 
 def publish(cache: SnapshotCache, resources: dict[str, dict[str, Any]]) -> Snapshot:
-    snap = Snapshot.build(resources)
+    """Publish a snapshot made from the current one, so streams compare only what changed."""
+    snap = Snapshot.build(resources, previous=cache.current)
     cache.publish(snap)
     return snap
 
