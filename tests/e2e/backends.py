@@ -163,11 +163,13 @@ class CopyBackend:
 class StaticGateway:
     """A real Envoy loaded with a static bootstrap of translated resources (no xDS server)."""
 
-    def __init__(self, workdir, view, **options) -> None:
+    def __init__(self, workdir, view, source: str = "static", **options) -> None:
         from xds_server.translate import GatewayOptions
 
         self.workdir = workdir
         self.view = view
+        self.source = source  # "static": a static bootstrap; "ads": msm's xDS server over delta ADS
+        self.xds = None
         self.opts = GatewayOptions(rest_port=free_port(), grpc_port=free_port(), **options)
         self.admin_port = free_port()
         self.envoy = None
@@ -185,17 +187,36 @@ class StaticGateway:
         from xds_server.envoy_process import EnvoyProcess
         from xds_server.translate import translate
 
-        boot = static_bootstrap(translate(self.view, self.opts), self.admin_port)
-        path = self.workdir / "bootstrap.json"
-        path.write_text(json.dumps(boot))
+        if self.source == "ads":
+            from xds_server.bootstrap import render_bootstrap
+            from xds_server.cache import SnapshotCache
+            from xds_server.server import XdsServer
+            from xds_server.snapshot import Snapshot
+
+            cache = SnapshotCache()
+            snap = Snapshot.build(translate(self.view, self.opts))
+            cache.publish(snap)
+            self.xds = XdsServer(cache)
+            port = await self.xds.start("127.0.0.1", 0)
+            path = self.workdir / "bootstrap.yaml"
+            path.write_text(render_bootstrap("test-gw", "127.0.0.1", port, self.admin_port))
+        else:
+            boot = static_bootstrap(translate(self.view, self.opts), self.admin_port)
+            path = self.workdir / "bootstrap.json"
+            path.write_text(json.dumps(boot))
         self.envoy = EnvoyProcess(path, self.admin_port, self.workdir / "envoy.log")
         await self.envoy.start()
+        if self.xds is not None:
+            assert await self.xds.wait_for_ack(snap.version, timeout=20), "Envoy did not ACK"
         return self
 
     async def stop(self) -> None:
         if self.envoy is not None:
             await self.envoy.stop()
             self.envoy = None
+        if self.xds is not None:
+            await self.xds.stop(0)
+            self.xds = None
 
 
 async def grpc_infer(target: str, model: str, body_model: str | None = None,

@@ -1,4 +1,4 @@
-"""The translated gateway in a real Envoy, loaded from a static bootstrap (no xDS server).
+"""The translated gateway in a real Envoy, loaded from a static bootstrap and from msm's xDS server.
 
 Backends on loopback answer which copy served a request and under which model name.
 """
@@ -61,18 +61,24 @@ async def copies():
             await b.stop()
 
 
-async def gateway(tmp_path: Path, view: MeshView, **options) -> StaticGateway:
-    return await StaticGateway(tmp_path, view, **options).start()
+@pytest.fixture(params=["static", "ads"])
+def source(request) -> str:
+    """Each test runs twice: Envoy from a static bootstrap, and Envoy configured by msm over ADS."""
+    return request.param
+
+
+async def gateway(tmp_path: Path, view: MeshView, source: str, **options) -> StaticGateway:
+    return await StaticGateway(tmp_path, view, source=source, **options).start()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, layout):
+async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, layout, source):
     c0, c1, _ = copies
     view = MeshView.of([
         Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
         Model("b", (Revision("b__isvc-1", copies=(cp(c1),)),)),
     ])
-    gw = await gateway(tmp_path, view, **layout)
+    gw = await gateway(tmp_path, view, source, **layout)
     try:
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{gw.rest_url}/v2/models/a/ready") as r:
@@ -99,13 +105,13 @@ async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, la
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-async def test_unknown_model_is_404_json_and_grpc_not_found(tmp_path, copies, layout):
+async def test_unknown_model_is_404_json_and_grpc_not_found(tmp_path, copies, layout, source):
     c0, _, _ = copies
     view = MeshView.of([
         Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
         Model("gone", (Revision("gone__isvc-1"),)),
     ])
-    gw = await gateway(tmp_path, view, **layout)
+    gw = await gateway(tmp_path, view, source, **layout)
     try:
         async with aiohttp.ClientSession() as s:
             for path in ("/v2/models/nope/infer", "/v2/models/ab/ready", "/v2/models/a-b", "/other"):
@@ -136,7 +142,7 @@ def assert_binomial(count: int, n: int, p: float) -> None:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout):
+async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout, source):
     c0, c1, c2 = copies
     view = MeshView.of([
         Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
@@ -145,7 +151,7 @@ async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout):
                     Revision("t__3", copies=(cp(c2),))),
               rules=(RouteRule((Destination("t__1", 5), Destination("t__2", 3), Destination("t__3", 2))),)),
     ])
-    gw = await gateway(tmp_path, view, **layout)
+    gw = await gateway(tmp_path, view, source, **layout)
     n = 400
     try:
         async with aiohttp.ClientSession() as s:
@@ -172,13 +178,13 @@ async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout):
         await gw.stop()
 
 
-async def test_header_rule_wins_before_the_default_rule(tmp_path, copies):
+async def test_header_rule_wins_before_the_default_rule(tmp_path, copies, source):
     c0, c1, _ = copies
     canary = RouteRule((Destination("m__2"),), headers=(HeaderMatch("x-canary", exact="1"),))
     view = MeshView.of([Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
                               rules=(canary,
                                      RouteRule((Destination("m__1"),))))])
-    gw = await gateway(tmp_path, view)
+    gw = await gateway(tmp_path, view, source)
     try:
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{gw.rest_url}/v2/models/m/ready", headers={"x-canary": "1"}) as r:
@@ -189,12 +195,12 @@ async def test_header_rule_wins_before_the_default_rule(tmp_path, copies):
         await gw.stop()
 
 
-async def test_cold_revision_goes_to_the_activator_unrewritten(tmp_path, copies):
+async def test_cold_revision_goes_to_the_activator_unrewritten(tmp_path, copies, source):
     activator = RestBackend("activator")
     await activator.start()
     view = MeshView.of([Model("cold", (Revision("cold__1"),))],
                        activator=Activator("127.0.0.1", activator.port, copies[0].grpc.port))
-    gw = await gateway(tmp_path, view)
+    gw = await gateway(tmp_path, view, source)
     try:
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{gw.rest_url}/v2/models/cold/infer", data=b'{"inputs": []}') as r:
@@ -209,14 +215,14 @@ async def test_cold_revision_goes_to_the_activator_unrewritten(tmp_path, copies)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-async def test_killing_a_copy_mid_traffic_loses_no_request(tmp_path, copies, layout):
+async def test_killing_a_copy_mid_traffic_loses_no_request(tmp_path, copies, layout, source):
     c0, c1, c2 = copies
     # c2 holds another model on the same runtime: in the subset layout it shares the cluster
     view = MeshView.of([
         Model("m", (Revision("m__1", copies=(cp(c0), cp(c1))),)),
         Model("o", (Revision("o__1", copies=(cp(c2),)),)),
     ])
-    gw = await gateway(tmp_path, view, **layout)
+    gw = await gateway(tmp_path, view, source, **layout)
     total, concurrency, kill_after = 300, 8, 60
     statuses: Counter = Counter()
     served: Counter = Counter()
