@@ -24,6 +24,8 @@ def _gateway_options(args: argparse.Namespace):
     kwargs = {"rest_port": args.rest_port, "grpc_port": args.grpc_port}
     if getattr(args, "cluster_layout", None):
         kwargs["cluster_layout"] = args.cluster_layout
+    if getattr(args, "subset_shards", None):
+        kwargs["subset_shards"] = args.subset_shards
     return GatewayOptions(**kwargs)
 
 
@@ -103,6 +105,8 @@ def _add_gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gateway gRPC port (8033)")
     p.add_argument("--cluster-layout", choices=["per_revision", "subset"], default=None,
                    help="Envoy cluster layout (default: the one chosen by bench/envoy_memory.py)")
+    p.add_argument("--subset-shards", type=int, default=None,
+                   help="runtime clusters per runtime in the subset layout (default 64, see docs/gateway.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,10 +17,6 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import _data_path_standin
-
-_data_path_standin.install()
 server_mod = pytest.importorskip("xds_server.server")
 
 from backends import CopyBackend, free_port  # noqa: E402

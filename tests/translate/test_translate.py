@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import _data_path_standin
-
-_data_path_standin.install()
-
-from xds_server.bootstrap import render_bootstrap, static_bootstrap  # noqa: E402
-from xds_server.envoy_process import envoy_binary  # noqa: E402
-from xds_server.mesh_view import (  # noqa: E402
+from xds_server.bootstrap import render_bootstrap, static_bootstrap
+from xds_server.envoy_process import envoy_binary
+from xds_server.mesh_view import (
     Activator,
     Copy,
     Destination,
@@ -29,9 +23,9 @@ from xds_server.mesh_view import (  # noqa: E402
     Revision,
     RouteRule,
 )
-from xds_server.translate import GatewayOptions, UpstreamTls, translate  # noqa: E402
-from xds_server.translate import data_path as dp  # noqa: E402
-from xds_server.translate.routes import split_fractions  # noqa: E402
+from xds_server.translate import GatewayOptions, UpstreamTls, translate
+from xds_server.translate import data_path as dp
+from xds_server.translate.routes import split_fractions
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -216,7 +210,7 @@ def test_per_revision_layout_clusters_and_endpoints():
 
 
 def test_subset_layout_lists_revisions_on_instances_and_routes_select_by_metadata():
-    opts = GatewayOptions(cluster_layout="subset")
+    opts = GatewayOptions(cluster_layout="subset", subset_shards=1)
     res = translate(view(), opts)
     assert set(res[CLUSTER]) == {"rt_rest_default_0", "rt_grpc_default_0"}
     c = res[CLUSTER]["rt_rest_default_0"]
@@ -248,7 +242,7 @@ def test_subset_shards_keep_a_model_in_one_shard():
 
 
 def test_upstream_tls_reads_certificates_from_sds():
-    res = translate(view(), GatewayOptions(upstream_tls=UpstreamTls(sni="runtime.local")))
+    res = translate(view(), GatewayOptions(upstream_tls=UpstreamTls(sni="runtime.local"), subset_shards=1))
     for name, c in res[CLUSTER].items():
         assert c.transport_socket.name == "envoy.transport_sockets.tls", name
         ctx = tls_pb2.UpstreamTlsContext()
@@ -260,7 +254,8 @@ def test_upstream_tls_reads_certificates_from_sds():
         assert ca.name == "ROOTCA"
         assert ctx.sni == "runtime.local"
         assert list(ctx.common_tls_context.alpn_protocols) == (["h2"] if "grpc" in name else [])
-    assert not translate(view())[CLUSTER]["rt_rest_default_0"].HasField("transport_socket")
+    plain = translate(view(), GatewayOptions(subset_shards=1))
+    assert not plain[CLUSTER]["rt_rest_default_0"].HasField("transport_socket")
 
 
 def test_local_replies_are_json_and_grpc_not_found():
