@@ -127,6 +127,10 @@ class Engine:
         self._desired_known = True
         self._orphans_checked = False
 
+    def model_of(self, revision: str) -> str | None:
+        """The model a revision id belongs to (gateway stats are kept per revision)."""
+        return self._owner.get(revision)
+
     def has_model(self, name: str) -> bool:
         ms = self.models.get(name)
         return ms is not None and ms.spec is not None
