@@ -1,0 +1,110 @@
+"""``msm up examples/quickstart`` as a user runs it, answering the article's three requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from mesh_harness import DIGIT_8, DIGIT_8_V2, QUICKSTART, REPO, LocalMeshProcess, prediction
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory):
+    """A copy of examples/quickstart without trained models: ``msm up`` must train them itself."""
+    d = tmp_path_factory.mktemp("quickstart") / "quickstart"
+    shutil.copytree(QUICKSTART, d, ignore=shutil.ignore_patterns("*.joblib", "*.json.model", ".msm"))
+    (d / "models").mkdir(exist_ok=True)
+    mesh = LocalMeshProcess(d, d.parent / "state").start()
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_up_trains_the_sample_models_and_says_where_everything_listens(quickstart: LocalMeshProcess) -> None:
+    out = "".join(quickstart.lines)
+    assert "trained sample models" in out and (quickstart.dir / "models" / "mnist-svm.joblib").is_file()
+    assert f"http://127.0.0.1:{quickstart.rest_port}/v2/models/<model>/infer" in out
+    assert f"127.0.0.1:{quickstart.grpc_port}" in out
+
+
+def test_article_curl_answers_8_in_the_article_shape(quickstart: LocalMeshProcess) -> None:
+    # the article's exact request: its body, no content-type header
+    with httpx.Client(timeout=120) as c:
+        r = c.post(f"{quickstart.rest}/v2/models/sklearn-mnist/infer", content=DIGIT_8,
+                   headers={"content-type": ""})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["modelName"].startswith("sklearn-mnist__isvc-")
+    assert body["outputs"][0]["contents"]["int64Contents"] == ["8"]
+
+
+def test_standard_v2_body_answers_8_on_the_same_port(quickstart: LocalMeshProcess) -> None:
+    with httpx.Client(timeout=120) as c:
+        r = c.post(f"{quickstart.rest}/v2/models/sklearn-mnist/infer", content=DIGIT_8_V2,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [8]
+
+
+def test_tritonclient_grpc_with_mm_vmodel_id_answers_8(quickstart: LocalMeshProcess) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    body = json.loads(DIGIT_8_V2)["inputs"][0]
+    x = np.asarray(body["data"], dtype=np.float32).reshape(body["shape"])
+    inp = grpcclient.InferInput(body["name"], list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{quickstart.grpc_port}")
+    try:
+        r = client.infer("sklearn-mnist", [inp], headers={"mm-vmodel-id": "sklearn-mnist"},
+                         client_timeout=120)
+    finally:
+        client.close()
+    assert r.as_numpy("predict").ravel().tolist() == [8]
+
+
+def test_other_packed_models_load_on_first_request(quickstart: LocalMeshProcess) -> None:
+    with httpx.Client(timeout=120) as c:
+        for model in ("sklearn-mnist-logreg", "sklearn-mnist-forest"):
+            r = quickstart.infer(c, model)
+            assert prediction(r) == 8, r.text
+    st = quickstart.status()
+    assert all(st["models"][m]["ready"] for m in ("sklearn-mnist-logreg", "sklearn-mnist-forest"))
+
+
+def test_unknown_model_is_a_404_json_error(quickstart: LocalMeshProcess) -> None:
+    r = httpx.post(f"{quickstart.rest}/v2/models/no-such-model/infer", content=DIGIT_8, timeout=30)
+    assert r.status_code == 404
+    assert "not found" in r.json()["error"]
+
+
+def test_msm_status_shows_models_instances_and_gateway(quickstart: LocalMeshProcess) -> None:
+    out = subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
+                          str(quickstart.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "sklearn-mnist: ready" in out.stdout
+    for i in (0, 1):
+        assert f"mlserver-1.x-{i} [mlserver-1.x] up" in out.stdout
+    assert "in sync" in out.stdout
+
+
+def test_a_bad_manifest_is_reported_and_changes_nothing_else(quickstart: LocalMeshProcess) -> None:
+    bad = quickstart.dir / "zz-broken.yaml"
+    bad.write_text("apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n"
+                   "  name: broken\nspec:\n  predictor:\n    model:\n      modelFormat: {}\n")
+    try:
+        st = quickstart.wait_status(lambda s: "zz-broken.yaml" in s["manifest_errors"]
+                                    or "broken" in s["manifest_errors"], what="the manifest error")
+        assert "broken" not in st["models"]
+        with httpx.Client(timeout=60) as c:
+            assert prediction(quickstart.infer(c, "sklearn-mnist")) == 8
+    finally:
+        bad.unlink()
+    quickstart.wait_status(lambda s: not s["manifest_errors"], what="the error to clear")
+
