@@ -81,6 +81,10 @@ class Engine:
         self._measured: dict[str, int] = {}  # revision -> size reported by a load
         self._pending: list[Action] = []  # decided between ticks (e.g. unload a late load)
         self._dirty: set[str] = set()  # models to re-examine at the next tick
+        # runtime -> models whose must-happen copy found no room: retried when room may have
+        # appeared there (a load or unload ended, an instance came or went), not every tick
+        self._blocked: dict[str, set[str]] = {}
+        self._last_release = -_INF
         self._retiring: set[tuple[str, str]] = set()
         self._desired_known = False
         self._orphans_checked = True
@@ -205,7 +209,8 @@ class Engine:
         if size_bytes > 0:
             c.size_bytes, c.measured = size_bytes, True
             self._measured[revision] = size_bytes
-        c.phase = Phase.READY
+        c.phase = Phase.READY  # now evictable: room for a blocked copy, perhaps
+        self._release_blocked(cache.info.runtime)
         rs = self._rev(revision)
         ms = self.models.get(c.model) if c.model else None
         last = ms.usage.last_used if ms else None
@@ -237,6 +242,7 @@ class Engine:
         c = cache.copies.get(revision) if cache else None
         if cache is not None and c is not None and c.phase is Phase.UNLOADING:
             del cache.copies[revision]  # a queued load waiting for this memory starts at the next tick
+            self._release_blocked(cache.info.runtime)
 
     # ------------------------------------------------------------------ inputs: traffic
     def record_requests(self, model: str, count: int, instance_id: str | None = None) -> None:
@@ -291,6 +297,10 @@ class Engine:
         if not self._orphans_checked and self._desired_known:
             self._unload_orphans(actions)
         self._process_retiring(now, actions)
+        if now - self._last_release >= 1.0:  # safety net for what frees room without an event
+            self._last_release = now          # (failures expiring, cold demand ending)
+            for runtime in list(self._blocked):
+                self._release_blocked(runtime)
         self._ensure(now, actions)
         self._dispatch(now, actions)
         return actions
@@ -450,7 +460,11 @@ class Engine:
     def _runtime_instances(self, runtime: str) -> list[InstanceCache]:
         return [c for c in self.instances.values() if c.info.runtime == runtime]
 
+    def _release_blocked(self, runtime: str) -> None:
+        self._dirty |= self._blocked.pop(runtime, set())
+
     def _mark_runtime_dirty(self, runtime: str) -> None:
+        self._blocked.pop(runtime, None)
         for name, ms in self.models.items():
             if ms.spec is not None and any(rs.spec.runtime == runtime for rs in ms.revisions.values()):
                 self._dirty.add(name)
@@ -475,6 +489,7 @@ class Engine:
     def _drop_copy(self, cache: InstanceCache, c: CachedCopy) -> None:
         """The copy vanished (instance gone or lost it): no failure, ``want`` stays, so it is re-placed."""
         cache.copies.pop(c.revision, None)
+        self._release_blocked(cache.info.runtime)
         rs = self._rev(c.revision)
         if rs is not None and rs.copies.get(cache.id) is c:
             del rs.copies[cache.id]
@@ -533,6 +548,7 @@ class Engine:
 
     def _record_failure(self, cache: InstanceCache, c: CachedCopy, error: str) -> None:
         self.counters["load_failures"] += 1
+        self._release_blocked(cache.info.runtime)  # its bytes are free again
         rs = self._rev(c.revision)
         if rs is None:
             return
@@ -587,6 +603,7 @@ class Engine:
                 if c.phase is Phase.QUEUED:
                     del cache.copies[rev]
                     del rs.copies[iid]
+                    self._release_blocked(cache.info.runtime)
                 elif c.phase is Phase.READY:
                     self._unload(cache, c, actions)
                 # LOADING: unloaded when its result comes (load_succeeded sees it retired)
@@ -658,15 +675,27 @@ class Engine:
                 work.append((0 if rs.cold_since is not None else 1, name, ms, rs))
         self._dirty = set()
         work.sort(key=lambda w: (w[0], w[1], w[3].spec.revision))
+        # runtime -> smallest must-happen copy that found no room in this pass: a copy as big or
+        # bigger (with no instance excluded by failures, and none of its own to protect) cannot
+        # find room either, so it waits without a search (many cold models in an overloaded mesh)
+        no_room: dict[str, int] = {}
         for _, name, ms, rs in work:
             if self._failed(rs, now):
                 rs.cold_since = None
                 continue
             n, used_before, urgent = self._need(ms, rs, now)
+            runtime, size = rs.spec.runtime, self._size(rs.spec)
+            plain = not rs.failures and not any(r.copies for r in ms.revisions.values())
+            if (len(rs.copies) < n and used_before == _INF and plain
+                    and size >= no_room.get(runtime, _INF)):
+                self._blocked.setdefault(runtime, set()).add(name)
+                continue
             while len(rs.copies) < n:
                 if not self._place(ms, rs, urgent, used_before, now, actions):
-                    if used_before == _INF:
-                        self._dirty.add(name)  # must happen: try again next tick
+                    if used_before == _INF:  # must happen: again once room may have appeared
+                        self._blocked.setdefault(runtime, set()).add(name)
+                        if plain:
+                            no_room[runtime] = min(size, no_room.get(runtime, _INF))
                     else:
                         rs.want = len(rs.copies)  # optional copy with no room: let it go
                     break
