@@ -82,6 +82,7 @@ def test_unknown_model_is_a_404_json_error(quickstart: LocalMeshProcess) -> None
     r = httpx.post(f"{quickstart.rest}/v2/models/no-such-model/infer", content=DIGIT_8, timeout=30)
     assert r.status_code == 404
     assert "not found" in r.json()["error"]
+    assert r.json()["path"] == "/v2/models/no-such-model/infer"  # the client's path, not the transcoded one
 
 
 def test_msm_status_shows_models_instances_and_gateway(quickstart: LocalMeshProcess) -> None:
