@@ -38,7 +38,9 @@ def local_reply_config(kind: str) -> hcm.LocalReplyConfig:
     not_found = hcm.ResponseMapper(
         filter=_flag_filter("NR"), status_code=wrappers_pb2.UInt32Value(value=404),
         body=base_pb2.DataSource(inline_string=NOT_FOUND_MESSAGE),
-        body_format_override=_json_format({"error": "%LOCAL_REPLY_BODY%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"}),
+        # the transcoder rewrites :path to the gRPC method and keeps the client's in the header
+        body_format_override=_json_format({"error": "%LOCAL_REPLY_BODY%",
+                                           "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"}),
     )
     if kind == names.GRPC:
         not_found.headers_to_add.append(base_pb2.HeaderValueOption(
