@@ -212,11 +212,13 @@ def run_msm(setup: Setup, config: EngineConfig) -> Stats:
         heapq.heappush(events, (t, next(seq), "request", (m,)))
     tick = 0.0
     while events:
-        t, _, kind, data = heapq.heappop(events)
-        while tick <= t:  # periodic ticks up to now
+        t, n, kind, data = heapq.heappop(events)
+        if tick <= t:  # a periodic tick comes first (what it decides may happen before t)
+            heapq.heappush(events, (t, n, kind, data))
             clock.set(max(clock.now(), tick))
             apply(engine.tick())
             tick += 0.25
+            continue
         clock.set(t)
         if kind == "request":
             name = f"m{data[0]}"
@@ -242,7 +244,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=10)
     ap.add_argument("--fit", type=float, default=0.3, help="fraction of all model bytes that fits")
     ap.add_argument("--zipf-s", type=float, default=1.0)
-    ap.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    ap.add_argument("--rate", type=float, default=20.0, help="requests per second")
     ap.add_argument("--duration", type=float, default=1200.0, help="simulated seconds")
     ap.add_argument("--warmup", type=float, default=300.0, help="simulated seconds not measured")
     ap.add_argument("--workers", type=int, default=4)
