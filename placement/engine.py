@@ -674,7 +674,9 @@ class Engine:
                     rs.cold_since = None
                 work.append((0 if rs.cold_since is not None else 1, name, ms, rs))
         self._dirty = set()
-        work.sort(key=lambda w: (w[0], w[1], w[3].spec.revision))
+        # urgent first, longest waiting first among them (no starvation when loads fall behind)
+        work.sort(key=lambda w: (w[0], w[3].cold_since if w[3].cold_since is not None else 0.0, w[1],
+                                 w[3].spec.revision))
         # runtime -> smallest must-happen copy that found no room in this pass: a copy as big or
         # bigger (with no instance excluded by failures, and none of its own to protect) cannot
         # find room either, so it waits without a search (many cold models in an overloaded mesh)
@@ -711,6 +713,10 @@ class Engine:
             for cache in self._runtime_instances(spec.runtime):
                 if spec.revision in cache.copies or cache.id in tried or size > cache.info.capacity_bytes:
                     continue
+                queued = sum(1 for c in cache.copies.values()
+                             if c.phase is Phase.QUEUED and (c.urgent or not urgent))
+                if queued >= self.config.max_queued_loads:
+                    continue  # an urgent copy queues ahead of pre-emptive ones, so count only its peers
                 free = cache.free_bytes()
                 plan = cache.plan_eviction(
                     size - free, lambda c: self._evictable(c, used_before, allow_protected, ms.name))
@@ -748,5 +754,6 @@ class Engine:
                     del cache.copies[c.revision]
                     continue
                 c.phase, c.started_at = Phase.LOADING, now
+                self._release_blocked(cache.info.runtime)  # a queue place is free
                 actions.append(LoadAction(cache.id, c.revision, rs.spec, c.urgent))
                 self.counters["loads"] += 1

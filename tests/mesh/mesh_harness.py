@@ -92,7 +92,7 @@ def local_config(models_dir: Path, replicas: int) -> str:
 
 
 class LocalMeshProcess:
-    """``msm up DIR`` in the background; ``start`` returns once it printed ``ready.``."""
+    """``msm up DIR`` in the background; ``start`` returns once it printed where everything listens."""
 
     def __init__(self, manifests: Path, state_dir: Path) -> None:
         self.dir = manifests
@@ -128,7 +128,7 @@ class LocalMeshProcess:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
-            if line.startswith("msm up: ready."):
+            if line.strip() == "Ctrl-C stops everything.":  # the last line of the ready block
                 self._ready.set()
 
     def logs(self) -> str:
