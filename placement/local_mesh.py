@@ -87,6 +87,7 @@ class LocalMesh:
         self.envoy_admin_port = free_port()
         self._stopping = asyncio.Event()
         self._cp_log = None
+        self._startup_problems: dict[str, str] = {}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -111,6 +112,7 @@ class LocalMesh:
         config, desired = await asyncio.to_thread(self._prepare)
         for where, err in sorted(desired.errors.items()):
             _say(f"manifest problem (skipped, the rest goes on): {where}: {err}")
+            self._startup_problems[f"manifest {where}"] = str(err).replace("\n", "; ")
         runtimes = [rt for rt in desired.runtimes.values() if rt.server_type == "mlserver"]
         if not runtimes:
             _say(f"no usable ServingRuntime with builtInAdapter.serverType mlserver in {self.dir}")
@@ -232,9 +234,40 @@ class LocalMesh:
             print(f"  try    {SAMPLE_CURL.format(port=a.rest_port, model=model)}")
         print("  Ctrl-C stops everything.", flush=True)
 
+    async def _report_changes(self, session: aiohttp.ClientSession, seen: dict[str, str]) -> None:
+        """Print manifest problems and failed models as they appear and clear (from /status)."""
+        try:
+            async with session.get(f"http://127.0.0.1:{self.args.admin_port}/status",
+                                   timeout=aiohttp.ClientTimeout(total=2)) as r:
+                status = await r.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        now: dict[str, str] = {}
+        for where, err in (status.get("manifest_errors") or {}).items():
+            now[f"manifest {where}"] = str(err).replace("\n", "; ")
+        for name, m in (status.get("models") or {}).items():
+            if m.get("failed"):
+                now[f"model {name}"] = f"failed to load: {m.get('failure')}"
+        for key, msg in sorted(now.items()):
+            if seen.get(key) != msg:
+                _say(f"problem: {key}: {msg}")
+        for key in sorted(set(seen) - set(now)):
+            _say(f"resolved: {key}")
+        seen.clear()
+        seen.update(now)
+
     async def _supervise(self) -> None:
-        """Restart the control plane if it dies; report runtime replicas that exit."""
+        """Restart the control plane if it dies; report runtime replicas that exit, and problems."""
         reported: set[str] = set()
+        seen: dict[str, str] = dict(self._startup_problems)  # already printed
+        session = aiohttp.ClientSession()
+        try:
+            await self._supervise_loop(reported, seen, session)
+        finally:
+            await session.close()
+
+    async def _supervise_loop(self, reported: set[str], seen: dict[str, str],
+                              session: aiohttp.ClientSession) -> None:
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
@@ -249,6 +282,7 @@ class LocalMesh:
                 if r.instance_id not in reported and not r.running():
                     reported.add(r.instance_id)
                     _say(f"runtime replica {r.instance_id} exited; its models are placed elsewhere")
+            await self._report_changes(session, seen)
 
     async def _stop(self) -> None:
         _say("stopping")

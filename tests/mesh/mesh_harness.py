@@ -140,6 +140,13 @@ class LocalMeshProcess:
                 out.append(f"\n--- {name} (tail) ---\n" + "".join(tail))
         return "".join(out)
 
+    def wait_output(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"msm up never printed {text!r}:\n" + "".join(self.lines))
+            time.sleep(0.1)
+
     def instances(self) -> list[dict[str, Any]]:
         return json.loads((self.state_dir / "instances.json").read_text())
 

@@ -103,9 +103,11 @@ def test_a_bad_manifest_is_reported_and_changes_nothing_else(quickstart: LocalMe
         st = quickstart.wait_status(lambda s: "zz-broken.yaml" in s["manifest_errors"]
                                     or "broken" in s["manifest_errors"], what="the manifest error")
         assert "broken" not in st["models"]
+        quickstart.wait_output("problem: manifest zz-broken.yaml")  # msm up's own output says so
         with httpx.Client(timeout=60) as c:
             assert prediction(quickstart.infer(c, "sklearn-mnist")) == 8
     finally:
         bad.unlink()
     quickstart.wait_status(lambda s: not s["manifest_errors"], what="the error to clear")
+    quickstart.wait_output("resolved: manifest zz-broken.yaml")
 
