@@ -106,9 +106,8 @@ def test_rolling_update_under_traffic_fails_no_request(make_mesh) -> None:
 
         st = mesh.wait_status(moved, what="the new revision to take the traffic")
         new = st["models"]["rolling"]["active_revision"]
-        st = mesh.wait_status(lambda s: old not in s["models"]["rolling"]["revisions"]
-                              or not s["models"]["rolling"]["revisions"][old], timeout=60,
-                              what="the old revision to unload")
+        st = mesh.wait_status(lambda s: all(old not in i["loaded"] for i in s["instances"].values()),
+                              timeout=60, what="the old revision to be unloaded from every instance")
         time.sleep(0.5)
     assert traffic.failures() == [], traffic.failures()[:5]
     served = [name for _, _, name in traffic.results]
