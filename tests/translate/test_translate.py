@@ -164,8 +164,9 @@ def test_activator_takes_revisions_without_copies():
     for r in routes_of(res, "rest", "cold", opts):
         assert r.route.cluster == "activator_rest"
         assert r.route.prefix_rewrite == ""  # the activator sees the model name the client used
+        assert r.stat_prefix == ""  # counted once, when the activator replays it to the copy
     (g,) = routes_of(res, "grpc", "cold", opts)
-    assert g.route.cluster == "activator_grpc"
+    assert g.route.cluster == "activator_grpc" and g.stat_prefix == ""
     c = res[CLUSTER]["activator_grpc"]
     assert c.type == cluster_pb2.Cluster.STATIC
     assert c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 7001

@@ -186,7 +186,9 @@ class _RouteBuilder:
             timeout = opts.timeout_s if rule.timeout_s is None else rule.timeout_s
             a.timeout.CopyFrom(duration(timeout))
             a.retry_policy.CopyFrom(_retry(rule, opts))
-            if opts.route_stats:
+            if opts.route_stats and target.kind != "activator":
+                # counted once, where the request is served: a cold request reaches the activator
+                # and is counted when the activator replays it to the new copy
                 r.stat_prefix = f"{names.ROUTE_STAT_PREFIX}{target.revision}"
         if variant == "body":
             r.request_headers_to_remove.append(data_path.REST_BODY_HEADER)
