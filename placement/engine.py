@@ -713,10 +713,13 @@ class Engine:
             for cache in self._runtime_instances(spec.runtime):
                 if spec.revision in cache.copies or cache.id in tried or size > cache.info.capacity_bytes:
                     continue
+                # copies waiting here beyond the load slots free now (an urgent copy queues ahead
+                # of pre-emptive ones, so it counts only its peers)
                 queued = sum(1 for c in cache.copies.values()
                              if c.phase is Phase.QUEUED and (c.urgent or not urgent))
-                if queued >= self.config.max_queued_loads:
-                    continue  # an urgent copy queues ahead of pre-emptive ones, so count only its peers
+                free_slots = max(0, cache.info.max_concurrent_loads - cache.count(Phase.LOADING))
+                if queued >= free_slots + self.config.max_queued_loads:
+                    continue
                 free = cache.free_bytes()
                 plan = cache.plan_eviction(
                     size - free, lambda c: self._evictable(c, used_before, allow_protected, ms.name))

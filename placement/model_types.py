@@ -101,8 +101,8 @@ class EngineConfig:
     rollout_drain_s: float = 10.0  # old revision stays loaded this long after routes move
     # memory: False = a load waits until the copies evicted for it are really unloaded
     overlap_unload_and_load: bool = False
-    # loads waiting (not yet started) per instance before it takes no more: a copy placed behind
-    # a long queue would hold its bytes, and evict ready copies, long before it can load
+    # loads that must wait for a slot, per instance, before it takes no more: a copy placed behind
+    # a long queue would hold its bytes, and evict ready copies, long before it could load
     max_queued_loads: int = 2
     # placement (ModelMesh's candidate filtering)
     near_age_s: float = 45.0

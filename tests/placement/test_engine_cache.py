@@ -207,24 +207,25 @@ def test_model_larger_than_any_instance_reports_why(h: Harness) -> None:
 
 
 def test_when_loads_fall_behind_cold_models_wait_instead_of_evicting_ready_copies(h: Harness) -> None:
-    # One loader on one instance, room for 3 copies: two hot models are ready, then a burst of cold
-    # requests arrives faster than loads finish.
-    h.up("i0", capacity_mb=300)
-    names = ["hot1", "hot2", *(f"cold{i}" for i in range(6))]
-    h.engine.set_desired([model(n) for n in names])
-    for n in ("hot1", "hot2"):
+    # One loader on one instance, room for 4 copies: three hot models are ready, then a burst of
+    # cold requests arrives faster than loads finish.
+    h.up("i0", capacity_mb=400)
+    hot = ["hot1", "hot2", "hot3"]
+    h.engine.set_desired([model(n) for n in [*hot, *(f"cold{i}" for i in range(6))]])
+    for n in hot:
         h.engine.request_for_cold_model(n)
         h.settle()
+        h.clock.advance(1)
     for i in range(6):
         h.clock.advance(0.1)
         h.engine.request_for_cold_model(f"cold{i}")
     actions = h.tick()
-    # max_queued_loads (2) copies are placed (the first starts at once): only the room they need
-    # is taken, so one hot model stays ready; the other cold models wait for a queue place
+    # one copy for the free load slot and max_queued_loads (2) behind it are placed: only the room
+    # they need is taken, so one hot model stays ready; the other cold models wait unplaced
     assert h.loads(actions) == [("i0", "cold0__isvc-a")]
-    assert h.unloads(actions) == [("i0", "hot1__isvc-a")]
-    assert h.ready("hot2") == {"hot2__isvc-a": ["i0"]}
-    assert [h.engine.model_status(f"cold{i}").loading_copies for i in range(6)] == [1, 1, 0, 0, 0, 0]
+    assert h.unloads(actions) == [("i0", "hot1__isvc-a"), ("i0", "hot2__isvc-a")]
+    assert h.ready("hot3") == {"hot3__isvc-a": ["i0"]}
+    assert [h.engine.model_status(f"cold{i}").loading_copies for i in range(6)] == [1, 1, 1, 0, 0, 0]
     # every cold model is served in the end, in the order its request came
     started = ["cold0"]
     for _ in range(20):
@@ -233,7 +234,7 @@ def test_when_loads_fall_behind_cold_models_wait_instead_of_evicting_ready_copie
         h.finish_unloads()
         started += [rev.split("__")[0] for _, rev in h.loads(h.tick())]
     assert started == [f"cold{i}" for i in range(6)]
-    assert [h.engine.model_status(f"cold{i}").ready for i in range(6)] == [False] * 3 + [True] * 3
+    assert [h.engine.model_status(f"cold{i}").ready for i in range(6)] == [False] * 2 + [True] * 4
 
 
 def test_cold_models_are_placed_in_the_order_their_requests_came(h: Harness) -> None:
