@@ -19,7 +19,7 @@ from typing import Any
 
 from placement import policy
 from placement.clock import Clock
-from placement.instance_cache import CachedCopy, InstanceCache, Phase
+from placement.instance_cache import CachedCopy, CacheSummary, InstanceCache, Phase
 from placement.load_queue import next_loads
 from placement.model_types import (
     Action,
@@ -84,6 +84,8 @@ class Engine:
         # runtime -> models whose must-happen copy found no room: retried when room may have
         # appeared there (a load or unload ended, an instance came or went), not every tick
         self._blocked: dict[str, set[str]] = {}
+        # instance -> summary, valid during one _ensure pass (only _place changes copies there)
+        self._summaries: dict[str, CacheSummary] = {}
         self._last_release = -_INF
         self._retiring: set[tuple[str, str]] = set()
         self._desired_known = False
@@ -674,6 +676,7 @@ class Engine:
                     rs.cold_since = None
                 work.append((0 if rs.cold_since is not None else 1, name, ms, rs))
         self._dirty = set()
+        self._summaries.clear()
         # urgent first, longest waiting first among them (no starvation when loads fall behind)
         work.sort(key=lambda w: (w[0], w[3].cold_since if w[3].cold_since is not None else 0.0, w[1],
                                  w[3].spec.revision))
@@ -713,24 +716,26 @@ class Engine:
             for cache in self._runtime_instances(spec.runtime):
                 if spec.revision in cache.copies or cache.id in tried or size > cache.info.capacity_bytes:
                     continue
+                st = self._summaries.get(cache.id)
+                if st is None:
+                    st = self._summaries[cache.id] = cache.summary()
                 # copies waiting here beyond the load slots free now (an urgent copy queues ahead
                 # of pre-emptive ones, so it counts only its peers)
-                queued = sum(1 for c in cache.copies.values()
-                             if c.phase is Phase.QUEUED and (c.urgent or not urgent))
-                free_slots = max(0, cache.info.max_concurrent_loads - cache.count(Phase.LOADING))
+                queued = st.queued_urgent if urgent else st.queued
+                free_slots = max(0, cache.info.max_concurrent_loads - st.loading)
                 if queued >= free_slots + self.config.max_queued_loads:
                     continue
-                free = cache.free_bytes()
+                free = cache.info.capacity_bytes - st.committed_bytes
                 plan = cache.plan_eviction(
                     size - free, lambda c: self._evictable(c, used_before, allow_protected, ms.name))
                 if plan is None:
                     continue
                 plans[cache.id] = plan
                 cands.append(policy.Candidate(
-                    instance=cache.id, fits=free >= size, free_bytes=free,
-                    models=sum(1 for c in cache.copies.values() if c.phase is not Phase.UNLOADING),
-                    cache_age_s=cache.cache_age(now), load_rpm=cache.rate.per_minute(now),
-                    load_queue=cache.count(Phase.QUEUED, Phase.LOADING)))
+                    instance=cache.id, fits=free >= size, free_bytes=free, models=st.models,
+                    cache_age_s=math.inf if math.isinf(st.oldest_ready_use) else now - st.oldest_ready_use,
+                    load_rpm=cache.rate.per_minute(now),
+                    load_queue=st.queued + st.loading))
             return cands, plans
 
         cands, plans = candidates(False)
@@ -740,6 +745,7 @@ class Engine:
         if choice is None:
             return False
         cache = self.instances[choice.instance]
+        self._summaries.pop(cache.id, None)
         for victim in plans[choice.instance]:
             self._evict(cache, victim, actions)
         self._seq += 1

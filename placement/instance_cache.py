@@ -31,6 +31,18 @@ class CachedCopy:
     started_at: float | None = None  # load start (engine clock)
 
 
+@dataclass(frozen=True, slots=True)
+class CacheSummary:
+    """What placement reads of an instance, gathered in one pass over its copies."""
+
+    committed_bytes: int  # ready, loading and queued
+    models: int  # copies in any phase but unloading
+    oldest_ready_use: float  # last_used of the least recently used ready copy (inf: none)
+    queued: int
+    queued_urgent: int
+    loading: int
+
+
 @dataclass
 class InstanceCache:
     info: InstanceInfo
@@ -51,6 +63,24 @@ class InstanceCache:
 
     def free_bytes(self) -> int:
         return self.info.capacity_bytes - self.committed_bytes()
+
+    def summary(self) -> CacheSummary:
+        committed = models = queued = queued_urgent = loading = 0
+        oldest = math.inf
+        for c in self.copies.values():
+            phase = c.phase
+            if phase is Phase.UNLOADING:
+                continue
+            committed += c.size_bytes
+            models += 1
+            if phase is Phase.READY:
+                oldest = min(oldest, c.last_used)
+            elif phase is Phase.QUEUED:
+                queued += 1
+                queued_urgent += c.urgent
+            else:
+                loading += 1
+        return CacheSummary(committed, models, oldest, queued, queued_urgent, loading)
 
     def count(self, *phases: Phase) -> int:
         return sum(1 for c in self.copies.values() if c.phase in phases)
