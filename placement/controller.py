@@ -31,7 +31,8 @@ class RuntimeClient(Protocol):
 class Controller:
     def __init__(self, engine: Engine, publisher: SnapshotPublisher, xds: XdsServer,
                  clients: Mapping[str, RuntimeClient], activator: ActivatorAddress | None = None,
-                 tick_interval: float = 0.25, drain_timeout: float = 10.0) -> None:
+                 tick_interval: float = 0.25, drain_timeout: float = 10.0,
+                 idle_publish_s: float = 2.0) -> None:
         self.engine = engine
         self.publisher = publisher
         self.xds = xds
@@ -39,11 +40,13 @@ class Controller:
         self.activator = activator
         self.tick_interval = tick_interval
         self.drain_timeout = drain_timeout
+        self.idle_publish_s = idle_publish_s
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
+        self._stopped = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -51,6 +54,7 @@ class Controller:
         self._loop_task = asyncio.create_task(self._run(), name="controller")
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
@@ -105,14 +109,25 @@ class Controller:
 
     # -- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
+        last_publish = time.monotonic()
+        while not self._stopped:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.tick_interval)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the timeout fires, and stop() would wait for this loop forever
+                async with asyncio.timeout(self.tick_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
+            woken = self._wake.is_set()
             self._wake.clear()
             try:
                 actions = self.engine.tick()
+                # The view changes with an input (each wakes the loop) or with what a tick decides
+                # (it returns actions); building and comparing a large view costs tens of ms, so a
+                # quiet tick skips it, with a periodic publish as a safety net.
+                if not (woken or actions or time.monotonic() - last_publish >= self.idle_publish_s):
+                    continue
+                last_publish = time.monotonic()
                 # Publish first: a copy being unloaded has already left the view, so its unload
                 # waits (below) until the gateway has ACKed routes that no longer name it.
                 await self._publish()
