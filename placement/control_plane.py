@@ -31,6 +31,7 @@ from placement.controller import Controller
 from placement.desired_state import DesiredState, ResolvedModel
 from placement.engine import Engine
 from placement.gateway_stats import GatewayStatsPoller
+from placement.local_config import LOCAL_CONFIG_NAME, load_local_config
 from placement.model_types import DesiredModel, EngineConfig, InstanceInfo
 from placement.runtime_client import RuntimeCallError, RuntimeClient
 from placement.sources.local_dir import LocalDirSource
@@ -249,9 +250,16 @@ def run_control_plane(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     options = _gateway_options(args)
+    try:
+        tunables = load_local_config(Path(args.dir), args.pvc).placement
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
+    if tunables:
+        log.info("placement settings from %s: %s", LOCAL_CONFIG_NAME, tunables)
     cp = ControlPlane(Path(args.dir), instances, options,
                       envoy_admin_url=f"http://127.0.0.1:{args.envoy_admin_port}",
-                      pvc_flags=tuple(args.pvc))
+                      pvc_flags=tuple(args.pvc), engine_config=EngineConfig(**tunables))
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

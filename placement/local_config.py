@@ -10,6 +10,8 @@
       mlserver-1.x: 2
     defaultNamespace: modelmesh-serving   # for manifests without metadata.namespace
     sampleModels: ./models                 # where `msm up` trains the sample models if missing
+    placement:            # placement engine tunables (EngineConfig fields; read at start)
+      scale_up_rpm_per_copy: 2000
 
 ``--pvc NAME=PATH`` flags override ``pvcs`` (a relative PATH is relative to the working directory).
 """
@@ -25,7 +27,7 @@ import yaml
 
 LOCAL_CONFIG_NAME = "msm-local.yaml"
 DEFAULT_NAMESPACE = "default"
-_KEYS = {"pvcs", "storageKeys", "runtimeReplicas", "defaultNamespace", "sampleModels"}
+_KEYS = {"pvcs", "storageKeys", "runtimeReplicas", "defaultNamespace", "sampleModels", "placement"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class LocalConfig:
     runtime_replicas: Mapping[str, int] = field(default_factory=dict)
     default_namespace: str = DEFAULT_NAMESPACE
     sample_models_dir: Path | None = None
+    placement: Mapping[str, Any] = field(default_factory=dict)  # EngineConfig overrides
 
     def replicas_for(self, runtime: str, default: int) -> int:
         """Replicas of ``runtime`` in the local mesh: the config's, else ``default``."""
@@ -81,6 +84,35 @@ def _folder_map(raw: Any, key: str, where: str, base: Path) -> dict[str, Path]:
     return out
 
 
+def _placement(raw: Any, where: str) -> dict[str, Any]:
+    """``placement:`` → EngineConfig overrides, each checked against the field's type."""
+    from placement.model_types import EngineConfig
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: placement must be a mapping of engine settings")
+    defaults = EngineConfig()
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in EngineConfig.__dataclass_fields__:
+            known = ", ".join(sorted(EngineConfig.__dataclass_fields__))
+            raise ValueError(f"{where}: placement.{key} is not an engine setting; known: {known}")
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif default is None or isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            if ok and isinstance(default, int) and not isinstance(default, bool):
+                ok = isinstance(value, int)
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(f"{where}: placement.{key} must be like {default!r}, got {value!r}")
+        out[key] = value
+    return out
+
+
 def config_from_mapping(raw: Any, base_dir: Path, where: str = LOCAL_CONFIG_NAME) -> LocalConfig:
     """Build a :class:`LocalConfig` from the parsed ``msm-local.yaml`` content."""
     base_dir = base_dir.resolve()
@@ -106,6 +138,7 @@ def config_from_mapping(raw: Any, base_dir: Path, where: str = LOCAL_CONFIG_NAME
     if sample is not None and not isinstance(sample, str):
         raise ValueError(f"{where}: sampleModels must be a folder path (string)")
     return LocalConfig(
+        placement=_placement(raw.get("placement"), where),
         base_dir=base_dir,
         pvcs=_folder_map(raw.get("pvcs"), "pvcs", where, base_dir),
         storage_keys=_folder_map(raw.get("storageKeys"), "storageKeys", where, base_dir),
@@ -135,4 +168,4 @@ def load_local_config(directory: str | Path, pvc_flags: Iterable[str] = ()) -> L
     return LocalConfig(base_dir=config.base_dir, pvcs={**config.pvcs, **overrides},
                        storage_keys=config.storage_keys, runtime_replicas=config.runtime_replicas,
                        default_namespace=config.default_namespace,
-                       sample_models_dir=config.sample_models_dir)
+                       sample_models_dir=config.sample_models_dir, placement=config.placement)

@@ -253,3 +253,18 @@ def test_revision_id_is_stable_and_follows_what_loading_depends_on(mdir: Path) -
     by_format = load_manifest_dir(mdir).models["m"].revision_id
     assert len({first, by_path, by_format}) == 3
     assert all(REVISION.match(r) for r in (first, by_path, by_format))
+
+
+def test_local_config_placement_settings_are_checked_against_the_engine_config(tmp_path: Path) -> None:
+    (tmp_path / "msm-local.yaml").write_text(
+        "placement:\n  scale_up_rpm_per_copy: 30\n  scale_interval_s: 2\n"
+        "  idle_scale_down: false\n  max_load_failures: 2\n")
+    assert dict(load_local_config(tmp_path).placement) == {
+        "scale_up_rpm_per_copy": 30, "scale_interval_s": 2, "idle_scale_down": False, "max_load_failures": 2}
+    for bad, why in (("no_such_knob: 1", "not an engine setting"),
+                     ("max_load_failures: 2.5", "must be like 3"),
+                     ("idle_scale_down: 1", "must be like True"),
+                     ("scale_interval_s: -1", "must be like 10.0")):
+        (tmp_path / "msm-local.yaml").write_text(f"placement:\n  {bad}\n")
+        with pytest.raises(ValueError, match=why):
+            load_local_config(tmp_path)

@@ -25,15 +25,18 @@ MakeMesh = Callable[..., LocalMeshProcess]
 
 @pytest.fixture
 def make_mesh(tmp_path: Path, models_dir: Path) -> Iterator[MakeMesh]:
-    """``make_mesh(files, replicas=2, runtime=runtime_yaml())``: write the manifests and run
+    """``make_mesh(files, replicas=2, runtime=runtime_yaml(), placement={...})``: write the manifests and run
     ``msm up`` on them; every mesh started is stopped (and checked for leftovers) at teardown."""
     started: list[LocalMeshProcess] = []
 
-    def make(files: dict[str, str], replicas: int = 2, runtime: str | None = None) -> LocalMeshProcess:
+    def make(files: dict[str, str], replicas: int = 2, runtime: str | None = None,
+             placement: dict[str, float] | None = None) -> LocalMeshProcess:
         manifests = tmp_path / "manifests"
         manifests.mkdir()
         (manifests / "runtime.yaml").write_text(runtime or runtime_yaml())
-        (manifests / "msm-local.yaml").write_text(local_config(models_dir, replicas))
+        settings = "".join(f"  {k}: {v}\n" for k, v in (placement or {}).items())
+        (manifests / "msm-local.yaml").write_text(
+            local_config(models_dir, replicas) + (f"placement:\n{settings}" if settings else ""))
         for name, text in files.items():
             (manifests / name).write_text(text)
         mesh = LocalMeshProcess(manifests, tmp_path / "state")

@@ -172,3 +172,24 @@ def _status_text(mesh) -> str:
     out = subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
                           str(mesh.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
     return out.stdout
+
+
+def test_copies_scale_up_with_load_and_back_down_when_idle(make_mesh) -> None:
+    # ModelMesh's thresholds scaled down so that a test can cross them in seconds
+    mesh = make_mesh({"m.yaml": isvc_yaml("busy", SVM)}, replicas=3, placement={
+        "scale_interval_s": 1, "scale_up_rpm_per_copy": 60, "rate_window_s": 6, "rate_bucket_s": 1,
+        "scale_down_delay_s": 2, "idle_s": 3})
+    with httpx.Client(timeout=120) as c:
+        assert prediction(mesh.infer(c, "busy")) == 8
+    assert len(ready_on(mesh.status(), "busy")) == 1
+    with Traffic(lambda c: mesh.infer(c, "busy"), threads=2) as traffic:
+        st = mesh.wait_status(lambda s: len(ready_on(s, "busy")) == 2, timeout=30,
+                              what="a second copy under load")
+    assert traffic.failures() == [], traffic.failures()[:5]
+    assert st["models"]["busy"]["requests_per_min"] > 60
+    assert len(set(ready_on(st, "busy"))) == 2  # on two different instances
+    mesh.wait_status(lambda s: len(ready_on(s, "busy")) == 1
+                     and all(len(i["loaded"]) <= 1 for i in s["instances"].values()), timeout=30,
+                     what="the extra copy to go once the model is idle")
+    with httpx.Client(timeout=120) as c:  # the remaining copy still answers
+        assert prediction(mesh.infer(c, "busy")) == 8
