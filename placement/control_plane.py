@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +153,8 @@ class ControlPlane:
 
     # -- inputs ----------------------------------------------------------------------------------
     async def _on_desired(self, state: DesiredState) -> None:
-        models = [desired_model(m) for m in state.models.values()]
-        if self.controller is None:  # the first state arrives during start(): keep it for later
-            self.engine.set_desired(models)
-            return
-        self.controller.set_desired(models, state.errors)
+        assert self.controller is not None  # made in start(), before the source starts
+        self.controller.set_desired([desired_model(m) for m in state.models.values()], state.errors)
 
     def _on_requests(self, revision: str, count: int) -> None:
         model = self.engine.model_of(revision)
@@ -177,6 +174,7 @@ class ControlPlane:
 
     async def _check(self, r: _Replica) -> None:
         """One health check; an instance comes (back) up with what it holds, or goes down."""
+        assert self.controller is not None  # made in start(), before the first check
         try:
             status = await r.client.runtime_status(timeout=max(1.0, self.health_interval))
             if not status.ready:
@@ -190,8 +188,7 @@ class ControlPlane:
                 self._instance_downs.inc()
                 log.warning("runtime instance %s is down (%s); its models are placed elsewhere",
                             r.info.id, e)
-                if self.controller is not None:
-                    self.controller.remove_instance(r.info.id)
+                self.controller.remove_instance(r.info.id)
             elif not r.up and r.failures == 1:
                 log.warning("runtime instance %s not reachable yet: %s", r.info.id, e)
             self._instances_up.set(sum(x.up for x in self.replicas.values()))
@@ -201,15 +198,12 @@ class ControlPlane:
             return
         capacity = status.capacity_bytes or r.info.capacity_bytes
         if capacity != r.info.capacity_bytes:
-            r.info = InstanceInfo(**{**r.info.__dict__, "capacity_bytes": capacity})
+            r.info = replace(r.info, capacity_bytes=capacity)
         held = dict(loaded or {})
         r.up = True
         log.info("runtime instance %s up (capacity %d MiB), adopting %d loaded model(s)%s",
                  r.info.id, capacity >> 20, len(held), f": {', '.join(sorted(held))}" if held else "")
-        if self.controller is not None:
-            self.controller.add_instance(r.info, r.client, held)
-        else:
-            self.engine.instance_up(r.info, held)
+        self.controller.add_instance(r.info, r.client, held)
         self._instances_up.set(sum(x.up for x in self.replicas.values()))
 
     # -- status ----------------------------------------------------------------------------------
@@ -233,7 +227,6 @@ class ControlPlane:
                           "activations": self.activator.activations},
         }
         return st
-
 
     def _in_sync(self, stream: Any) -> bool:
         version = self.publisher.version

@@ -733,8 +733,7 @@ class Engine:
                 plans[cache.id] = plan
                 cands.append(policy.Candidate(
                     instance=cache.id, fits=free >= size, free_bytes=free, models=st.models,
-                    cache_age_s=math.inf if math.isinf(st.oldest_ready_use) else now - st.oldest_ready_use,
-                    load_rpm=cache.rate.per_minute(now),
+                    cache_age_s=st.cache_age(now), load_rpm=cache.rate.per_minute(now),
                     load_queue=st.queued + st.loading))
             return cands, plans
 

@@ -42,6 +42,10 @@ class CacheSummary:
     queued_urgent: int
     loading: int
 
+    def cache_age(self, now: float) -> float:
+        """Time since the least recently used ready copy was used (inf when none is ready)."""
+        return now - self.oldest_ready_use if self.oldest_ready_use != math.inf else math.inf
+
 
 @dataclass
 class InstanceCache:
@@ -93,8 +97,7 @@ class InstanceCache:
 
     def cache_age(self, now: float) -> float:
         """Time since this instance's least recently used model was used (inf when empty)."""
-        ready = [c.last_used for c in self.copies.values() if c.phase is Phase.READY]
-        return now - min(ready) if ready else math.inf
+        return self.summary().cache_age(now)
 
     def plan_eviction(self, need_bytes: int,
                       evictable: Callable[[CachedCopy], bool]) -> list[CachedCopy] | None:

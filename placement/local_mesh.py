@@ -260,29 +260,22 @@ class LocalMesh:
         """Restart the control plane if it dies; report runtime replicas that exit, and problems."""
         reported: set[str] = set()
         seen: dict[str, str] = dict(self._startup_problems)  # already printed
-        session = aiohttp.ClientSession()
-        try:
-            await self._supervise_loop(reported, seen, session)
-        finally:
-            await session.close()
-
-    async def _supervise_loop(self, reported: set[str], seen: dict[str, str],
-                              session: aiohttp.ClientSession) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), 1.0)
-            except TimeoutError:
-                pass
-            if self._stopping.is_set():
-                break
-            if self.control_plane is not None and self.control_plane.returncode is not None:
-                _say(f"control plane exited ({self.control_plane.returncode}); restarting it")
-                await self._start_control_plane()
-            for r in self.replicas:
-                if r.instance_id not in reported and not r.running():
-                    reported.add(r.instance_id)
-                    _say(f"runtime replica {r.instance_id} exited; its models are placed elsewhere")
-            await self._report_changes(session, seen)
+        async with aiohttp.ClientSession() as session:
+            while not self._stopping.is_set():
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                if self._stopping.is_set():
+                    break
+                if self.control_plane is not None and self.control_plane.returncode is not None:
+                    _say(f"control plane exited ({self.control_plane.returncode}); restarting it")
+                    await self._start_control_plane()
+                for r in self.replicas:
+                    if r.instance_id not in reported and not r.running():
+                        reported.add(r.instance_id)
+                        _say(f"runtime replica {r.instance_id} exited; its models are placed elsewhere")
+                await self._report_changes(session, seen)
 
     async def _stop(self) -> None:
         _say("stopping")
