@@ -147,6 +147,11 @@ class LocalMeshProcess:
                 raise AssertionError(f"msm up never printed {text!r}:\n" + "".join(self.lines))
             time.sleep(0.1)
 
+    def status_cli(self) -> subprocess.CompletedProcess[str]:
+        """``msm status`` as a user runs it, against this mesh."""
+        return subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
+                               str(self.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
+
     def instances(self) -> list[dict[str, Any]]:
         return json.loads((self.state_dir / "instances.json").read_text())
 

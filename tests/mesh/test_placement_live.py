@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from mesh_harness import REPO, Traffic, isvc_yaml, prediction, runtime_yaml
+from mesh_harness import Traffic, isvc_yaml, prediction, runtime_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +86,7 @@ def test_instance_killed_mid_traffic_fails_over_and_reloads_elsewhere(make_mesh)
     with httpx.Client(timeout=120) as c:
         assert prediction(mesh.infer(c, "one-copy")) == 8
     assert ready_on(mesh.status(), "one-copy") == [survivor]
-    assert "DOWN" in _status_text(mesh)
+    assert "DOWN" in mesh.status_cli().stdout
 
 
 def test_rolling_update_under_traffic_fails_no_request(make_mesh) -> None:
@@ -167,11 +165,6 @@ def test_control_plane_restart_adopts_what_runtimes_hold(make_mesh) -> None:
         assert prediction(mesh.infer(c, "kept")) == 8
     assert "control plane exited" in "".join(mesh.lines)
 
-
-def _status_text(mesh) -> str:
-    out = subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
-                          str(mesh.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
-    return out.stdout
 
 
 def test_copies_scale_up_with_load_and_back_down_when_idle(make_mesh) -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import httpx
 import numpy as np
 import pytest
-from mesh_harness import DIGIT_8, DIGIT_8_V2, QUICKSTART, REPO, LocalMeshProcess, prediction
+from mesh_harness import DIGIT_8, DIGIT_8_V2, QUICKSTART, LocalMeshProcess, prediction
 
 pytestmark = pytest.mark.e2e
 
@@ -86,8 +84,7 @@ def test_unknown_model_is_a_404_json_error(quickstart: LocalMeshProcess) -> None
 
 
 def test_msm_status_shows_models_instances_and_gateway(quickstart: LocalMeshProcess) -> None:
-    out = subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
-                          str(quickstart.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
+    out = quickstart.status_cli()
     assert out.returncode == 0, out.stderr
     assert "sklearn-mnist: ready" in out.stdout
     for i in (0, 1):
