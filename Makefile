@@ -17,9 +17,9 @@ up: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
-test: setup
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/python -m pytest -q -ra
 
 # The benchmarks at their documented sizes take long (see docs/benchmarks.md for each command);

@@ -34,7 +34,9 @@ except ImportError:  # the real data path is not written yet: measure with a rou
 
     _data_path_standin.install()
 
-from xds_server.bootstrap import ROUTE_TYPE, static_bootstrap  # noqa: E402
+from placement.local.ports import free_port  # noqa: E402
+from xds_server import resource_types as rt  # noqa: E402
+from xds_server.bootstrap import static_bootstrap  # noqa: E402
 from xds_server.envoy_process import envoy_binary  # noqa: E402
 from xds_server.mesh_view import Copy, MeshView, Model, Revision  # noqa: E402
 from xds_server.translate import GatewayOptions, translate  # noqa: E402
@@ -60,14 +62,6 @@ def mesh(models: int, instances: int, copies: int) -> MeshView:
             inst[(m + k) % instances] for k in range(copies))),))
         for m in range(models)
     ])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kb(pid: int) -> int:
@@ -115,7 +109,7 @@ def measure(view: MeshView, opts: GatewayOptions, trim: bool, concurrency: int, 
         stats = admin_json(admin, "/stats?format=json&usedonly")
         return {
             "clusters": len(boot["static_resources"]["clusters"]),
-            "routes": sum(len(vh.routes) for rc in resources[ROUTE_TYPE].values() for vh in rc.virtual_hosts),
+            "routes": sum(len(vh.routes) for rc in resources[rt.ROUTE].values() for vh in rc.virtual_hosts),
             "bootstrap_mb": path.stat().st_size / 1e6,
             "build_s": build_s,
             "load_s": load_s,

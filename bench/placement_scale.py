@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from placement.clock import FakeClock
-from placement.engine import Engine
-from placement.model_types import DesiredModel, InstanceInfo, LoadAction
+from placement.engine.clock import FakeClock
+from placement.engine.engine import Engine
+from placement.engine.model_types import DesiredModel, InstanceInfo, LoadAction
 
 MB = 1024 * 1024
 

@@ -11,7 +11,7 @@ copy waits for its load (``--load-base-s`` + size / ``--load-mb-s``), and loads 
 one at a time (``max_concurrent_loads=1``), queueing behind each other. Unloads take 50 ms.
 
 Policies:
-- ``msm``: the placement engine (placement/engine.py) driven like the controller drives it:
+- ``msm``: the placement engine (placement/engine/engine.py) driven like the controller drives it:
   ``record_requests`` per request, ``request_for_cold_model`` on a miss, ``tick`` every 250 ms and
   after each miss; requests go to the ready copy whose instance frees a worker first.
 - ``lru-hash``: each model hashed to one instance; each instance an independent LRU cache.
@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from placement.clock import FakeClock
-from placement.engine import Engine
-from placement.model_types import DesiredModel, EngineConfig, InstanceInfo, LoadAction
+from placement.engine.clock import FakeClock
+from placement.engine.engine import Engine
+from placement.engine.model_types import DesiredModel, EngineConfig, InstanceInfo, LoadAction
 
 MB = 1024 * 1024
 

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from placement.local.ports import free_port
 from xds_server.bootstrap import render_bootstrap
 from xds_server.cache import SnapshotCache
 from xds_server.envoy_process import EnvoyProcess
@@ -47,12 +47,6 @@ from xds_server.snapshot import Snapshot
 from xds_server.translate import GatewayOptions, translate
 
 PROBE = "probe"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -19,17 +19,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from xds_server import resource_types as rt
 from xds_server.assets import envoy_asset
-
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SCOPED_ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 # Per-cluster stats of the translated upstream clusters cost most of a cluster's memory in Envoy;
 # routing, retries and outlier detection do not need them. Route stats keep upstream_rq_total
-# per revision (placement/gateway_stats.py reads it).
+# per revision (placement/control/gateway_stats.py reads it).
 TRIMMED_STATS_EXCLUSIONS: list[dict[str, Any]] = [
     {"prefix": "cluster.rev_"},
     {"prefix": "cluster.rt_"},
@@ -99,11 +94,11 @@ def _inline_listener(listener: listener_pb2.Listener, routes: dict[str, Message]
 def static_bootstrap(resources: dict[str, dict[str, Message]], admin_port: int, *,
                      node_id: str = "msm-static", trim_stats: bool = True) -> dict[str, Any]:
     """A bootstrap (as a dict; dump it as JSON) with ``resources`` inlined as static resources."""
-    routes = resources.get(ROUTE_TYPE, {})
-    scopes = resources.get(SCOPED_ROUTE_TYPE, {})
-    endpoints = resources.get(ENDPOINT_TYPE, {})
+    routes = resources.get(rt.ROUTE, {})
+    scopes = resources.get(rt.SCOPED_ROUTE, {})
+    endpoints = resources.get(rt.ENDPOINT, {})
     clusters = []
-    for c in resources.get(CLUSTER_TYPE, {}).values():
+    for c in resources.get(rt.CLUSTER, {}).values():
         static = cluster_pb2.Cluster()
         static.CopyFrom(c)
         if static.type == cluster_pb2.Cluster.EDS:
@@ -115,7 +110,7 @@ def static_bootstrap(resources: dict[str, dict[str, Message]], admin_port: int, 
                 static.load_assignment.cluster_name = c.name
         clusters.append(json_format.MessageToDict(static))
     listeners = [json_format.MessageToDict(_inline_listener(lst, routes, scopes))
-                 for lst in resources.get(LISTENER_TYPE, {}).values()]
+                 for lst in resources.get(rt.LISTENER, {}).values()]
     boot: dict[str, Any] = {
         "node": {"id": node_id, "cluster": "msm-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},

@@ -91,7 +91,7 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
-class Activator:
+class ActivatorEndpoint:
     """Where requests for a revision with no ready copy go: msm's load-on-demand endpoint.
 
     It triggers a load, waits for a ready copy, and replays the request through the gateway.
@@ -107,10 +107,10 @@ class MeshView:
     """All models the gateway routes. Treat as immutable: a change is a new MeshView."""
 
     models: Mapping[str, Model] = field(default_factory=dict)
-    activator: Activator | None = None
+    activator: ActivatorEndpoint | None = None
 
     @staticmethod
-    def of(models: list[Model] | tuple[Model, ...], activator: Activator | None = None) -> MeshView:
+    def of(models: list[Model] | tuple[Model, ...], activator: ActivatorEndpoint | None = None) -> MeshView:
         return MeshView({m.name: m for m in models}, activator)
 
 

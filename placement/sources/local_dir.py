@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from placement.desired_state import DesiredState
-from placement.kserve import Document, ManifestFile, manifest_files, parse_manifest_text, resolve
-from placement.local_config import LOCAL_CONFIG_NAME, LocalConfig, load_local_config
+from placement.manifests.desired_state import DesiredState
+from placement.manifests.kserve import Document, ManifestFile, manifest_files, parse_manifest_text, resolve
+from placement.manifests.local_config import LOCAL_CONFIG_NAME, LocalConfig, load_local_config
 
 log = logging.getLogger("msm.sources.local_dir")
 

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from aiohttp import web
 
-from placement.activator import ACTIVATED_HEADER, Activator
+from placement.control.activator import ACTIVATED_HEADER, Activator
 
 
 class FakeGateway:

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry
-
-from placement.clock import MonotonicClock
-from placement.controller import Controller
-from placement.engine import Engine
-from placement.model_types import DesiredModel, InstanceInfo
-from xds_server.cache import SnapshotCache
-from xds_server.publisher import SnapshotPublisher
-from xds_server.server import XdsServer
+from msm.xds_stack import XdsStack
+from placement.control.controller import Controller
+from placement.engine.clock import MonotonicClock
+from placement.engine.engine import Engine
+from placement.engine.model_types import DesiredModel, InstanceInfo
 from xds_server.translate import GatewayOptions
 
 MB = 1024 * 1024
@@ -44,10 +40,8 @@ def desired(name: str) -> DesiredModel:
 
 async def make(runtimes: dict[str, Runtime], **kw) -> tuple[Controller, Engine]:
     engine = Engine(MonotonicClock())
-    cache = SnapshotCache()
-    publisher = SnapshotPublisher(cache, GatewayOptions(rest_port=1, grpc_port=2), CollectorRegistry())
-    ctl = Controller(engine, publisher, XdsServer(cache, registry=CollectorRegistry()), {},
-                     tick_interval=0.02, **kw)
+    stack = XdsStack(GatewayOptions(rest_port=1, grpc_port=2), dict)
+    ctl = Controller(engine, stack, {}, tick_interval=0.02, **kw)
     for i, (iid, rt) in enumerate(runtimes.items()):
         ctl.add_instance(InstanceInfo(iid, "rt", "127.0.0.1", 9000 + i, 9100 + i, 100 * MB), rt, {})
     await ctl.start()
@@ -63,7 +57,7 @@ async def test_a_cold_model_is_loaded_and_published_before_ensure_ready_returns(
         assert rt.calls == [("load", "m__isvc-1")]
         view = engine.mesh_view()
         assert [c.instance for c in view.models["m"].revisions[0].copies] == ["i0"]
-        assert ctl.publisher.version is not None and ctl.status()["snapshot_version"] == ctl.publisher.version
+        assert ctl.publisher.version is not None
         assert await ctl.ensure_ready("nope", timeout=1) == "unknown model 'nope'"
     finally:
         await ctl.stop()

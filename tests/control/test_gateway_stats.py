@@ -1,4 +1,4 @@
-from placement.gateway_stats import increments, parse_route_totals, route_stat_prefix
+from placement.control.gateway_stats import increments, parse_route_totals, route_stat_prefix
 
 
 def test_route_totals_are_summed_per_revision_across_listeners():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 
+from placement.local.ports import free_port
 from xds_server.translate import data_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +51,6 @@ ARTICLE_BODY = (
     '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", "contents": '
     '{"fp32_contents": [' + ", ".join(str(p) for p in ARTICLE_PIXELS) + "]}}]}"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_model(path: Path) -> Path:

@@ -16,15 +16,9 @@ import re
 
 import grpc
 
+from placement.local.ports import free_port
+
 _MODEL = re.compile(r"^/v2/models/([^/?]+)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encode_model_name(name: str) -> bytes:

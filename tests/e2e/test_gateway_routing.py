@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backends import CopyBackend, RestBackend, StaticGateway, grpc_infer
 
 from xds_server.mesh_view import (
-    Activator,
+    ActivatorEndpoint,
     Copy,
     Destination,
     HeaderMatch,
@@ -194,7 +194,7 @@ async def test_cold_revision_goes_to_the_activator_unrewritten(tmp_path, copies,
     activator = RestBackend("activator")
     await activator.start()
     view = MeshView.of([Model("cold", (Revision("cold__1"),))],
-                       activator=Activator("127.0.0.1", activator.port, copies[0].grpc.port))
+                       activator=ActivatorEndpoint("127.0.0.1", activator.port, copies[0].grpc.port))
     gw = await gateway(tmp_path, view, source)
     try:
         async with aiohttp.ClientSession() as s:

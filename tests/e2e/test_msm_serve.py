@@ -42,7 +42,7 @@ models:
 
 class ServeProcess:
     def __init__(self, path: Path, log: Path, xds_port: int, admin_port: int, rest: int, grpc: int) -> None:
-        self.cmd = [sys.executable, "-m", "xds_server.cli", "serve", str(path), "--xds-port", str(xds_port),
+        self.cmd = [sys.executable, "-m", "msm.cli", "serve", str(path), "--xds-port", str(xds_port),
                     "--admin-port", str(admin_port), "--rest-port", str(rest), "--grpc-port", str(grpc)]
         self.log = log
         self.admin = f"http://127.0.0.1:{admin_port}"
@@ -106,7 +106,7 @@ async def test_msm_serve_follows_its_file_keeps_the_last_good_one_and_survives_a
     xds_port, admin_port, rest, grpc_port, envoy_admin = (free_port() for _ in range(5))
     serve = ServeProcess(path, tmp_path / "serve.log", xds_port, admin_port, rest, grpc_port)
     boot = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xds_server.cli", "envoy-bootstrap", "--xds-port", str(xds_port),
+        sys.executable, "-m", "msm.cli", "envoy-bootstrap", "--xds-port", str(xds_port),
         "--envoy-admin-port", str(envoy_admin), "--node-id", "gw-test", stdout=subprocess.PIPE)
     out, _ = await boot.communicate()
     assert boot.returncode == 0

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 from _manifests_helpers import FIXTURES, copy_fixtures, isvc, local_dir, runtime, write
 
-from placement.desired_state import DEFAULT_SIZE_ESTIMATE_BYTES, resolve
-from placement.kserve import load_manifest_dir, parse_documents, read_manifest_file, version_matches
-from placement.local_config import load_local_config
+from placement.manifests.desired_state import DEFAULT_SIZE_ESTIMATE_BYTES
+from placement.manifests.kserve import (
+    load_manifest_dir,
+    parse_documents,
+    read_manifest_file,
+    resolve,
+    version_matches,
+)
+from placement.manifests.local_config import load_local_config
 
 REVISION = re.compile(r"^[a-z0-9-]+__isvc-[0-9a-f]{10}$")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from _manifests_helpers import isvc, local_dir, runtime, write
 
-from placement.desired_state import DesiredState
+from placement.manifests.desired_state import DesiredState
 from placement.sources import LocalDirSource
 
 

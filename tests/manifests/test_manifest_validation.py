@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from _manifests_helpers import FIXTURES, isvc, local_dir, runtime, write
 
-from placement.kserve import load_manifest_dir, read_manifest_file
-from placement.local_config import load_local_config, parse_pvc_flag
-from placement.validation import (
+from placement.manifests.kserve import load_manifest_dir, read_manifest_file
+from placement.manifests.local_config import load_local_config, parse_pvc_flag
+from placement.manifests.validation import (
     SCHEMAS_ENV,
     crd_schema_to_jsonschema,
     parse_quantity,
@@ -18,8 +18,6 @@ from placement.validation import (
     schema_problems,
     validate_document,
 )
-
-needs_schemas = pytest.mark.skipif(schema_dir() is None, reason="KServe CRD files not found")
 
 
 @pytest.fixture
@@ -93,7 +91,6 @@ def test_wrong_types_and_values_in_a_serving_runtime(mdir: Path, change, expecte
     assert expected in state.errors["rt2.yaml"]
 
 
-@needs_schemas
 def test_crd_schema_catches_what_msm_does_not_check(mdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A typo'd field (kubectl --validate=strict refuses it) and a wrongly typed container port."""
     typo = isvc("typo").replace("  predictor:\n", "  predictor:\n    minReplica: 1\n")
@@ -109,20 +106,25 @@ def test_crd_schema_catches_what_msm_does_not_check(mdir: Path, monkeypatch: pyt
     assert set(state.models) == {"good"} and "ports" not in state.runtimes
     # without the CRD files only msm's own checks run, and they let both through
     monkeypatch.setenv(SCHEMAS_ENV, str(mdir / "no-such-dir"))
-    monkeypatch.setattr("placement.validation.REPO_SCHEMAS", mdir / "no-such-dir-either")
+    monkeypatch.setattr("placement.manifests.validation.PACKAGED_CRDS", mdir / "no-such-dir-either")
     assert schema_dir() is None
     state = load_manifest_dir(mdir)
     assert state.errors == {} and {"typo", "good"} <= set(state.models) and "ports" in state.runtimes
 
 
-@needs_schemas
-def test_schema_found_via_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    d = schema_dir()
-    monkeypatch.setenv(SCHEMAS_ENV, str(d))
-    assert schema_dir() == d
+def test_schemas_are_packaged_and_env_points_elsewhere(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SCHEMAS_ENV, raising=False)
+    packaged = schema_dir()
+    assert packaged is not None and packaged.parent.name == "manifests"  # inside the package
+    other = tmp_path / "kserve-crds"
+    other.mkdir()
+    for f in packaged.glob("*.yaml"):
+        (other / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv(SCHEMAS_ENV, str(other))
+    assert schema_dir() == other
 
 
-@needs_schemas
 @pytest.mark.parametrize("name", ["article-sklearn-mnist.yaml", "article-peft-runtime.yaml",
                                   "article-peft-demo.yaml", "mlserver-runtime.yaml"])
 def test_the_article_manifests_satisfy_the_crd_schema(name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mesh_harness import LocalMeshProcess, local_config, runtime_yaml
 
-from placement.samples import ensure_sample_models
+from placement.local.samples import ensure_sample_models
 
 pytestmark = pytest.mark.e2e
 

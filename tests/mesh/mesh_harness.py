@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,16 +19,12 @@ from typing import Any
 
 import httpx
 
+from placement.local.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart"
 DIGIT_8 = (QUICKSTART / "digit-8.json").read_bytes()  # the article's body
 DIGIT_8_V2 = (QUICKSTART / "digit-8-v2.json").read_bytes()  # the standard V2 body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def runtime_yaml(name: str = "mlserver-1.x", *, memory: str = "1Gi", mem_buffer: int = 134217728,
@@ -109,7 +104,7 @@ class LocalMeshProcess:
         return f"http://127.0.0.1:{self.rest_port}"
 
     def start(self, timeout: float = 240.0) -> LocalMeshProcess:
-        cmd = [sys.executable, "-m", "xds_server.cli", "up", str(self.dir),
+        cmd = [sys.executable, "-m", "msm.cli", "up", str(self.dir),
                "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
                "--xds-port", str(self.xds_port), "--admin-port", str(self.admin_port),
                "--state-dir", str(self.state_dir)]
@@ -149,7 +144,7 @@ class LocalMeshProcess:
 
     def status_cli(self) -> subprocess.CompletedProcess[str]:
         """``msm status`` as a user runs it, against this mesh."""
-        return subprocess.run([sys.executable, "-m", "xds_server.cli", "status", "--admin-port",
+        return subprocess.run([sys.executable, "-m", "msm.cli", "status", "--admin-port",
                                str(self.admin_port)], cwd=REPO, capture_output=True, text=True, timeout=30)
 
     def instances(self) -> list[dict[str, Any]]:

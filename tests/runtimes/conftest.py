@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from placement.runtime_process import RuntimeReplica
-from placement.samples import ensure_sample_models
+from placement.local.runtime_process import RuntimeReplica
+from placement.local.samples import ensure_sample_models
 
 CAPACITY = 64 * 1024 * 1024
 

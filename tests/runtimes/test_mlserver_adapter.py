@@ -15,11 +15,12 @@ import pytest
 import pytest_asyncio
 
 from placement.adapters.mlserver import AdapterConfig, serve
+from placement.control.runtime_client import RuntimeCallError, RuntimeClient, RuntimeTimeout
+from placement.local.ports import free_port
+from placement.local.runtime_process import RuntimeReplica
+from placement.local.samples import DIGIT_8, MNIST_LOGREG, MNIST_SVM
 from placement.protos import model_runtime_pb2 as pb
 from placement.protos import model_runtime_pb2_grpc as pb_grpc
-from placement.runtime_client import RuntimeCallError, RuntimeClient, RuntimeTimeout
-from placement.runtime_process import RuntimeReplica, free_port
-from placement.samples import DIGIT_8, MNIST_LOGREG, MNIST_SVM
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 

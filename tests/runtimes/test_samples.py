@@ -6,7 +6,7 @@ from pathlib import Path
 
 import joblib
 
-from placement.samples import DIGIT_8, MNIST_FOREST, MNIST_LOGREG, MNIST_SVM, ensure_sample_models
+from placement.local.samples import DIGIT_8, MNIST_FOREST, MNIST_LOGREG, MNIST_SVM, ensure_sample_models
 
 
 def test_sample_models_answer_8_and_are_kept(tmp_path: Path) -> None:

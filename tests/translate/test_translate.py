@@ -14,7 +14,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from xds_server.bootstrap import render_bootstrap, static_bootstrap
 from xds_server.envoy_process import envoy_binary
 from xds_server.mesh_view import (
-    Activator,
+    ActivatorEndpoint,
     Copy,
     Destination,
     HeaderMatch,
@@ -37,7 +37,7 @@ C0 = Copy("rt-0", "10.0.0.1", 8080, 8081)
 C1 = Copy("rt-1", "10.0.0.2", 8080, 8081)
 
 
-def view(activator: Activator | None = None) -> MeshView:
+def view(activator: ActivatorEndpoint | None = None) -> MeshView:
     return MeshView.of([
         Model("m", (Revision("m__isvc-1", copies=(C0, C1)), Revision("m__isvc-2", copies=(C1,))),
               rules=(RouteRule((Destination("m__isvc-2"),), headers=(HeaderMatch("x-canary", exact="1"),)),
@@ -158,7 +158,7 @@ def test_a_revision_without_copies_gives_its_share_away_or_answers_503():
 
 
 def test_activator_takes_revisions_without_copies():
-    act = Activator("127.0.0.1", 7000, 7001)
+    act = ActivatorEndpoint("127.0.0.1", 7000, 7001)
     opts = GatewayOptions()
     res = translate(view(act), opts)
     for r in routes_of(res, "rest", "cold", opts):
@@ -311,7 +311,7 @@ def envoy_validate(path: Path) -> subprocess.CompletedProcess:
 def test_envoy_accepts_the_translated_resources(tmp_path, cluster_layout, route_layout, tls):
     opts = GatewayOptions(cluster_layout=cluster_layout, route_layout=route_layout, subset_shards=2,
                           upstream_tls=UpstreamTls() if tls else None)
-    boot = static_bootstrap(translate(view(Activator("127.0.0.1", 7000, 7001)), opts), admin_port=0)
+    boot = static_bootstrap(translate(view(ActivatorEndpoint("127.0.0.1", 7000, 7001)), opts), admin_port=0)
     if tls:
         boot["static_resources"]["clusters"].append(SDS_CLUSTER)
     path = tmp_path / "static.json"
@@ -379,7 +379,7 @@ def test_incremental_translation_equals_full_translation_and_reuses_unchanged_mo
         if not name.endswith("/m"):
             assert msg is first[ROUTE][name]  # untouched models keep their message objects
     assert second[ROUTE]["msm_rest/m"] is not first[ROUTE]["msm_rest/m"]
-    v3 = MeshView(models=v2.models, activator=Activator("127.0.0.1", 7001, 7002))
+    v3 = MeshView(models=v2.models, activator=ActivatorEndpoint("127.0.0.1", 7001, 7002))
     assert same(inc.translate(v3), translate(v3, opts))
     v4 = MeshView.of([x for k, x in v2.models.items() if k != "n"])
     assert same(inc.translate(v4), translate(v4, opts))
@@ -400,7 +400,7 @@ def test_patched_snapshots_equal_full_builds(layout):
     steps = [
         MeshView.of([replace(m, revisions=(replace(m.revisions[0], copies=(C1,)),)),
                      *[x for k, x in v1.models.items() if k != "n"]]),
-        MeshView(models=v1.models, activator=Activator("127.0.0.1", 7001, 7002)),
+        MeshView(models=v1.models, activator=ActivatorEndpoint("127.0.0.1", 7001, 7002)),
         MeshView.of([x for k, x in v1.models.items() if k != "m"]),
         v1,
     ]

@@ -13,7 +13,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from xds_server.mesh_view import Activator, MeshView, Model
+from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
 from xds_server.translate import names
 from xds_server.translate.common import ads_source, duration, pack
 from xds_server.translate.options import GatewayOptions, UpstreamTls
@@ -118,7 +118,7 @@ def _port(kind: str, rest_port: int, grpc_port: int) -> int:
     return rest_port if kind == names.REST else grpc_port
 
 
-def activator_clusters(activator: Activator, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
+def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
     """Static clusters to msm's activator (no TLS: it runs beside the control plane)."""
     try:
         ipaddress.ip_address(activator.address)

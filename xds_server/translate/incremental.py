@@ -16,7 +16,7 @@ from collections import Counter
 from google.protobuf.message import Message
 
 from xds_server import resource_types as rt
-from xds_server.mesh_view import Activator, MeshView, Model
+from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
 from xds_server.translate import names as nm
 from xds_server.translate import translate
 from xds_server.translate.clusters import activator_clusters, group_clusters, model_revision_clusters
@@ -34,7 +34,7 @@ Contribution = tuple[GroupKey, str, tuple[str, int, int], str]
 class IncrementalTranslator:
     def __init__(self, opts: GatewayOptions | None = None) -> None:
         self.opts = opts or GatewayOptions()
-        self._activator: Activator | None = None
+        self._activator: ActivatorEndpoint | None = None
         self._models: dict[str, tuple[Model, Resources, list[Contribution]]] = {}
         # group → instance → [address tuple, Counter of revision ids]
         self._groups: dict[GroupKey, dict[str, list]] = {}

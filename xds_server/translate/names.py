@@ -16,7 +16,7 @@ SCOPE_TAG = {REST: "v2", GRPC: "inference.GRPCInferenceService"}
 
 LISTENER = {REST: "msm_rest", GRPC: "msm_grpc"}
 VHOST = {REST: "rest", GRPC: "grpc"}  # route stats: vhost.<vhost>.route.msm_<revision>.*
-ROUTE_STAT_PREFIX = "msm_"  # placement/gateway_stats.py parses this
+ROUTE_STAT_PREFIX = "msm_"  # route stat_prefix msm_<revision>; placement/control/gateway_stats.py parses it
 MODEL_HEADER = "mm-vmodel-id"
 SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
 LB_METADATA = "envoy.lb"

@@ -1,0 +1,163 @@
+"""The ``msm`` command: argument parsing and dispatch to the programs (nothing else)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from msm.running import run_until_signalled
+
+DEFAULT_XDS_PORT = 18000
+DEFAULT_ADMIN_PORT = 18001
+DEFAULT_REST_PORT = 8008
+DEFAULT_GRPC_PORT = 8033
+
+
+def gateway_options(args: argparse.Namespace):
+    """The gateway's ports and cluster layout, from the flags of ``_add_gateway_args``."""
+    from xds_server.translate import GatewayOptions
+
+    kwargs = {"rest_port": args.rest_port, "grpc_port": args.grpc_port}
+    if getattr(args, "cluster_layout", None):
+        kwargs["cluster_layout"] = args.cluster_layout
+    if getattr(args, "subset_shards", None):
+        kwargs["subset_shards"] = args.subset_shards
+    return GatewayOptions(**kwargs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from msm.serve import PlacementFileServer
+
+    server = PlacementFileServer(Path(args.placement), gateway_options(args))
+
+    async def start() -> None:
+        port = await server.start(args.xds_host, args.xds_port, args.admin_port)
+        print(f"msm serve: xDS (ADS, SotW and delta) on {args.xds_host}:{port}; "
+              f"metrics and status on http://127.0.0.1:{args.admin_port}/metrics", flush=True)
+        if server.last_error:
+            print(f"msm serve: placement file rejected: {server.last_error}", file=sys.stderr, flush=True)
+
+    return asyncio.run(run_until_signalled(start, server.stop))
+
+
+def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
+    from xds_server.bootstrap import render_bootstrap
+
+    sys.stdout.write(render_bootstrap(node_id=args.node_id, xds_host=args.xds_host,
+                                      xds_port=args.xds_port, admin_port=args.envoy_admin_port))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from msm.up import run_local_mesh
+
+    return run_local_mesh(args)
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    from msm.control_plane import run_control_plane
+
+    return run_control_plane(args, gateway_options(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = f"http://127.0.0.1:{args.admin_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            status = json.load(r)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"msm status: no control plane at {url} ({e}); is `msm up` running?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    from msm.status_text import format_status
+
+    print(format_status(status))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from msm.up import validate_dir
+
+    return validate_dir(Path(args.dir), args.pvc)
+
+
+def _add_gateway_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rest-port", type=int, default=DEFAULT_REST_PORT, help="gateway REST port (8008)")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="gateway gRPC port (8033)")
+    p.add_argument("--cluster-layout", choices=["per_revision", "subset"], default=None,
+                   help="Envoy cluster layout (default: the one chosen by bench/envoy_memory.py)")
+    p.add_argument("--subset-shards", type=int, default=None,
+                   help="runtime clusters per runtime in the subset layout (default 64, see docs/gateway.md)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msm",
+                                     description="Model Service Mesh: model-aware routing for Envoy")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the xDS server from a placement file (YAML) that it watches")
+    p.add_argument("placement", help="placement file: models, revisions, copies, traffic rules")
+    p.add_argument("--xds-host", default="127.0.0.1")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="metrics and status port")
+    _add_gateway_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("envoy-bootstrap", help="print the bootstrap a standalone Envoy gateway starts with")
+    p.add_argument("--node-id", default="msm-gateway")
+    p.add_argument("--xds-host", default="127.0.0.1")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--envoy-admin-port", type=int, default=9901)
+    p.set_defaults(func=cmd_envoy_bootstrap)
+
+    p = sub.add_parser("up", help="run the local mesh: runtimes, control plane and an Envoy gateway")
+    p.add_argument("dir", help="directory of KServe manifests (InferenceService, ServingRuntime)")
+    p.add_argument("--pvc", action="append", default=[], metavar="NAME=PATH",
+                   help="map a PVC name to a local folder (repeatable)")
+    p.add_argument("--replicas", type=int, default=None, help="runtime replicas per ServingRuntime")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--state-dir", default=None, help="logs and runtime files (default: DIR/.msm)")
+    _add_gateway_args(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("control-plane", help=argparse.SUPPRESS)  # started by `msm up`
+    p.add_argument("dir")
+    p.add_argument("--instances-file", required=True)
+    p.add_argument("--pvc", action="append", default=[])
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--envoy-admin-port", type=int, required=True)
+    _add_gateway_args(p)
+    p.set_defaults(func=cmd_control_plane)
+
+    p = sub.add_parser("status", help="models, instances and the gateway of the running local mesh")
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("validate", help="check a directory of KServe manifests and say what msm makes of it")
+    p.add_argument("dir")
+    p.add_argument("--pvc", action="append", default=[], metavar="NAME=PATH")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The one place that builds the xDS stack a process serves gateways with.
+
+Metrics registry → snapshot cache → ADS server → snapshot publisher, plus the admin HTTP port
+(/metrics, /status, /healthz). ``msm serve`` and the control plane both use it; it is also the
+controller's :class:`placement.control.controller.ViewPublisher`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from xds_server.admin_http import AdminServer
+from xds_server.cache import SnapshotCache
+from xds_server.mesh_view import MeshView
+from xds_server.publisher import SnapshotPublisher
+from xds_server.server import XdsServer
+from xds_server.translate import GatewayOptions
+
+
+class XdsStack:
+    def __init__(self, options: GatewayOptions, status: Callable[[], dict[str, Any]]) -> None:
+        self.options = options
+        self.registry = CollectorRegistry()
+        self.cache = SnapshotCache()
+        self.xds = XdsServer(self.cache, registry=self.registry)
+        self.publisher = SnapshotPublisher(self.cache, options, self.registry)
+        self.admin = AdminServer(self.registry, status)
+        self.xds_port: int | None = None
+
+    async def start_xds(self, host: str, port: int) -> int:
+        self.xds_port = await self.xds.start(host, port)
+        return self.xds_port
+
+    async def start_admin(self, port: int, host: str = "127.0.0.1") -> int:
+        return await self.admin.start(host, port)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        await self.admin.stop()
+        await self.xds.stop(grace)
+
+    # -- ViewPublisher -----------------------------------------------------------------------------
+    @property
+    def version(self) -> str | None:
+        return self.publisher.version
+
+    async def publish(self, view: MeshView) -> str:
+        return await self.publisher.publish(view)
+
+    async def wait_for_ack(self, version: str, timeout: float) -> bool:
+        return await self.xds.wait_for_ack(version, timeout=timeout)
+
+    # -- status ------------------------------------------------------------------------------------
+    def clients_status(self) -> list[dict[str, Any]]:
+        """Each connected xDS client, and whether it holds the current snapshot."""
+        version = self.publisher.version
+        seq = self.cache.seq_of(version) if version is not None else None
+        return [{**c.describe(), "in_sync": seq is not None and c.synced(seq)} for c in self.xds.clients()]

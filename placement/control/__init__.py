@@ -1,0 +1,1 @@
+"""Carrying the engine's decisions out: runtime calls, health, the activator, gateway stats."""

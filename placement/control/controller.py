@@ -1,0 +1,200 @@
+"""The controller: the I/O around the placement engine.
+
+It feeds the engine (desired state, runtime health, traffic), carries out the engine's decisions
+(load and unload calls to runtime adapters, each in its own owned task), and publishes the
+engine's mesh view through a :class:`ViewPublisher`. The engine decides; the controller only does.
+
+Its two outward seams are protocols, so the controller never knows what is behind them: a
+:class:`ModelLoader` per runtime instance (the SPI client), and one :class:`ViewPublisher` (in
+every process today the xDS stack of ``msm/xds_stack.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from placement.engine.engine import Engine, LoadAction, UnloadAction
+from placement.engine.model_types import DesiredModel, InstanceInfo
+from xds_server.mesh_view import ActivatorEndpoint, MeshView
+
+log = logging.getLogger("msm.controller")
+
+
+class ModelLoader(Protocol):
+    """What the controller needs of one runtime instance: load and unload (the SPI's calls)."""
+
+    async def load_model(self, model_id: str, model_type: str, model_path: str, model_key: str = "",
+                         timeout: float | None = None) -> int: ...
+    async def unload_model(self, model_id: str, timeout: float | None = None) -> None: ...
+
+
+class ViewPublisher(Protocol):
+    """Where mesh views go, and how the controller learns that the gateways have applied one."""
+
+    @property
+    def version(self) -> str | None:
+        """The version of the last view published (None before the first)."""
+
+    async def publish(self, view: MeshView) -> str:
+        """Publish ``view``; returns the version now current."""
+
+    async def wait_for_ack(self, version: str, timeout: float) -> bool:
+        """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
+
+
+class Controller:
+    def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
+                 activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
+                 drain_timeout: float = 10.0, idle_publish_s: float = 2.0) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.clients = dict(clients)
+        self.activator = activator
+        self.tick_interval = tick_interval
+        self.drain_timeout = drain_timeout
+        self.idle_publish_s = idle_publish_s
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.desired_errors: dict[str, str] = {}
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._publish()
+        self._loop_task = asyncio.create_task(self._run(), name="controller")
+
+    async def stop(self) -> None:
+        self._stopped = True
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str]) -> None:
+        self.engine.set_desired(models)
+        self.desired_errors = dict(errors)
+        self.wake()
+
+    def add_instance(self, info: InstanceInfo, client: ModelLoader, loaded: Mapping[str, int]) -> None:
+        self.clients[info.id] = client
+        self.engine.instance_up(info, loaded)
+        self.wake()
+
+    def remove_instance(self, instance_id: str) -> None:
+        self.engine.instance_down(instance_id)
+        self.wake()
+
+    def record_requests(self, model: str, count: int, instance_id: str | None = None) -> None:
+        self.engine.record_requests(model, count, instance_id)
+
+    async def ensure_ready(self, model: str, timeout: float) -> str | None:
+        """For the activator: None once ``model`` has a ready copy that the gateway has ACKed."""
+        deadline = time.monotonic() + timeout
+        if self.engine.has_model(model) is False:
+            return f"unknown model '{model}'"
+        self.engine.request_for_cold_model(model)
+        self.wake()
+        async with self._changed:
+            while True:
+                status = self.engine.model_status(model)
+                if status.ready_copies > 0 and self.publisher.version is not None:
+                    version = self.publisher.version
+                    break
+                if status.failed:
+                    return status.failure or "load failed on every instance tried"
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return f"no copy ready within {timeout:.0f}s"
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return f"no copy ready within {timeout:.0f}s"
+        if not await self.publisher.wait_for_ack(version, max(1.0, deadline - time.monotonic())):
+            return "the gateway did not acknowledge the new routes in time"
+        return None
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        last_publish = time.monotonic()
+        while not self._stopped:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the timeout fires, and stop() would wait for this loop forever
+                async with asyncio.timeout(self.tick_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            woken = self._wake.is_set()
+            self._wake.clear()
+            try:
+                actions = self.engine.tick()
+                # The view changes with an input (each wakes the loop) or with what a tick decides
+                # (it returns actions); building and comparing a large view costs tens of ms, so a
+                # quiet tick skips it, with a periodic publish as a safety net.
+                if not (woken or actions or time.monotonic() - last_publish >= self.idle_publish_s):
+                    continue
+                last_publish = time.monotonic()
+                # Publish first: a copy being unloaded has already left the view, so its unload
+                # waits (below) until the gateway has ACKed routes that no longer name it.
+                await self._publish()
+                for action in actions:
+                    self._spawn(self._execute(action, self.publisher.version))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the mesh; log it loudly and go on
+                log.exception("controller tick failed")
+
+    async def _publish(self) -> None:
+        view = self.engine.mesh_view(self.activator)
+        await self.publisher.publish(view)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, action: LoadAction | UnloadAction, version: str | None) -> None:
+        client = self.clients.get(action.instance)
+        if isinstance(action, LoadAction):
+            m = action.model
+            if client is None:
+                self.engine.load_failed(action.instance, action.revision, "instance has no runtime client")
+            else:
+                started = time.monotonic()
+                try:
+                    size = await client.load_model(action.revision, m.model_type, m.model_path,
+                                                   timeout=m.load_timeout_s)
+                except Exception as e:  # the runtime's error text is what the user needs to see
+                    log.warning("load of %s on %s failed: %s", action.revision, action.instance, e)
+                    self.engine.load_failed(action.instance, action.revision, str(e))
+                else:
+                    log.info("loaded %s on %s in %.2fs (%d bytes)", action.revision, action.instance,
+                             time.monotonic() - started, size)
+                    self.engine.load_succeeded(action.instance, action.revision, size)
+        else:
+            if version is not None and not await self.publisher.wait_for_ack(version, self.drain_timeout):
+                log.warning("gateway has not ACKed %s; unloading %s from %s anyway",
+                            version, action.revision, action.instance)
+            if client is not None:
+                try:
+                    await client.unload_model(action.revision)
+                except Exception as e:
+                    log.warning("unload of %s on %s failed: %s", action.revision, action.instance, e)
+            self.engine.unload_done(action.instance, action.revision)
+        self.wake()
+
+    def status(self) -> dict[str, Any]:
+        """The engine's models and instances, and the manifest problems (the gateway is the caller's)."""
+        return {**self.engine.status(), "manifest_errors": self.desired_errors}

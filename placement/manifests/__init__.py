@@ -1,0 +1,1 @@
+"""KServe manifests → desired state: parsing, validation, runtime selection, storage resolution."""

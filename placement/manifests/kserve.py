@@ -1,0 +1,561 @@
+"""KServe manifests -> desired state: parsing, runtime selection, storage, revision ids.
+
+Reads ``serving.kserve.io/v1beta1 InferenceService`` and ``serving.kserve.io/v1alpha1
+ServingRuntime`` / ``ClusterServingRuntime`` exactly as KServe ModelMesh users write them
+(multi-document YAML). Documents of other kinds (a PVC, a Pod) are ignored. Everything here is
+pure except that, in local mode, model files are looked up on disk for their existence and size.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from placement.manifests.desired_state import (
+    DEFAULT_LOAD_TIMEOUT_MS,
+    DEFAULT_RUNTIME_REPLICAS,
+    DEFAULT_SIZE_ESTIMATE_BYTES,
+    DISK_TO_MEMORY_FACTOR,
+    DesiredState,
+    ResolvedModel,
+    RuntimeSpec,
+    SupportedFormat,
+)
+from placement.manifests.local_config import (
+    DEFAULT_NAMESPACE,
+    LOCAL_CONFIG_NAME,
+    LocalConfig,
+    load_local_config,
+)
+from placement.manifests.validation import (
+    API_VERSIONS,
+    DEPLOYMENT_MODE_ANNOTATION,
+    GROUP,
+    LEGACY_PREDICTORS,
+    describe,
+    parse_endpoint_port,
+    parse_quantity,
+    validate_document,
+)
+
+log = logging.getLogger("msm.manifests")
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+KSERVE_KINDS = tuple(API_VERSIONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Document:
+    """One YAML document of a manifest file; ``index`` counts from 1."""
+
+    source: str  # file, as shown in messages (relative to the manifest directory)
+    index: int
+    body: Any
+
+    @property
+    def kind(self) -> str | None:
+        k = self.body.get("kind") if isinstance(self.body, dict) else None
+        return k if isinstance(k, str) else None
+
+    @property
+    def name(self) -> str | None:
+        meta = self.body.get("metadata") if isinstance(self.body, dict) else None
+        n = meta.get("name") if isinstance(meta, dict) else None
+        return n if isinstance(n, str) else None
+
+    @property
+    def namespace(self) -> str | None:
+        meta = self.body.get("metadata") if isinstance(self.body, dict) else None
+        n = meta.get("namespace") if isinstance(meta, dict) else None
+        return n if isinstance(n, str) else None
+
+    @property
+    def where(self) -> str:
+        """``file doc N Kind/name``: the prefix of this document's messages."""
+        return describe(f"{self.source} doc {self.index}", self.kind, self.name)
+
+    @property
+    def identity(self) -> tuple[str | None, str | None, str | None]:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def is_kserve(self) -> bool:
+        """A document msm reads (any kind of the serving.kserve.io group)."""
+        if not isinstance(self.body, dict):
+            return True  # not even a mapping: report it
+        api = self.body.get("apiVersion")
+        return self.kind in KSERVE_KINDS or (isinstance(api, str) and api.startswith(GROUP + "/"))
+
+    @functools.cached_property
+    def problems(self) -> tuple[str, ...]:
+        """Validation messages (empty when valid, or when the document is not one msm reads)."""
+        if not isinstance(self.body, dict):
+            return (f"{self.source} doc {self.index}: expected a mapping (a Kubernetes object), "
+                    f"got {type(self.body).__name__}",)
+        if not self.is_kserve:
+            return ()
+        if self.kind not in KSERVE_KINDS:
+            return (f"{self.where}: kind {self.kind!r} is not supported by msm "
+                    f"(it reads {', '.join(KSERVE_KINDS)})",)
+        return tuple(validate_document(self.body, self.where))
+
+
+def parse_documents(text: str, source: str) -> tuple[list[Document], list[str]]:
+    """Split a multi-document YAML text; on a YAML error: ([], [message with line and column])."""
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        bodies = list(yaml.load_all(text, Loader=loader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        detail = f"{context}; {problem}" if context else problem
+        if mark is not None:
+            lines = text.splitlines()
+            if 0 <= mark.line < len(lines):
+                detail += f": {lines[mark.line].rstrip()!r}"
+                if mark.line > 0 and "mapping values" in problem:
+                    detail += (f" (check its indentation against line {mark.line}: "
+                               f"{lines[mark.line - 1].rstrip()!r})")
+        return [], [f"{source}: not valid YAML{at}: {detail}"]
+    docs = [Document(source, i, b) for i, b in enumerate(bodies, start=1) if b is not None]
+    return docs, []
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """A manifest file as read: its documents (None when it is not valid YAML) and problems."""
+
+    source: str
+    documents: tuple[Document, ...] | None
+    errors: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def read_manifest_file(path: Path, source: str | None = None) -> ManifestFile:
+    """Read, parse and validate one manifest file (blocking; small files)."""
+    source = source or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return ManifestFile(source, None, (f"{source}: cannot read: {e}",))
+    return parse_manifest_text(text, source)
+
+
+def parse_manifest_text(text: str, source: str) -> ManifestFile:
+    """Parse and validate the text of one manifest file."""
+    docs, errors = parse_documents(text, source)
+    if errors:
+        return ManifestFile(source, None, tuple(errors))
+    problems = [p for d in docs for p in d.problems]
+    return ManifestFile(source, tuple(docs), tuple(problems))
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    """The manifest files of ``directory`` (top level, sorted; not msm-local.yaml nor hidden)."""
+    return sorted(p for p in directory.iterdir()
+                  if p.suffix in MANIFEST_SUFFIXES and p.name != LOCAL_CONFIG_NAME
+                  and not p.name.startswith(".") and p.is_file())
+
+
+def load_manifest_dir(directory: str | Path, local_config: LocalConfig | None = None) -> DesiredState:
+    """Read every manifest of ``directory`` and resolve them (blocking; for CLI and start-up)."""
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    if local_config is None:
+        local_config = load_local_config(directory)
+    documents: list[Document] = []
+    file_errors: dict[str, str] = {}
+    for p in manifest_files(directory):
+        mf = read_manifest_file(p, p.name)
+        if mf.documents is None:
+            file_errors[mf.source] = "\n".join(mf.errors)
+        else:
+            documents.extend(mf.documents)
+    state = resolve(documents, local_config)
+    return DesiredState(state.models, state.runtimes, {**file_errors, **state.errors})
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution
+# ---------------------------------------------------------------------------------------------
+
+
+class ResolveError(Exception):
+    """A problem that keeps one model (or runtime) out of the desired state."""
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _port(endpoint: Any) -> int | None:
+    if not isinstance(endpoint, str):
+        return None
+    try:
+        return parse_endpoint_port(endpoint)
+    except ValueError:
+        return None
+
+
+def _bytes(q: Any) -> int | None:
+    if q is None:
+        return None
+    try:
+        return int(parse_quantity(q))
+    except ValueError:
+        return None
+
+
+def runtime_from_document(doc: Document, local_config: LocalConfig | None = None) -> RuntimeSpec:
+    """A validated ServingRuntime / ClusterServingRuntime document as a :class:`RuntimeSpec`."""
+    body = doc.body
+    spec = body.get("spec") or {}
+    cluster = doc.kind == "ClusterServingRuntime"
+    default_ns = local_config.default_namespace if local_config else DEFAULT_NAMESPACE
+    formats = tuple(
+        SupportedFormat(name=f["name"], version=f.get("version"),
+                        auto_select=bool(f.get("autoSelect", False)), priority=_int(f.get("priority")))
+        for f in spec.get("supportedModelFormats") or ())
+    adapter = spec.get("builtInAdapter") or {}
+    containers = spec.get("containers") or []
+    server = _server_container(containers, adapter.get("serverType"))
+    resources = server.get("resources") or {}
+    env = {e["name"]: str(e.get("value", "")) for e in server.get("env") or () if isinstance(e, dict)}
+    replicas = _int(spec.get("replicas"))
+    if replicas is None:
+        replicas = DEFAULT_RUNTIME_REPLICAS
+    if local_config is not None:
+        replicas = local_config.replicas_for(doc.name or "", replicas)
+    return RuntimeSpec(
+        name=doc.name or "",
+        namespace=None if cluster else (doc.namespace or default_ns),
+        formats=tuple(f.name for f in formats),
+        multi_model=bool(spec.get("multiModel", False)),
+        server_type=adapter.get("serverType"),
+        grpc_data_port=_port(spec.get("grpcDataEndpoint")),
+        grpc_port=_port(spec.get("grpcEndpoint")),
+        mem_buffer_bytes=_int(adapter.get("memBufferBytes")),
+        load_timeout_ms=_int(adapter.get("modelLoadingTimeoutMillis")) or DEFAULT_LOAD_TIMEOUT_MS,
+        env=env,
+        memory_limit_bytes=_bytes((resources.get("limits") or {}).get("memory")),
+        replicas=replicas,
+        supported_formats=formats,
+        cluster_scoped=cluster,
+        disabled=bool(spec.get("disabled", False)),
+        runtime_management_port=_int(adapter.get("runtimeManagementPort")),
+        http_data_port=_port(spec.get("httpDataEndpoint")),
+        image=server.get("image"),
+        memory_request_bytes=_bytes((resources.get("requests") or {}).get("memory")),
+        source=f"{doc.source} doc {doc.index}",
+    )
+
+
+def _server_container(containers: Sequence[Any], server_type: Any) -> dict:
+    """The model server container: the one named like the server type, else the first."""
+    named = [c for c in containers if isinstance(c, dict)]
+    for c in named:
+        if server_type and c.get("name") == server_type:
+            return c
+    return named[0] if named else {}
+
+
+def version_matches(wanted: str | None, offered: str | None) -> bool:
+    """A model's format version against a runtime's: unset matches anything; else the shorter
+    dotted version must be a prefix of the longer ("1" matches "1.2", "2" does not)."""
+    if not wanted or not offered:
+        return True
+    a, b = wanted.split("."), offered.split(".")
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _supported(rt: RuntimeSpec, fmt: str, version: str | None, auto: bool) -> SupportedFormat | None:
+    for f in rt.supported_formats:
+        if f.name.lower() != fmt.lower() or not version_matches(version, f.version):
+            continue
+        if f.auto_select or not auto:
+            return f
+    return None
+
+
+def _runtime_label(rt: RuntimeSpec) -> str:
+    where = "ClusterServingRuntime" if rt.cluster_scoped else f"ServingRuntime in {rt.namespace}"
+    return f"{rt.name} ({where})"
+
+
+def _fmt_label(fmt: str, version: str | None) -> str:
+    return f"{fmt} version {version}" if version else fmt
+
+
+def select_runtime(runtimes: Sequence[RuntimeSpec], namespace: str, fmt: str, version: str | None,
+                   explicit: str | None) -> RuntimeSpec:
+    """KServe's runtime selection for a ModelMesh predictor; raises ResolveError with the reasons.
+
+    Explicit ``runtime``: the ServingRuntime of that name in the model's namespace, else the
+    ClusterServingRuntime; it must be enabled, multiModel and support the format (autoSelect not
+    needed). Otherwise: enabled multiModel runtimes with an ``autoSelect`` entry for the format (and
+    version), highest ``priority`` first (unset = lowest), a ServingRuntime before a
+    ClusterServingRuntime, then by name.
+    """
+    visible = [rt for rt in runtimes if rt.cluster_scoped or rt.namespace == namespace]
+    if explicit:
+        named = sorted((rt for rt in visible if rt.name == explicit), key=lambda r: r.cluster_scoped)
+        if not named:
+            known = ", ".join(sorted({_runtime_label(r) for r in visible})) or "none"
+            elsewhere = [r for r in runtimes if r.name == explicit]
+            hint = f" (there is one in namespace {elsewhere[0].namespace})" if elsewhere else ""
+            raise ResolveError(f"runtime {explicit!r} not found in namespace {namespace} nor as a "
+                               f"ClusterServingRuntime{hint}; known runtimes: {known}")
+        rt = named[0]
+        if rt.disabled:
+            raise ResolveError(f"runtime {_runtime_label(rt)} is disabled")
+        if not rt.multi_model:
+            raise ResolveError(f"runtime {_runtime_label(rt)} is not multiModel; ModelMesh needs "
+                               "spec.multiModel: true")
+        if _supported(rt, fmt, version, auto=False) is None:
+            offered = ", ".join(_fmt_label(f.name, f.version) for f in rt.supported_formats) or "none"
+            raise ResolveError(f"runtime {_runtime_label(rt)} does not support modelFormat "
+                               f"{_fmt_label(fmt, version)} (it supports: {offered})")
+        return rt
+    ranked: list[tuple[tuple[int, bool, str], RuntimeSpec]] = []
+    rejected: list[str] = []
+    for rt in sorted(visible, key=lambda r: (r.cluster_scoped, r.name)):
+        f = _supported(rt, fmt, version, auto=True)
+        if rt.disabled:
+            rejected.append(f"{_runtime_label(rt)}: disabled")
+        elif not rt.multi_model:
+            rejected.append(f"{_runtime_label(rt)}: not multiModel")
+        elif f is None:
+            manual = _supported(rt, fmt, version, auto=False)
+            offered = ", ".join(_fmt_label(x.name, x.version) + ("" if x.auto_select else " (no autoSelect)")
+                                for x in rt.supported_formats) or "no formats"
+            rejected.append(f"{_runtime_label(rt)}: " + (
+                f"supports {fmt} without autoSelect (name it in spec.predictor.model.runtime)"
+                if manual else f"supports {offered}"))
+        else:
+            ranked.append(((-(f.priority or 0), rt.cluster_scoped, rt.name), rt))
+    if ranked:
+        return min(ranked, key=lambda x: x[0])[1]
+    considered = "; ".join(rejected) if rejected else "no ServingRuntime or ClusterServingRuntime is defined"
+    raise ResolveError(f"no runtime with autoSelect supports modelFormat {_fmt_label(fmt, version)} "
+                       f"(considered: {considered})")
+
+
+@dataclass(frozen=True)
+class _Storage:
+    location: str  # local path (local mode) or URI
+    local: Path | None
+    key: str | None
+    parameters: Mapping[str, str]
+    spec: Mapping[str, Any]  # what the manifest says, for the revision id
+
+
+def _predictor_model(body: Mapping[str, Any]) -> tuple[dict, str | None, str | None]:
+    """The predictor's model block, its format name and version (legacy ``predictor.sklearn`` too)."""
+    pred = body["spec"]["predictor"]
+    model = pred.get("model")
+    if isinstance(model, dict):
+        fmt = model["modelFormat"]
+        return model, fmt["name"], fmt.get("version")
+    key = next(k for k in LEGACY_PREDICTORS if isinstance(pred.get(k), dict))
+    return pred[key], key, None
+
+
+def _resolve_storage(model: Mapping[str, Any], config: LocalConfig | None) -> _Storage:
+    storage = model.get("storage")
+    uri = model.get("storageUri")
+    if isinstance(storage, dict):
+        params = dict(storage.get("parameters") or {})
+        path = storage["path"]
+        key = storage.get("key")
+        spec = {"key": key, "path": path, "parameters": params, "schemaPath": storage.get("schemaPath")}
+        if params.get("type") == "pvc":
+            return _pvc(params["name"], path, config, spec, key, params)
+        key_name = key or "default"
+        if config is None:
+            return _Storage(path, None, key_name, params, spec)
+        folder = config.storage_key_dir(key_name)
+        if folder is None:
+            what = f"storage.key {key}" if key else "storage with no key (ModelMesh's default storage)"
+            raise ResolveError(f"{what} is not mapped to a folder in local mode: add "
+                               f"`storageKeys: {{{key_name}: ./folder}}` to {LOCAL_CONFIG_NAME}")
+        return _local(folder / path, f"storage key {key_name} -> {folder}", spec, key_name, params)
+    assert isinstance(uri, str)
+    spec = {"storageUri": uri}
+    parsed = urlparse(uri)
+    if parsed.scheme == "pvc":
+        return _pvc(parsed.netloc, parsed.path.lstrip("/"), config, spec, None, {})
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        if config is None:
+            return _Storage(uri, None, None, {}, spec)
+        return _local(config.local_path(path), "storageUri", spec, None, {})
+    if config is None:
+        return _Storage(uri, None, None, {}, spec)
+    raise ResolveError(f"storageUri {uri}: {parsed.scheme}:// storage cannot be fetched by the local "
+                       f"mesh; put the model in a folder and use a PVC mapping (pvcs in {LOCAL_CONFIG_NAME} "
+                       "or --pvc NAME=PATH)")
+
+
+def _pvc(name: str, path: str, config: LocalConfig | None, spec: Mapping[str, Any], key: str | None,
+         params: Mapping[str, str]) -> _Storage:
+    if config is None:
+        return _Storage(f"pvc://{name}/{path.lstrip('/')}", None, key, params, spec)
+    folder = config.pvc_dir(name)
+    if folder is None:
+        raise ResolveError(f"PVC {name} is not mapped to a folder in local mode: add "
+                           f"`pvcs: {{{name}: ./folder}}` to {LOCAL_CONFIG_NAME} or pass --pvc {name}=PATH")
+    return _local(folder / path.lstrip("/"), f"PVC {name} -> {folder}", spec, key, params)
+
+
+def _local(path: Path, via: str, spec: Mapping[str, Any], key: str | None,
+           params: Mapping[str, str]) -> _Storage:
+    if not path.exists():
+        raise ResolveError(f"model file {path} not found ({via})")
+    return _Storage(str(path), path, key, params, spec)
+
+
+def disk_size(path: Path) -> int:
+    """Bytes on disk of a file, or of all files under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += (Path(root) / f).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def revision_id(name: str, fmt: str, version: str | None, runtime: str, storage_spec: Mapping[str, Any],
+                location: str) -> str:
+    """``<name>__isvc-<10 hex>``: a hash of what loading depends on (format, runtime, storage)."""
+    material = json.dumps({"format": fmt, "version": version, "runtime": runtime,
+                           "storage": storage_spec, "location": location}, sort_keys=True)
+    return f"{name}__isvc-{hashlib.sha256(material.encode()).hexdigest()[:10]}"
+
+
+def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
+                  local_config: LocalConfig | None = None) -> ResolvedModel:
+    """One validated InferenceService document -> :class:`ResolvedModel`; raises ResolveError."""
+    body = doc.body
+    meta = body["metadata"]
+    mode = (meta.get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
+    if mode is not None and mode != "ModelMesh":
+        raise ResolveError(f"annotation {DEPLOYMENT_MODE_ANNOTATION}: {mode} is not served by msm, "
+                           "which serves ModelMesh (multi-model) deployments only")
+    default_ns = local_config.default_namespace if local_config else DEFAULT_NAMESPACE
+    namespace = meta.get("namespace") or default_ns
+    model, fmt, version = _predictor_model(body)
+    assert fmt is not None
+    rt = select_runtime(runtimes, namespace, fmt, version, model.get("runtime"))
+    storage = _resolve_storage(model, local_config)
+    pred = body["spec"]["predictor"]
+    size = DEFAULT_SIZE_ESTIMATE_BYTES
+    if storage.local is not None:
+        size = max(1, int(disk_size(storage.local) * DISK_TO_MEMORY_FACTOR))
+    return ResolvedModel(
+        name=meta["name"],
+        namespace=namespace,
+        revision_id=revision_id(meta["name"], fmt, version, rt.name, storage.spec, storage.location),
+        runtime=rt.name,
+        model_type=fmt,
+        storage_path=storage.location,
+        canary_percent=_int(pred.get("canaryTrafficPercent")),
+        min_copies=_int(pred.get("minReplicas")) or 0,
+        load_timeout_s=rt.load_timeout_ms / 1000.0,
+        size_estimate_bytes=size,
+        model_format_version=version,
+        storage_key=storage.key,
+        storage_parameters=storage.parameters,
+        source=f"{doc.source} doc {doc.index}",
+    )
+
+
+def _add_error(errors: dict[str, str], key: str, message: str) -> None:
+    errors[key] = f"{errors[key]}\n{message}" if key in errors else message
+
+
+def resolve(documents: Iterable[Document], local_config: LocalConfig | None = None) -> DesiredState:
+    """Documents -> :class:`DesiredState` (pure but for local model file look-ups).
+
+    Invalid documents, duplicates and models with no usable runtime or storage are left out and
+    reported in ``errors`` (by model name, or by file for documents that name no model); they
+    change nothing else. ``local_config`` None means Kubernetes mode (storage stays a URI).
+    """
+    errors: dict[str, str] = {}
+    seen: dict[tuple[str, str | None, str], Document] = {}
+    isvcs: list[Document] = []
+    runtime_docs: list[Document] = []
+    default_ns = local_config.default_namespace if local_config else DEFAULT_NAMESPACE
+    for doc in sorted(documents, key=lambda d: (d.source, d.index)):
+        if doc.problems:
+            key = doc.name if doc.kind == "InferenceService" and doc.name else doc.source
+            for p in doc.problems:
+                _add_error(errors, key, p)
+            continue
+        if not doc.is_kserve:
+            log.debug("%s doc %d: %s ignored (not a KServe kind)", doc.source, doc.index, doc.kind)
+            continue
+        ns = None if doc.kind == "ClusterServingRuntime" else (doc.namespace or default_ns)
+        ident = (doc.kind or "", ns, doc.name or "")
+        if ident in seen:
+            first = seen[ident]
+            key = doc.name if doc.kind == "InferenceService" and doc.name else doc.source
+            _add_error(errors, key, f"{doc.where}: duplicate of {first.source} doc {first.index}; ignored")
+            continue
+        seen[ident] = doc
+        (isvcs if doc.kind == "InferenceService" else runtime_docs).append(doc)
+
+    all_runtimes = [runtime_from_document(d, local_config) for d in runtime_docs]
+    runtimes: dict[str, RuntimeSpec] = {}
+    for rt in sorted(all_runtimes, key=lambda r: (r.cluster_scoped, r.namespace or "", r.name)):
+        if rt.disabled:
+            continue
+        if rt.name in runtimes:
+            other = runtimes[rt.name]
+            _add_error(errors, rt.source.split(" doc ")[0],
+                       f"{rt.source} {rt.kind}/{rt.name}: a runtime named {rt.name} is already defined "
+                       f"({other.source}); msm needs runtime names to be unique; ignored")
+            all_runtimes.remove(rt)
+            continue
+        runtimes[rt.name] = rt
+
+    models: dict[str, ResolvedModel] = {}
+    for doc in isvcs:
+        try:
+            m = resolve_model(doc, all_runtimes, local_config)
+        except ResolveError as e:
+            _add_error(errors, doc.name or doc.source, f"{doc.where}: {e}")
+            continue
+        if m.name in models:
+            other = models[m.name]
+            _add_error(errors, f"{m.namespace}/{m.name}",
+                       f"{doc.where}: a model named {m.name} already comes from {other.source} "
+                       f"(namespace {other.namespace}); model names must be unique; ignored")
+            continue
+        models[m.name] = m
+    return DesiredState(models=models, runtimes=runtimes, errors=errors)

@@ -1,0 +1,253 @@
+"""LRU cache behaviour, placement choice and the load queue of the placement engine."""
+
+from __future__ import annotations
+
+from placement_harness import MB, Harness, model
+
+from placement.engine.model_types import EngineConfig
+
+
+def test_model_without_copy_loads_on_first_request(h: Harness) -> None:
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    assert h.tick() == []  # min_copies=0: nothing loads pre-emptively
+    view = h.engine.mesh_view().models["m"]
+    assert view.revisions[0].id == "m__isvc-a" and view.revisions[0].copies == ()  # routed to the activator
+
+    h.engine.request_for_cold_model("m")
+    actions = h.tick()
+    assert h.loads(actions) == [("i0", "m__isvc-a")] and actions[0].urgent
+    assert not h.engine.model_status("m").ready
+    h.succeed("i0", "m__isvc-a")
+    assert h.engine.model_status("m").ready_copies == 1
+    assert h.ready("m") == {"m__isvc-a": ["i0"]}
+
+
+def test_min_copies_are_loaded_on_distinct_instances(h: Harness) -> None:
+    for i in range(3):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("m", min_copies=2)])
+    loads = h.loads(h.tick())
+    assert len(loads) == 2 and len({i for i, _ in loads}) == 2
+    h.settle()
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+
+
+def test_lru_eviction_order(h: Harness) -> None:
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model(n) for n in "abcd"])
+    for n in "abc":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+        h.clock.advance(10)
+    h.engine.record_requests("a", 5)  # a is now the most recently used; b the least
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("d")
+    actions = h.tick()
+    assert h.unloads(actions) == [("i0", "b__isvc-a")]
+    assert h.ready("b") == {"b__isvc-a": []}  # left the view in the same tick
+    h.settle()
+    assert set(h.engine.status()["instances"]["i0"]["loaded"]) == {"a__isvc-a", "c__isvc-a", "d__isvc-a"}
+
+
+def test_eviction_spares_min_copies_and_loads_in_flight(h: Harness) -> None:
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model("keep", min_copies=1), model("old"), model("busy"), model("new")])
+    h.settle()  # keep: pre-emptive copy
+    h.clock.advance(100)  # keep is now the least recently used ...
+    h.engine.request_for_cold_model("old")
+    h.settle()
+    h.clock.advance(10)
+    h.engine.request_for_cold_model("busy")
+    h.tick()  # busy is loading, not finished
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("new")
+    actions = h.tick()
+    # ... but it is the last copy of a min_copies model, and busy is in flight: old goes.
+    assert h.unloads(actions) == [("i0", "old__isvc-a")]
+
+
+def test_full_instances_new_copy_goes_where_cache_age_is_oldest() -> None:
+    for seed in range(10):
+        h = Harness(seed=seed)
+        h.up("i0", capacity_mb=200)
+        h.up("i1", capacity_mb=200)
+        h.engine.set_desired([model(n) for n in ("a", "b", "c", "d", "new")])
+        for n in "abcd":
+            h.engine.request_for_cold_model(n)
+            h.settle()
+        by_instance = {i: rev for i, rev in h.engine.status()["instances"].items()}
+        assert all(len(v["loaded"]) == 2 for v in by_instance.values())
+        # Touch everything on i0 recently; i1's models were last used 1000 s ago.
+        h.clock.advance(1000)
+        for rev in by_instance["i0"]["loaded"]:
+            h.engine.record_requests(rev.split("__")[0], 1, "i0")
+        h.engine.request_for_cold_model("new")
+        assert [i for i, _ in h.unloads(h.tick())] == ["i1"], seed
+        h.finish_unloads()
+        assert h.loads(h.tick()) == [("i1", "new__isvc-a")], seed
+
+
+def test_prefers_instance_with_more_free_space(h: Harness) -> None:
+    h.up("i0", capacity_mb=1000)
+    h.up("i1", capacity_mb=1000)
+    h.engine.set_desired([model("a", size_mb=800), model("b", size_mb=100)])
+    h.engine.request_for_cold_model("a")
+    h.settle()
+    h.engine.request_for_cold_model("b")
+    (first,) = h.loads(h.tick())
+    a_at = h.ready("a")["a__isvc-a"][0]
+    assert first[0] != a_at  # 900 MB free beats 200 MB free (< 1/4 of it)
+
+
+def test_hot_model_avoids_busy_instance() -> None:
+    picks = set()
+    for seed in range(10):
+        h = Harness(seed=seed)
+        for i in range(3):
+            h.up(f"i{i}")
+        h.engine.set_desired([model("busy1"), model("busy2"), model("hot")])
+        # equal free space, but i0 and i1 serve a lot of traffic
+        h.engine.record_requests("busy1", 5000, "i0")
+        h.engine.record_requests("busy2", 3000, "i1")
+        h.engine.request_for_cold_model("hot")
+        picks.update(i for i, _ in h.loads(h.tick()))
+    assert picks == {"i2"}
+
+
+def test_near_equal_candidates_are_picked_at_random_but_reproducibly() -> None:
+    def pick(seed: int) -> str:
+        h = Harness(seed=seed)
+        for i in range(4):
+            h.up(f"i{i}")
+        h.engine.set_desired([model("m")])
+        h.engine.request_for_cold_model("m")
+        return h.loads(h.tick())[0][0]
+
+    picks = [pick(s) for s in range(20)]
+    assert len(set(picks)) > 1  # no herding onto one instance
+    assert picks == [pick(s) for s in range(20)]  # seeded: the same every run
+
+
+def test_load_queue_bounded_concurrency_and_urgent_first(h: Harness) -> None:
+    h.up("i0", capacity_mb=1000, concurrency=1)
+    h.engine.set_desired([model("p1", min_copies=1), model("p2", min_copies=1), model("cold")])
+    assert h.loads(h.tick()) == [("i0", "p1__isvc-a")]  # one at a time
+    h.engine.request_for_cold_model("cold")
+    assert h.loads(h.tick()) == []  # the slot is busy
+    h.succeed("i0", "p1__isvc-a")
+    actions = h.tick()
+    assert h.loads(actions) == [("i0", "cold__isvc-a")] and actions[0].urgent  # jumped ahead of p2
+    h.succeed("i0", "cold__isvc-a")
+    assert h.loads(h.tick()) == [("i0", "p2__isvc-a")]
+
+
+def test_concurrency_two_runs_two_loads(h: Harness) -> None:
+    h.up("i0", capacity_mb=1000, concurrency=2)
+    h.engine.set_desired([model(n, min_copies=1) for n in "abc"])
+    assert len(h.loads(h.tick())) == 2
+
+
+def test_cold_request_upgrades_a_queued_preemptive_load(h: Harness) -> None:
+    h.up("i0", concurrency=1)
+    h.engine.set_desired([model("p1", min_copies=1), model("p2", min_copies=1), model("p3", min_copies=1)])
+    h.tick()  # p1 loading, p2 and p3 queued
+    h.engine.request_for_cold_model("p3")
+    h.succeed("i0", "p1__isvc-a")
+    assert h.loads(h.tick()) == [("i0", "p3__isvc-a")]
+
+
+def test_measured_size_replaces_estimate_and_evicts_if_over(h: Harness) -> None:
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model("a"), model("b"), model("big", size_mb=50)])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+        h.clock.advance(5)
+    h.engine.request_for_cold_model("big")
+    assert h.loads(h.tick()) == [("i0", "big__isvc-a")]  # the 50 MB estimate fits
+    h.succeed("i0", "big__isvc-a", size=180 * MB)  # really 180 MB: 380 > 300
+    assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]  # the LRU one makes room
+    st = h.engine.status()["instances"]["i0"]["loaded"]["big__isvc-a"]
+    assert st["size_bytes"] == 180 * MB and st["measured"]
+
+
+def test_load_waits_until_evicted_copy_is_unloaded(h: Harness) -> None:
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model("a"), model("b"), model("c")])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.engine.request_for_cold_model("c")
+    actions = h.tick()
+    assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == []  # memory not free yet
+    h.finish_unloads()
+    assert h.loads(h.tick()) == [("i0", "c__isvc-a")]
+
+
+def test_overlap_unload_and_load_when_configured() -> None:
+    h = Harness(EngineConfig(overlap_unload_and_load=True))
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model("a"), model("b"), model("c")])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.engine.request_for_cold_model("c")
+    actions = h.tick()
+    assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == [("i0", "c__isvc-a")]
+
+
+def test_model_larger_than_any_instance_reports_why(h: Harness) -> None:
+    h.up("i0", capacity_mb=100)
+    h.engine.set_desired([model("huge", size_mb=500)])
+    h.engine.request_for_cold_model("huge")
+    assert h.tick() == []
+    assert "more than any instance" in (h.engine.model_status("huge").waiting or "")
+    assert h.engine.model_status("nope").known is False
+
+
+def test_when_loads_fall_behind_cold_models_wait_instead_of_evicting_ready_copies(h: Harness) -> None:
+    # One loader on one instance, room for 4 copies: three hot models are ready, then a burst of
+    # cold requests arrives faster than loads finish.
+    h.up("i0", capacity_mb=400)
+    hot = ["hot1", "hot2", "hot3"]
+    h.engine.set_desired([model(n) for n in [*hot, *(f"cold{i}" for i in range(6))]])
+    for n in hot:
+        h.engine.request_for_cold_model(n)
+        h.settle()
+        h.clock.advance(1)
+    for i in range(6):
+        h.clock.advance(0.1)
+        h.engine.request_for_cold_model(f"cold{i}")
+    actions = h.tick()
+    # one copy for the free load slot and max_queued_loads (2) behind it are placed: only the room
+    # they need is taken, so one hot model stays ready; the other cold models wait unplaced
+    assert h.loads(actions) == [("i0", "cold0__isvc-a")]
+    assert h.unloads(actions) == [("i0", "hot1__isvc-a"), ("i0", "hot2__isvc-a")]
+    assert h.ready("hot3") == {"hot3__isvc-a": ["i0"]}
+    assert [h.engine.model_status(f"cold{i}").loading_copies for i in range(6)] == [1, 1, 1, 0, 0, 0]
+    # every cold model is served in the end, in the order its request came
+    started = ["cold0"]
+    for _ in range(20):
+        for key in list(h.loading):
+            h.succeed(*key)
+        h.finish_unloads()
+        started += [rev.split("__")[0] for _, rev in h.loads(h.tick())]
+    assert started == [f"cold{i}" for i in range(6)]
+    assert [h.engine.model_status(f"cold{i}").ready for i in range(6)] == [False] * 2 + [True] * 4
+
+
+def test_cold_models_are_placed_in_the_order_their_requests_came(h: Harness) -> None:
+    h.up("i0", capacity_mb=1000)
+    # names sort the other way round from the arrival order
+    order = ["z", "y", "x", "w", "v"]
+    h.engine.set_desired([model(n) for n in order])
+    for n in order:
+        h.engine.request_for_cold_model(n)
+        h.clock.advance(0.1)
+    started = []
+    for _ in range(len(order)):
+        for a in h.tick():
+            started.append(a.revision.split("__")[0])
+            h.succeed(a.instance, a.revision)
+    assert started == order

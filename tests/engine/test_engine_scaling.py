@@ -1,0 +1,96 @@
+"""Copies follow request load: up when busy per copy, down when idle; second copy for steady use."""
+
+from __future__ import annotations
+
+import math
+
+from placement_harness import Harness, model
+
+from placement.engine.model_types import EngineConfig
+from placement.engine.scaling import RateTracker, ScaleInput, copy_cap, decide_copies
+
+
+def _hot(n_instances: int = 6, config: EngineConfig | None = None) -> Harness:
+    h = Harness(config)
+    for i in range(n_instances):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    return h
+
+
+def _traffic(h: Harness, per_min: int, minutes: float) -> None:
+    for _ in range(int(minutes * 6)):
+        h.engine.record_requests("m", per_min // 6)
+        h.clock.advance(10)
+        h.settle()
+
+
+def test_scales_up_when_rate_per_copy_is_high_and_caps() -> None:
+    h = _hot(6)
+    _traffic(h, 3000, 1)  # 3000/min on one copy > 2000
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+    _traffic(h, 9000, 3)  # would want 5, cap is max(2, 6/3) = 2
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+    h.up("i6")
+    h.up("i7")
+    h.up("i8")  # 9 instances: cap 3
+    _traffic(h, 9000, 1)
+    assert len(h.ready("m")["m__isvc-a"]) == 3
+
+
+def test_scales_down_when_idle_but_keeps_one_copy() -> None:
+    h = _hot(6)
+    _traffic(h, 4000, 2)
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+    _traffic(h, 0, 30)
+    assert len(h.ready("m")["m__isvc-a"]) == 1  # the last copy goes only by LRU eviction
+
+
+def test_no_idle_scale_down_when_disabled() -> None:
+    h = _hot(6, EngineConfig(idle_scale_down=False))
+    _traffic(h, 4000, 2)
+    _traffic(h, 0, 30)
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+
+
+def test_scale_down_never_below_min_copies() -> None:
+    h = Harness()
+    for i in range(6):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("m", min_copies=2)])
+    h.settle()
+    _traffic(h, 8000, 2)
+    assert len(h.ready("m")["m__isvc-a"]) == 2  # cap 2 already reached
+    _traffic(h, 0, 30)
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+
+
+def test_second_copy_for_steadily_used_model() -> None:
+    h = _hot(3)
+    _traffic(h, 60, 39)
+    assert len(h.ready("m")["m__isvc-a"]) == 1
+    _traffic(h, 60, 2)  # in use for 40 minutes and used within the last 7
+    assert len(h.ready("m")["m__isvc-a"]) == 2
+
+
+def test_rate_tracker_window() -> None:
+    r = RateTracker(window_s=60, bucket_s=10)
+    r.add(0, 100)
+    r.add(30, 100)
+    assert r.per_minute(30) == 200
+    assert r.per_minute(71) == 100  # the first bucket left the window
+    assert r.per_minute(200) == 0
+
+
+def test_decide_copies_rules() -> None:
+    cfg = EngineConfig()
+    assert copy_cap(9, cfg) == 3 and copy_cap(1, cfg) == 1
+    assert decide_copies(ScaleInput(2, 4100, 0, 0, math.inf, 0, 9), cfg) == 3
+    assert decide_copies(ScaleInput(3, 9000, 0, 0, math.inf, 0, 9), cfg) == 3  # capped
+    assert decide_copies(ScaleInput(2, 1500, 0, 0, math.inf, 0, 9), cfg) == 2  # 1500/1 not < 1000
+    assert decide_copies(ScaleInput(2, 900, 0, 0, math.inf, 0, 9), cfg) == 1
+    assert decide_copies(ScaleInput(2, 900, 0, 0, 60, 0, 9), cfg) == 2  # too soon after a change
+    assert decide_copies(ScaleInput(2, 0, math.inf, 0, math.inf, 2, 9), cfg) == 2  # min_copies
+    assert decide_copies(ScaleInput(1, 0, 0, 0, math.inf, 0, 9), cfg) == 1
