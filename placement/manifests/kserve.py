@@ -12,12 +12,10 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -37,6 +35,7 @@ from placement.manifests.local_config import (
     LocalConfig,
     load_local_config,
 )
+from placement.manifests.storage import StorageError, resolve_storage
 from placement.manifests.validation import (
     API_VERSIONS,
     DEPLOYMENT_MODE_ANNOTATION,
@@ -170,6 +169,18 @@ def parse_manifest_text(text: str, source: str) -> ManifestFile:
     return ManifestFile(source, tuple(docs), tuple(problems))
 
 
+def link_outside(path: Path, directory: Path) -> str | None:
+    """Why a manifest file is refused when it is a symlink that leads outside ``directory``."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    root = directory.resolve()
+    if target.parent == root:
+        return None
+    return (f"{path.name}: a symlink to {target}, outside the manifest folder {root}; not read "
+            "(copy the file into the folder instead)")
+
+
 def manifest_files(directory: Path) -> list[Path]:
     """The manifest files of ``directory`` (top level, sorted; not msm-local.yaml nor hidden)."""
     return sorted(p for p in directory.iterdir()
@@ -187,6 +198,10 @@ def load_manifest_dir(directory: str | Path, local_config: LocalConfig | None = 
     documents: list[Document] = []
     file_errors: dict[str, str] = {}
     for p in manifest_files(directory):
+        refused = link_outside(p, directory)
+        if refused is not None:
+            file_errors[p.name] = refused
+            continue
         mf = read_manifest_file(p, p.name)
         if mf.documents is None:
             file_errors[mf.source] = "\n".join(mf.errors)
@@ -362,15 +377,6 @@ def select_runtime(runtimes: Sequence[RuntimeSpec], namespace: str, fmt: str, ve
                        f"(considered: {considered})")
 
 
-@dataclass(frozen=True)
-class _Storage:
-    location: str  # local path (local mode) or URI
-    local: Path | None
-    key: str | None
-    parameters: Mapping[str, str]
-    spec: Mapping[str, Any]  # what the manifest says, for the revision id
-
-
 def _predictor_model(body: Mapping[str, Any]) -> tuple[dict, str | None, str | None]:
     """The predictor's model block, its format name and version (legacy ``predictor.sklearn`` too)."""
     pred = body["spec"]["predictor"]
@@ -380,74 +386,6 @@ def _predictor_model(body: Mapping[str, Any]) -> tuple[dict, str | None, str | N
         return model, fmt["name"], fmt.get("version")
     key = next(k for k in LEGACY_PREDICTORS if isinstance(pred.get(k), dict))
     return pred[key], key, None
-
-
-def _resolve_storage(model: Mapping[str, Any], config: LocalConfig | None) -> _Storage:
-    storage = model.get("storage")
-    uri = model.get("storageUri")
-    if isinstance(storage, dict):
-        params = dict(storage.get("parameters") or {})
-        path = storage["path"]
-        key = storage.get("key")
-        spec = {"key": key, "path": path, "parameters": params, "schemaPath": storage.get("schemaPath")}
-        if params.get("type") == "pvc":
-            return _pvc(params["name"], path, config, spec, key, params)
-        key_name = key or "default"
-        if config is None:
-            return _Storage(path, None, key_name, params, spec)
-        folder = config.storage_key_dir(key_name)
-        if folder is None:
-            what = f"storage.key {key}" if key else "storage with no key (ModelMesh's default storage)"
-            raise ResolveError(f"{what} is not mapped to a folder in local mode: add "
-                               f"`storageKeys: {{{key_name}: ./folder}}` to {LOCAL_CONFIG_NAME}")
-        return _local(folder / path, f"storage key {key_name} -> {folder}", spec, key_name, params)
-    assert isinstance(uri, str)
-    spec = {"storageUri": uri}
-    parsed = urlparse(uri)
-    if parsed.scheme == "pvc":
-        return _pvc(parsed.netloc, parsed.path.lstrip("/"), config, spec, None, {})
-    if parsed.scheme in ("", "file"):
-        path = parsed.path if parsed.scheme == "file" else uri
-        if config is None:
-            return _Storage(uri, None, None, {}, spec)
-        return _local(config.local_path(path), "storageUri", spec, None, {})
-    if config is None:
-        return _Storage(uri, None, None, {}, spec)
-    raise ResolveError(f"storageUri {uri}: {parsed.scheme}:// storage cannot be fetched by the local "
-                       f"mesh; put the model in a folder and use a PVC mapping (pvcs in {LOCAL_CONFIG_NAME} "
-                       "or --pvc NAME=PATH)")
-
-
-def _pvc(name: str, path: str, config: LocalConfig | None, spec: Mapping[str, Any], key: str | None,
-         params: Mapping[str, str]) -> _Storage:
-    if config is None:
-        return _Storage(f"pvc://{name}/{path.lstrip('/')}", None, key, params, spec)
-    folder = config.pvc_dir(name)
-    if folder is None:
-        raise ResolveError(f"PVC {name} is not mapped to a folder in local mode: add "
-                           f"`pvcs: {{{name}: ./folder}}` to {LOCAL_CONFIG_NAME} or pass --pvc {name}=PATH")
-    return _local(folder / path.lstrip("/"), f"PVC {name} -> {folder}", spec, key, params)
-
-
-def _local(path: Path, via: str, spec: Mapping[str, Any], key: str | None,
-           params: Mapping[str, str]) -> _Storage:
-    if not path.exists():
-        raise ResolveError(f"model file {path} not found ({via})")
-    return _Storage(str(path), path, key, params, spec)
-
-
-def disk_size(path: Path) -> int:
-    """Bytes on disk of a file, or of all files under a folder."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += (Path(root) / f).stat().st_size
-            except OSError:
-                pass
-    return total
 
 
 def revision_id(name: str, fmt: str, version: str | None, runtime: str, storage_spec: Mapping[str, Any],
@@ -472,11 +410,11 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
     model, fmt, version = _predictor_model(body)
     assert fmt is not None
     rt = select_runtime(runtimes, namespace, fmt, version, model.get("runtime"))
-    storage = _resolve_storage(model, local_config)
+    storage = resolve_storage(model, local_config)
     pred = body["spec"]["predictor"]
     size = DEFAULT_SIZE_ESTIMATE_BYTES
-    if storage.local is not None:
-        size = max(1, int(disk_size(storage.local) * DISK_TO_MEMORY_FACTOR))
+    if storage.disk_bytes is not None:
+        size = max(1, int(storage.disk_bytes * DISK_TO_MEMORY_FACTOR))
     return ResolvedModel(
         name=meta["name"],
         namespace=namespace,
@@ -548,7 +486,7 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
     for doc in isvcs:
         try:
             m = resolve_model(doc, all_runtimes, local_config)
-        except ResolveError as e:
+        except (ResolveError, StorageError) as e:
             _add_error(errors, doc.name or doc.source, f"{doc.where}: {e}")
             continue
         if m.name in models:

@@ -19,7 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from placement.manifests.desired_state import DesiredState
-from placement.manifests.kserve import Document, ManifestFile, manifest_files, parse_manifest_text, resolve
+from placement.manifests.kserve import (
+    Document,
+    ManifestFile,
+    link_outside,
+    manifest_files,
+    parse_manifest_text,
+    resolve,
+)
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, LocalConfig, load_local_config
 
 log = logging.getLogger("msm.sources.local_dir")
@@ -162,6 +169,12 @@ class LocalDirSource:
                 continue
             old = self._files.get(source)
             if old is not None and old.stamp == stamp and time.time_ns() - stamp[0] > _RACY_WINDOW_NS:
+                continue
+            refused = link_outside(p, self.path)
+            if refused is not None:
+                if old is None or old.errors != (refused,):
+                    self._files[source] = _FileState(stamp, b"", old.good if old else (), (refused,))
+                    changed = True
                 continue
             try:
                 raw = p.read_bytes()

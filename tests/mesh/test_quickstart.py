@@ -8,6 +8,7 @@ import shutil
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from mesh_harness import DIGIT_8, DIGIT_8_V2, QUICKSTART, LocalMeshProcess, prediction
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +54,6 @@ def test_standard_v2_body_answers_8_on_the_same_port(quickstart: LocalMeshProces
 
 
 def test_tritonclient_grpc_with_mm_vmodel_id_answers_8(quickstart: LocalMeshProcess) -> None:
-    grpcclient = pytest.importorskip("tritonclient.grpc")
     body = json.loads(DIGIT_8_V2)["inputs"][0]
     x = np.asarray(body["data"], dtype=np.float32).reshape(body["shape"])
     inp = grpcclient.InferInput(body["name"], list(x.shape), "FP32")
