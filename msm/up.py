@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from placement.local.ports import free_port, port_in_use
-from placement.local.runtime_process import RuntimeReplica, write_instances_file
+from placement.local.runtime_process import RuntimeReplica, local_mesh_notes, write_instances_file
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
 
@@ -128,6 +128,8 @@ class LocalMesh:
     async def _start_runtimes(self, runtimes, config) -> None:
         replicas = []
         for rt in runtimes:
+            for note in local_mesh_notes(rt):
+                _say(f"note: {note}")
             count = self.args.replicas or config.replicas_for(rt.name, rt.replicas)
             for i in range(count):
                 replicas.append(

@@ -3,7 +3,9 @@
 This is what a runtime pod is in Kubernetes (MLServer container + adapter sidecar), made of two
 local processes on loopback. Ports are free ones picked by msm (the manifest's ports are
 container ports, meaningless on one machine); the ServingRuntime's other ``MLSERVER_*`` and
-ordinary environment variables are passed on.
+ordinary environment variables are passed on to MLServer, the model server container, and to
+nothing else: the adapter is msm's own code and runs in msm's own environment, so a manifest's
+``PYTHONPATH`` or ``LD_PRELOAD`` never runs code in it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,27 @@ OWNED_ENV = ("MLSERVER_HTTP_PORT", "MLSERVER_GRPC_PORT", "MLSERVER_METRICS_PORT"
 """Set by msm for every replica, whatever the manifest says."""
 #: The folder that holds the ``placement`` package (on the adapter's PYTHONPATH).
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+#: Variables that change how Python or the dynamic loader start a process: from a manifest they
+#: reach MLServer only, and the local mesh says so.
+STARTUP_ENV_PREFIXES = ("PYTHON", "LD_", "DYLD_")
+
+
+def local_mesh_notes(rt: Any) -> list[str]:
+    """What the local mesh does differently from a pod for this ServingRuntime (to print)."""
+    name = _attr(rt, ("name",), "?")
+    notes = []
+    ignored = [f for f, v in (("image", _attr(rt, ("image",))), ("command", _attr(rt, ("command",))),
+                              ("args", _attr(rt, ("args",)))) if v]
+    if ignored:
+        notes.append(f"runtime {name}: {', '.join(ignored)} of its container ignored: the local mesh runs "
+                     "MLServer from msm's own Python environment")
+    startup = sorted(k for k in _env_dict(_attr(rt, ("env",))) if k.startswith(STARTUP_ENV_PREFIXES))
+    if startup:
+        notes.append(f"runtime {name}: env {', '.join(startup)} changes how MLServer's Python starts; "
+                     "it is passed to MLServer only, never to msm's adapter")
+    return notes
 
 
 def _attr(obj: Any, names: tuple[str, ...], default: Any = None) -> Any:
@@ -198,11 +221,23 @@ class RuntimeReplica:
                     "parallel_workers": int(self.env.get("MLSERVER_PARALLEL_WORKERS", 0))}
         (self.models_dir / "settings.json").write_text(json.dumps(settings, indent=2))
 
-    def _base_env(self) -> dict[str, str]:
+    def _msm_env(self) -> dict[str, str]:
+        """msm's own environment, with msm's packages importable: the adapter's, whole."""
         env = dict(os.environ)
-        env.update({k: v for k, v in self.env.items() if k not in OWNED_ENV})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _mlserver_env(self) -> dict[str, str]:
+        """msm's environment plus the manifest's env (but the ports and folders msm owns)."""
+        env = self._msm_env()
+        for k, v in self.env.items():
+            if k in OWNED_ENV:
+                continue
+            if k == "PYTHONPATH":  # the manifest's first (a custom runtime's modules), then msm's
+                env[k] = os.pathsep.join(p for p in (v, env.get(k, "")) if p)
+            else:
+                env[k] = v
         return env
 
     async def _open_log(self, path: Path) -> BinaryIO:
@@ -211,7 +246,7 @@ class RuntimeReplica:
         return f
 
     async def _start_mlserver(self) -> None:
-        env = self._base_env()
+        env = self._mlserver_env()
         env.update({"MLSERVER_HOST": self.host, "MLSERVER_HTTP_PORT": str(self.rest_port),
                     "MLSERVER_GRPC_PORT": str(self.grpc_port),
                     "MLSERVER_METRICS_PORT": str(self.metrics_port),
@@ -237,7 +272,7 @@ class RuntimeReplica:
             cmd += ["--implementation", f"{fmt}={impl}"]
         log = await self._open_log(self.adapter_log)
         self._adapter = await asyncio.create_subprocess_exec(
-            *cmd, env=self._base_env(), cwd=self.work_dir, stdout=log, stderr=log,
+            *cmd, env=self._msm_env(), cwd=self.work_dir, stdout=log, stderr=log,
             stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
 
     def _deadline(self) -> float:

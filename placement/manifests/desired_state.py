@@ -55,6 +55,9 @@ class RuntimeSpec:
     http_data_port: int | None = None
     image: str | None = None
     memory_request_bytes: int | None = None
+    max_loading_concurrency: int | None = None  # annotation maxLoadingConcurrency
+    command: tuple[str, ...] = ()  # the model server container's command and args (a pod's;
+    args: tuple[str, ...] = ()  # the local mesh runs MLServer from msm's environment instead)
     source: str = ""  # "file doc N" it came from
 
     @property

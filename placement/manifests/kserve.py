@@ -35,12 +35,14 @@ from placement.manifests.local_config import (
     LocalConfig,
     load_local_config,
 )
+from placement.manifests.safe_yaml import shown, size_problem, structure_problem
 from placement.manifests.storage import StorageError, resolve_storage
 from placement.manifests.validation import (
     API_VERSIONS,
     DEPLOYMENT_MODE_ANNOTATION,
     GROUP,
     LEGACY_PREDICTORS,
+    MAX_LOADING_ANNOTATION,
     describe,
     parse_endpoint_port,
     parse_quantity,
@@ -115,10 +117,19 @@ class Document:
 
 
 def parse_documents(text: str, source: str) -> tuple[list[Document], list[str]]:
-    """Split a multi-document YAML text; on a YAML error: ([], [message with line and column])."""
+    """Split a multi-document YAML text; on a YAML error: ([], [message with line and column]).
+
+    Text that is too large, or whose aliases expand too far, is refused before it is loaded
+    (:mod:`placement.manifests.safe_yaml`).
+    """
+    refused = size_problem(len(text.encode("utf-8", "replace"))) or structure_problem(text)
+    if refused is not None:
+        return [], [f"{source} {refused}"]
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         bodies = list(yaml.load_all(text, Loader=loader))
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        return [], [f"{source}: cannot be loaded: {shown(str(e))}"]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -128,10 +139,10 @@ def parse_documents(text: str, source: str) -> tuple[list[Document], list[str]]:
         if mark is not None:
             lines = text.splitlines()
             if 0 <= mark.line < len(lines):
-                detail += f": {lines[mark.line].rstrip()!r}"
+                detail += f": {shown(lines[mark.line].rstrip())}"
                 if mark.line > 0 and "mapping values" in problem:
                     detail += (f" (check its indentation against line {mark.line}: "
-                               f"{lines[mark.line - 1].rstrip()!r})")
+                               f"{shown(lines[mark.line - 1].rstrip())})")
         return [], [f"{source}: not valid YAML{at}: {detail}"]
     docs = [Document(source, i, b) for i, b in enumerate(bodies, start=1) if b is not None]
     return docs, []
@@ -154,6 +165,9 @@ def read_manifest_file(path: Path, source: str | None = None) -> ManifestFile:
     """Read, parse and validate one manifest file (blocking; small files)."""
     source = source or str(path)
     try:
+        too_big = size_problem(path.stat().st_size)
+        if too_big is not None:
+            return ManifestFile(source, None, (f"{source} {too_big}",))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return ManifestFile(source, None, (f"{source}: cannot read: {e}",))
@@ -224,6 +238,11 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _int_text(v: Any) -> int | None:
+    """An integer written as a string (annotations), or None."""
+    return int(v) if isinstance(v, str) and v.isdigit() and len(v) <= 6 else None
+
+
 def _port(endpoint: Any) -> int | None:
     if not isinstance(endpoint, str):
         return None
@@ -282,6 +301,10 @@ def runtime_from_document(doc: Document, local_config: LocalConfig | None = None
         http_data_port=_port(spec.get("httpDataEndpoint")),
         image=server.get("image"),
         memory_request_bytes=_bytes((resources.get("requests") or {}).get("memory")),
+        max_loading_concurrency=_int_text(((body.get("metadata") or {}).get("annotations") or {})
+                                          .get(MAX_LOADING_ANNOTATION)),
+        command=tuple(str(x) for x in server.get("command") or ()),
+        args=tuple(str(x) for x in server.get("args") or ()),
         source=f"{doc.source} doc {doc.index}",
     )
 

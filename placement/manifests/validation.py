@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from placement.manifests.safe_yaml import shown
+
 log = logging.getLogger("msm.manifests")
 
 GROUP = "serving.kserve.io"
@@ -38,6 +40,9 @@ SCHEMAS_ENV = "MSM_KSERVE_SCHEMAS"
 #: The KServe CRD files shipped inside the package (see crds/README.md).
 PACKAGED_CRDS = Path(__file__).resolve().parent / "crds"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+#: ModelMesh's ServingRuntime annotation: loads one runtime instance runs at once.
+MAX_LOADING_ANNOTATION = "maxLoadingConcurrency"
+MAX_LOADING_LIMIT = 64
 #: The pre-``model`` predictor style (``predictor.sklearn: {storageUri: ...}``): key -> format.
 LEGACY_PREDICTORS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tensorflow", "triton",
                      "paddle", "pmml", "huggingface")
@@ -58,31 +63,35 @@ def parse_quantity(value: Any) -> Decimal:
     Raises ValueError with a readable message when ``value`` is not a quantity.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
+        raise ValueError(f"{shown(value)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
     if isinstance(value, (int, float)):
         return Decimal(str(value))
     m = _QUANTITY_RE.match(value.strip())
     if not m:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
+        raise ValueError(f"{shown(value)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
     number, suffix = m.group(1), m.group(2) or ""
     try:
         if suffix[:1] in ("e", "E"):
             return Decimal(number + suffix)
         return Decimal(number) * Decimal(_SUFFIX[suffix])
     except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"{value!r} is not a Kubernetes quantity") from e
+        raise ValueError(f"{shown(value)} is not a Kubernetes quantity") from e
 
 
 def parse_endpoint_port(value: str) -> int | None:
     """``"port:8001"`` -> 8001; ``"unix:/path"`` -> None."""
     m = _ENDPOINT_RE.match(value)
     if not m:
-        raise ValueError(f"{value!r} is not an endpoint (expected port:NNNN or unix:/path)")
+        raise ValueError(f"{shown(value)} is not an endpoint (expected port:NNNN or unix:/path)")
     return int(m.group(2)) if m.group(2) else None
 
 
 def describe(source: str, kind: str | None, name: str | None) -> str:
     """``models/x.yaml doc 2 InferenceService/foo`` (the prefix of every message)."""
+    if name is not None and len(name) > 253:  # longer than any valid name: cut, the check reports it
+        name = name[:120] + f"…({len(name)} characters)"
+    if kind is not None and len(kind) > 63:
+        kind = kind[:60] + "…"
     what = f"{kind or 'document'}/{name}" if name else (kind or "document")
     return f"{source} {what}"
 
@@ -130,7 +139,7 @@ class _Checker:
     def boolean(self, obj: Mapping[str, Any], key: str, path: str) -> None:
         v = obj.get(key)
         if v is not None and not isinstance(v, bool):
-            self.add(f"{path}{key}", f"must be true or false, got {_type(v)} {v!r}")
+            self.add(f"{path}{key}", f"must be true or false, got {_type(v)} {shown(v)}")
 
     def integer(self, obj: Mapping[str, Any], key: str, path: str, lo: int | None = None,
                 hi: int | None = None) -> None:
@@ -138,7 +147,7 @@ class _Checker:
         if v is None:
             return
         if isinstance(v, bool) or not isinstance(v, int):
-            self.add(f"{path}{key}", f"must be an integer, got {_type(v)} {v!r}")
+            self.add(f"{path}{key}", f"must be an integer, got {_type(v)} {shown(v)}")
         elif (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
                 f">= {lo}" if lo is not None else f"<= {hi}")
@@ -179,7 +188,7 @@ def _check_metadata(c: _Checker, doc: Mapping[str, Any], name_re: re.Pattern[str
         return
     name = c.string(meta, "name", "metadata.", required=True)
     if name and (len(name) > max_len or not name_re.match(name)):
-        c.add("metadata.name", f"{name!r} is not a valid name ({rule}, at most {max_len} characters)")
+        c.add("metadata.name", f"{shown(name)} is not a valid name ({rule}, at most {max_len} characters)")
     c.string(meta, "namespace", "metadata.")
     c.string_map(meta, "annotations", "metadata.")
     c.string_map(meta, "labels", "metadata.")
@@ -236,11 +245,17 @@ def _check_isvc(c: _Checker, doc: Mapping[str, Any]) -> None:
     elif "storageUri" not in model and "storage" not in model:
         c.add(mp + "storage", "is required: set storage (key/parameters and path) or storageUri")
     elif uri is not None and "://" not in uri and not uri.startswith("/"):
-        c.add(mp + "storageUri", f"{uri!r} is not a URI (e.g. pvc://my-models-pvc/model.joblib, s3://bucket/path)")
+        c.add(mp + "storageUri", f"{shown(uri)} is not a URI (e.g. pvc://my-models-pvc/model.joblib, s3://bucket/path)")
 
 
 def _check_runtime(c: _Checker, doc: Mapping[str, Any]) -> None:
     _check_metadata(c, doc, _NAME_RE, "lowercase letters, digits, '-' and '.'", 253)
+    annotations = (doc.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict) and isinstance(annotations.get(MAX_LOADING_ANNOTATION), str):
+        v = annotations[MAX_LOADING_ANNOTATION]  # not a string: reported by the annotations check
+        if not (v.isdigit() and len(v) <= 3 and 1 <= int(v) <= MAX_LOADING_LIMIT):
+            c.add(f"metadata.annotations.{MAX_LOADING_ANNOTATION}",
+                  f"must be a whole number from 1 to {MAX_LOADING_LIMIT} (a string), got {shown(v)}")
     spec = c.mapping(doc, "spec", "", required=True)
     if spec is None:
         return
@@ -315,9 +330,9 @@ def structural_problems(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     kind = doc.get("kind")
     want = API_VERSIONS.get(kind) if isinstance(kind, str) else None
     if want is None:
-        return [("kind", f"{kind!r} is not a kind msm reads")]
+        return [("kind", f"{shown(kind)} is not a kind msm reads")]
     if doc.get("apiVersion") != want:
-        c.add("apiVersion", f"must be {want} for {kind}, got {doc.get('apiVersion')!r}")
+        c.add("apiVersion", f"must be {want} for {kind}, got {shown(doc.get('apiVersion'))}")
     _STRUCTURAL[kind](c, doc)
     return c.problems
 
@@ -395,10 +410,10 @@ def _schema_message(err: Any) -> str:
         return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
     if err.validator == "pattern":
         if "KMGTPE" in str(err.validator_value):
-            return f"{err.instance!r} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)"
-        return f"{err.instance!r} does not match the pattern {err.validator_value}"
+            return f"{shown(err.instance)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)"
+        return f"{shown(err.instance)} does not match the pattern {err.validator_value}"
     if err.validator == "type":
-        return f"must be of type {err.validator_value}, got {_type(err.instance)} {err.instance!r}"
+        return f"must be of type {err.validator_value}, got {_type(err.instance)} {shown(err.instance)}"
     if err.validator == "required":
         return err.message.replace("is a required property", "is required")
     return err.message

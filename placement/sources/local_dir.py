@@ -28,6 +28,7 @@ from placement.manifests.kserve import (
     resolve,
 )
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, LocalConfig, load_local_config
+from placement.manifests.safe_yaml import size_problem
 
 log = logging.getLogger("msm.sources.local_dir")
 
@@ -170,7 +171,10 @@ class LocalDirSource:
             old = self._files.get(source)
             if old is not None and old.stamp == stamp and time.time_ns() - stamp[0] > _RACY_WINDOW_NS:
                 continue
+            # refused unread: a symlink out of the folder, or too large to read at all
             refused = link_outside(p, self.path)
+            if refused is None and (too_big := size_problem(stamp[1])) is not None:
+                refused = f"{source} {too_big}"
             if refused is not None:
                 if old is None or old.errors != (refused,):
                     self._files[source] = _FileState(stamp, b"", old.good if old else (), (refused,))
@@ -188,6 +192,9 @@ class LocalDirSource:
                 mf = parse_manifest_text(raw.decode("utf-8"), source)
             except UnicodeDecodeError as e:
                 mf = ManifestFile(source, None, (f"{source}: not UTF-8 text: {e}",))
+            except Exception as e:  # one odd file must not keep the others from being read
+                log.exception("reading %s failed", p)
+                mf = ManifestFile(source, None, (f"{source}: cannot be read: {type(e).__name__}",))
             good = _merge(old.good if old else (), mf)
             self._files[source] = _FileState(stamp, digest, good, mf.errors)
             changed = True
