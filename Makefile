@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: setup up test lint bench clean
+.PHONY: setup up test lint bench mutate clean
 
 setup: $(VENV)/.installed
 
@@ -28,5 +28,12 @@ bench: setup
 	$(VENV)/bin/python bench/placement_zipf.py
 	$(VENV)/bin/python bench/xds_scale.py --models 1000 10000 --instances 100
 
+# Mutation testing of the engine, the xDS state machine, translation, the activator and manifest
+# resolution (docs/testing.md: about an hour on 2 cores; not part of `make test`).
+mutate: setup
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/python scripts/mutation_score.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

@@ -43,6 +43,9 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 #: ModelMesh's ServingRuntime annotation: loads one runtime instance runs at once.
 MAX_LOADING_ANNOTATION = "maxLoadingConcurrency"
 MAX_LOADING_LIMIT = 64
+#: Replicas (of a runtime, or a model's copies) msm accepts; more is a typo, not a plan.
+MAX_REPLICAS = 1000
+MAX_QUANTITY = 2**63 - 1
 #: The pre-``model`` predictor style (``predictor.sklearn: {storageUri: ...}``): key -> format.
 LEGACY_PREDICTORS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tensorflow", "triton",
                      "paddle", "pmml", "huggingface")
@@ -76,6 +79,28 @@ def parse_quantity(value: Any) -> Decimal:
         return Decimal(number) * Decimal(_SUFFIX[suffix])
     except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
         raise ValueError(f"{shown(value)} is not a Kubernetes quantity") from e
+
+
+def resource_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a container resource quantity, or None.
+
+    Kubernetes accepts any quantity up to 2^63 in the syntax; a resource is never negative, and
+    memory is a positive whole number of bytes (``100m`` would be a tenth of a byte).
+    """
+    try:
+        q = parse_quantity(value)
+    except ValueError as e:
+        return str(e)
+    if q < 0:
+        return f"{shown(value)} is negative"
+    if q > MAX_QUANTITY:
+        return f"{shown(value)} is larger than Kubernetes allows (2^63 - 1)"
+    if name == "memory":
+        if q == 0:
+            return f"{shown(value)} leaves no memory (e.g. 512Mi, 5Gi)"
+        if q != q.to_integral_value():
+            return f"{shown(value)} is not a whole number of bytes (memory is in bytes: e.g. 512Mi, 5Gi)"
+    return None
 
 
 def parse_endpoint_port(value: str) -> int | None:
@@ -204,8 +229,8 @@ def _check_isvc(c: _Checker, doc: Mapping[str, Any]) -> None:
         return
     p = "spec.predictor."
     c.integer(pred, "canaryTrafficPercent", p, 0, 100)
-    c.integer(pred, "minReplicas", p, 0)
-    c.integer(pred, "maxReplicas", p, 0)
+    c.integer(pred, "minReplicas", p, 0, MAX_REPLICAS)
+    c.integer(pred, "maxReplicas", p, 0, MAX_REPLICAS)
     c.string_map(pred, "annotations", p)
     model = c.mapping(pred, "model", p)
     mp = p + "model."
@@ -282,7 +307,7 @@ def _check_runtime(c: _Checker, doc: Mapping[str, Any]) -> None:
             else:
                 if port is not None and not 0 < port < 65536:
                     c.add(p + key, f"port {port} is out of range 1-65535")
-    c.integer(spec, "replicas", p, 0)
+    c.integer(spec, "replicas", p, 0, MAX_REPLICAS)
     adapter = c.mapping(spec, "builtInAdapter", p)
     if adapter is not None:
         ap = p + "builtInAdapter."
@@ -311,10 +336,9 @@ def _check_runtime(c: _Checker, doc: Mapping[str, Any]) -> None:
         for section in ("requests", "limits"):
             quantities = c.mapping(res, section, f"{cp}.resources.") if res is not None else None
             for rname, q in (quantities or {}).items():
-                try:
-                    parse_quantity(q)
-                except ValueError as e:
-                    c.add(f"{cp}.resources.{section}.{rname}", str(e))
+                problem = resource_problem(str(rname), q)
+                if problem is not None:
+                    c.add(f"{cp}.resources.{section}.{rname}", problem)
 
 
 _STRUCTURAL: dict[str, Callable[[_Checker, Mapping[str, Any]], None]] = {

@@ -85,3 +85,27 @@ async def test_one_hostile_file_does_not_keep_the_watcher_from_the_others(tmp_pa
         assert "cannot be loaded" in state.errors["b-huge-int.yaml"]
     finally:
         await source.stop()
+
+
+@pytest.mark.parametrize(("memory", "problem"), [
+    ("1e400", "'1e400' is larger than Kubernetes allows (2^63 - 1)"),
+    ("-1Gi", "'-1Gi' is negative"),
+    ("0", "'0' leaves no memory (e.g. 512Mi, 5Gi)"),
+    ("100m", "'100m' is not a whole number of bytes (memory is in bytes: e.g. 512Mi, 5Gi)"),
+])
+def test_memory_that_cannot_be_meant_is_refused(memory: str, problem: str) -> None:
+    text = runtime("rt").replace("      image: seldonio/mlserver:1.7.1\n",
+                                 "      image: seldonio/mlserver:1.7.1\n      resources:\n"
+                                 f"        limits: {{memory: '{memory}', cpu: '500m'}}\n")
+    assert parse_manifest_text(text, "rt.yaml").errors == (
+        f"rt.yaml doc 1 ServingRuntime/rt: spec.containers[0].resources.limits.memory {problem}",)
+
+
+def test_replica_counts_past_any_plan_are_refused() -> None:
+    text = isvc("m").replace("  predictor:\n", "  predictor:\n    minReplicas: 99999999999999999999999\n", 1)
+    assert parse_manifest_text(text, "m.yaml").errors == (
+        "m.yaml doc 1 InferenceService/m: spec.predictor.minReplicas must be between 0 and 1000, "
+        "got 99999999999999999999999",)
+    rt = runtime("rt").replace("  multiModel: true\n", "  multiModel: true\n  replicas: 5000\n")
+    assert parse_manifest_text(rt, "rt.yaml").errors == (
+        "rt.yaml doc 1 ServingRuntime/rt: spec.replicas must be between 0 and 1000, got 5000",)
