@@ -46,6 +46,19 @@ class ViewPublisher(Protocol):
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
 
 
+def routes_to_a_copy(view: MeshView, model: str) -> bool:
+    """Whether ``view`` sends some of ``model``'s traffic to a ready copy (not all to the activator)."""
+    m = view.models.get(model)
+    if m is None:
+        return False
+    for rule in m.effective_rules():
+        for d in rule.destinations:
+            rev = m.revision(d.revision)
+            if d.weight > 0 and rev is not None and rev.copies:
+                return True
+    return False
+
+
 class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
@@ -62,6 +75,7 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
+        self._published: tuple[MeshView, str] | None = None  # the last view published, its version
         self._stopped = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -106,10 +120,12 @@ class Controller:
         self.wake()
         async with self._changed:
             while True:
-                status = self.engine.model_status(model)
-                if status.ready_copies > 0 and self.publisher.version is not None:
-                    version = self.publisher.version
+                # Published, not just decided: the engine has a ready copy as soon as its load
+                # returns, but the gateway can route to it only from the next published view.
+                if self._published is not None and routes_to_a_copy(self._published[0], model):
+                    version = self._published[1]
                     break
+                status = self.engine.model_status(model)
                 if status.failed:
                     return status.failure or "load failed on every instance tried"
                 remaining = deadline - time.monotonic()
@@ -156,7 +172,8 @@ class Controller:
 
     async def _publish(self) -> None:
         view = self.engine.mesh_view(self.activator)
-        await self.publisher.publish(view)
+        version = await self.publisher.publish(view)
+        self._published = (view, version)
         async with self._changed:
             self._changed.notify_all()
 

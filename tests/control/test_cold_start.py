@@ -1,0 +1,98 @@
+"""A cold request is replayed only once the gateway holds routes that send it to a copy.
+
+The race this guards (seen live: 8 of 2,948 cold requests answered 503 by the activator just as
+their model finished loading): the engine marks the copy ready as soon as the load returns, but
+the view that routes to it is published a tick later. If the activator is released on the
+engine's word and waits for the ACK of the snapshot *already* published, which still routes the
+model to the activator, the replay comes back to the activator and is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from placement.control.controller import Controller
+from placement.engine.clock import MonotonicClock
+from placement.engine.engine import Engine
+from placement.engine.model_types import DesiredModel, InstanceInfo
+from xds_server.mesh_view import ActivatorEndpoint, MeshView
+
+MB = 1024 * 1024
+
+
+class Gateway:
+    """A ViewPublisher whose gateway ACKs every version at once; a publish can be held."""
+
+    def __init__(self) -> None:
+        self.views: list[tuple[str, MeshView]] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.holding = asyncio.Event()
+
+    @property
+    def version(self) -> str | None:
+        return self.views[-1][0] if self.views else None
+
+    async def publish(self, view: MeshView) -> str:
+        if not self.hold.is_set():
+            self.holding.set()
+            await self.hold.wait()
+        await asyncio.sleep(0.01)  # translation runs in a worker thread: a publish always yields
+        if self.views and self.views[-1][1] == view:
+            return self.views[-1][0]
+        version = f"v{len(self.views) + 1}"
+        self.views.append((version, view))
+        return version
+
+    async def wait_for_ack(self, version: str, timeout: float) -> bool:
+        return any(v == version for v, _ in self.views)
+
+    def routes_to_a_copy(self, version: str | None, model: str) -> bool:
+        view = dict(self.views).get(version) if version else None
+        m = view.models.get(model) if view else None
+        return m is not None and any(r.copies for r in m.revisions)
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def load_model(self, model_id, model_type, model_path, model_key="", timeout=None) -> int:
+        await self.release.wait()
+        return MB
+
+    async def unload_model(self, model_id, timeout=None) -> None:
+        pass
+
+
+async def test_the_activator_is_released_only_after_routes_to_the_copy_are_published() -> None:
+    gw, rt = Gateway(), Runtime()
+    engine = Engine(MonotonicClock())
+    ctl = Controller(engine, gw, {}, ActivatorEndpoint("127.0.0.1", 1, 2), tick_interval=0.01)
+    ctl.add_instance(InstanceInfo("i0", "rt", "127.0.0.1", 9000, 9100, 100 * MB), rt, {})
+    ctl.set_desired([DesiredModel("m", "m__isvc-1", "rt", "sklearn", "/m", MB)], {})
+    await ctl.start()
+    try:
+        waiter = asyncio.create_task(ctl.ensure_ready("m", timeout=10))
+        for _ in range(500):  # the load is under way and its routes point at the activator
+            if engine.model_status("m").loading_copies and gw.version is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert not gw.routes_to_a_copy(gw.version, "m")
+        # a publish starts from a view built while the load is still running, and is slow (a
+        # large view translates in tens of ms); the load returns meanwhile
+        gw.hold.clear()
+        gw.holding.clear()
+        ctl.wake()
+        await asyncio.wait_for(gw.holding.wait(), 5)
+        rt.release.set()
+        for _ in range(500):
+            if engine.model_status("m").ready_copies:
+                break
+            await asyncio.sleep(0.01)
+        gw.hold.set()  # the slow publish of the copy-less view completes and wakes the waiter
+        assert await asyncio.wait_for(waiter, 5) is None
+        assert gw.routes_to_a_copy(gw.version, "m"), \
+            "released while the gateway still routes the model to the activator"
+    finally:
+        await ctl.stop()
