@@ -87,7 +87,7 @@ def _inline_listener(listener: listener_pb2.Listener, routes: dict[str, Message]
                 m.scoped_routes.ClearField("scoped_rds")
                 if not lst.scoped_route_configurations:  # no model: a static list cannot be empty
                     m.route_config.name = m.scoped_routes.name
-            f.typed_config.Pack(m)
+            f.typed_config.Pack(m, deterministic=True)
     return out
 
 

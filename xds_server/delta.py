@@ -2,7 +2,9 @@
 
 A response carries only the resources that changed for this client and the names it must drop
 (``removed_resources``). Subscriptions are deltas of their own, so a request with an outdated
-nonce still changes the subscription; only its ACK/NACK part is ignored. A client that reconnects
+nonce still changes the subscription; only its ACK/NACK part is ignored. A subscription change lifts
+a NACK's hold, even when the NACKed response was still in flight as the change arrived: what the
+client asked for meanwhile is sent, not held until the next snapshot. A client that reconnects
 lists what it holds in ``initial_resource_versions`` and gets only what differs.
 """
 
@@ -54,6 +56,8 @@ class DeltaStream(Stream):
             ts.forget(unsub)
         if sub or unsub:
             ts.nacked_seq = -1
+            if ts.pending is not None:  # a NACK of it must not hold back what was asked for since
+                ts.pending.resubscribed = True
         self.wake()
 
     def _differs(self, ts: TypeState, want: Want, candidates: frozenset[str] | None) -> bool:

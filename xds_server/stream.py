@@ -46,6 +46,7 @@ class Pending:
     removed: frozenset[str]
     snap: Snapshot | None = None  # set when the response makes the client hold exactly this snapshot
     epoch: int = 0
+    resubscribed: bool = False  # the subscription changed while this response was in flight
 
 
 class _Named(Mapping[str, Resource | None]):
@@ -184,7 +185,8 @@ class Stream:
         ts.pending = None
         label = rt.short(ts.type_url)
         if error is not None and (error.code or error.message):
-            ts.nacked_seq = p.seq
+            if not p.resubscribed:  # else what the client asked for since was never offered
+                ts.nacked_seq = p.seq
             ts.last_error = error.message
             ts.nack_count += 1
             self.metrics.nacks.labels(label).inc()

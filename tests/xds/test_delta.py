@@ -11,6 +11,10 @@ from xds_server.snapshot import Snapshot
 pytestmark = pytest.mark.timeout(30)
 
 
+def metric(server, name: str, **labels) -> float:
+    return server.registry.get_sample_value(name, labels) or 0.0
+
+
 async def test_subscribe_and_unsubscribe_endpoints(xds):
     publish(xds.cache, mesh({"a": [1], "b": [2]}))
     c = AdsClient(xds.test_port, delta=True)
@@ -77,7 +81,9 @@ async def test_reconnect_with_initial_resource_versions_gets_only_the_difference
     first = await c.recv()
     held = {r.name: r.version for r in first.resources}
     await c.ack(first)
+    await c.settled(xds)
     await c.close()
+    await until(lambda: not xds.clients())  # the server has dropped the old stream
     # while it was away: b changed, c went, d came
     publish(xds.cache, mesh({"a": [1], "b": [2], "d": [4]}, timeouts={"b": 9}))
     c2 = AdsClient(xds.test_port, delta=True)
@@ -99,9 +105,11 @@ async def test_nack_is_not_resent_and_the_next_snapshot_is(xds):
         publish(xds.cache, mesh({"a": [2]}))
         rejected = await c.recv()
         await c.nack(rejected, "bad endpoint")
-        assert await c.nothing_within()
-        publish(xds.cache, mesh({"a": [3]}))
-        again = await c.recv()
+        stream = await c.settled(xds)
+        assert stream.types[rt.ENDPOINT].pending is None  # the rejected content is not offered again
+        third = publish(xds.cache, mesh({"a": [3]}))
+        again = await c.recv()  # the first response since the rejected one
+        assert again.system_version_info == third.version
         assert names_of(again) == ["a"] and again.nonce != rejected.nonce
     finally:
         await c.close()
@@ -152,8 +160,6 @@ def test_snapshot_entries_decode_to_the_messages_and_are_reused():
 async def test_after_a_reconnect_hosts_still_routed_stay_until_routes_move(xds):
     from xds_client import decode
 
-    from xds_server.stream import Stream
-
     publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
     c = AdsClient(xds.test_port, delta=True)
     held: dict[str, dict[str, str]] = {}
@@ -167,7 +173,10 @@ async def test_after_a_reconnect_hosts_still_routed_stay_until_routes_move(xds):
     try:
         for t, names in ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.ROUTE, ["r"])):
             await c2.delta_req(t, names, initial=held[t])
-        await until(lambda: any(isinstance(s, Stream) and rt.ROUTE in s.types for s in xds.clients()))
+        # the new stream has taken what the client holds from the snapshot it was connected with.
+        # (The old stream, still listed until its handler ends, has all these types too: waiting on
+        # any stream let the publish below race the new stream's first requests.)
+        await c2.settled(xds)
         publish(xds.cache, mesh({"rt": [2]}, routes={"m": "rt", "n": "rt"}))
         first = await c2.recv()
         while first.type_url != rt.ENDPOINT:  # the empty first answers of wildcard types
@@ -194,5 +203,37 @@ async def test_a_name_subscribed_while_a_response_is_in_flight_is_still_sent(xds
         await c.ack(second)
         publish(xds.cache, mesh({"a": [1], "b": [3]}))  # a later change of b alone is noticed
         assert names_of(await c.recv()) == ["b"]
+    finally:
+        await c.close()
+
+
+async def test_a_subscription_change_on_an_older_nonce_is_not_an_answer_to_the_response_in_flight(xds):
+    """Envoy sends a subscription change with the nonce of the last response it processed."""
+    first_snap = publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a"])
+        first = await c.recv()
+        await c.ack(first)
+        second_snap = publish(xds.cache, mesh({"a": [3], "b": [2]}))
+        second = await c.recv()
+        assert names_of(second) == ["a"]
+        # b is asked for before the client has read the second response; then it rejects that
+        await c.delta_req(rt.ENDPOINT, subscribe=["b"], nonce=first.nonce)
+        await c.nack(second, "bad endpoint")
+        stream = await c.settled(xds)
+        eds = stream.types[rt.ENDPOINT]
+        assert eds.acked_version == first_snap.version  # not the rejected second
+        assert eds.known == {"a": first_snap.get(rt.ENDPOINT)["a"].version}
+        assert (eds.nack_count, eds.last_error) == (1, "bad endpoint")
+        assert metric(xds, "msm_xds_stale_requests_total", type="eds") == 1
+        assert not await xds.wait_for_ack(second_snap.version, timeout=0)
+        # b, asked for while the rejected response was in flight, is still sent
+        third = await c.recv()
+        assert "b" in names_of(third)
+        await c.ack(third)
+        while any(ts.pending for ts in (await c.settled(xds)).types.values()):
+            await c.ack(await c.recv())  # a's old hosts go once routes could move
+        assert await xds.wait_for_ack(second_snap.version, timeout=0)
     finally:
         await c.close()

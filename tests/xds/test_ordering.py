@@ -74,12 +74,13 @@ class EnvoyLike:
                 self.violations.append(f"after {rt.short(t)} {names}: routes name {target}, "
                                        f"clusters {sorted(self.clusters)}, endpoints {self.endpoints}")
 
-    async def run_until_quiet(self) -> None:
+    async def run_until_quiet(self, server) -> None:
+        """Apply and answer every response until the server has nothing more to send."""
         while True:
-            try:
-                resp = await self.c.recv(timeout=0.4)
-            except TimeoutError:
-                return
+            stream = await self.c.settled(server)
+            if not any(ts.pending for ts in stream.types.values()):
+                return  # every response answered, and the server is idle
+            resp = await self.c.recv()
             self._apply(resp)
             t = resp.type_url
             self.last[t] = resp
@@ -105,12 +106,12 @@ async def test_routes_move_only_to_warm_clusters_and_old_clusters_go_last(xds, d
     envoy = EnvoyLike(AdsClient(xds.test_port, delta=delta))
     try:
         await envoy.start()
-        await envoy.run_until_quiet()
+        await envoy.run_until_quiet(xds)
         assert envoy.route_targets == {"a"} and envoy.endpoints == {"a": [1]}
         envoy.log.clear()
         # a rollout: model m moves from cluster a to a new cluster b, a is dropped
         snap = publish(xds.cache, mesh({"b": [2]}, routes={"m": "b"}))
-        await envoy.run_until_quiet()
+        await envoy.run_until_quiet(xds)
         assert not envoy.violations, envoy.violations
         assert envoy.route_targets == {"b"} and envoy.clusters == {"b"} and envoy.endpoints == {"b": [2]}
         steps = [(t, what) for t, what, _ in envoy.log]
@@ -132,11 +133,11 @@ async def test_hosts_dropped_from_a_shared_cluster_stay_until_routes_move(xds, d
     envoy = EnvoyLike(AdsClient(xds.test_port, delta=delta))
     try:
         await envoy.start()
-        await envoy.run_until_quiet()
+        await envoy.run_until_quiet(xds)
         envoy.log.clear()
         envoy.eds_history.clear()
         snap = publish(xds.cache, mesh({"rt": [2]}, routes={"m": "rt", "n": "rt"}))
-        await envoy.run_until_quiet()
+        await envoy.run_until_quiet(xds)
         eds = [(what, names) for t, what, names in envoy.log if t == "eds" and what == "recv"]
         rds_at = next(i for i, (t, w, _) in enumerate(envoy.log) if t == "rds" and w == "recv")
         eds_at = [i for i, (t, w, _) in enumerate(envoy.log) if t == "eds" and w == "recv"]

@@ -28,10 +28,15 @@ async def test_wildcard_clusters_then_named_endpoints_with_versions_and_nonces(x
         assert names_of(eds) == ["a"]  # only what was asked for
         assert eds.nonce != cds.nonce
         await c.ack(eds, ["a"])
-        assert await c.nothing_within()  # an ACK is not answered
-        assert await xds.wait_for_ack(snap.version, timeout=2)
+        stream = await c.settled(xds)  # both ACKs read, and the server has nothing more to send
+        assert not any(ts.pending for ts in stream.types.values())  # an ACK is not answered
+        assert await xds.wait_for_ack(snap.version, timeout=0)
         assert metric(xds, "msm_xds_acks_total", type="cds") == 1
         assert metric(xds, "msm_xds_connected_clients", variant="sotw") == 1
+        # and so the next response is the next snapshot's
+        moved = publish(xds.cache, mesh({"a": [3], "b": [2]}))
+        eds = await c.recv()
+        assert (eds.type_url, eds.version_info, names_of(eds)) == (rt.ENDPOINT, moved.version, ["a"])
     finally:
         await c.close()
 
@@ -41,11 +46,12 @@ async def test_a_name_that_does_not_exist_yet_is_sent_when_it_appears(xds):
     c = AdsClient(xds.test_port)
     try:
         await c.sotw(rt.ENDPOINT, ["later"])
-        assert await c.nothing_within()
+        stream = await c.settled(xds)
+        assert stream.types[rt.ENDPOINT].pending is None  # no empty response for a name not there
         resources = mesh({"a": [1]})
         resources[rt.ENDPOINT]["later"] = cla("later", 7)
         publish(xds.cache, resources)
-        eds = await c.recv()
+        eds = await c.recv()  # the first response of the stream
         assert names_of(eds) == ["later"]
     finally:
         await c.close()
@@ -66,9 +72,9 @@ async def test_nack_keeps_the_last_good_version_and_is_not_resent_in_a_loop(xds)
         rejected = await c.recv()
         assert rejected.version_info == bad_snap.version
         await c.nack(rejected, "port 1 is privileged", last_good=first.version)
-        assert await c.nothing_within()  # no resend of the rejected version
-        assert not await xds.wait_for_ack(bad_snap.version, timeout=0.2)
-        stream = xds.clients()[0]
+        stream = await c.settled(xds)
+        assert stream.types[rt.LISTENER].pending is None  # no resend of the rejected version
+        assert not await xds.wait_for_ack(bad_snap.version, timeout=0)
         state = stream.describe()["types"]["lds"]
         assert state["acked_version"] == first.version
         assert state["last_error"] == "port 1 is privileged" and state["nacks"] == 1
@@ -76,7 +82,7 @@ async def test_nack_keeps_the_last_good_version_and_is_not_resent_in_a_loop(xds)
         # back to what the client holds: nothing to send, it is in sync at once
         same = publish(xds.cache, mesh({"a": [1], "b": [2]}))
         assert await xds.wait_for_ack(same.version, timeout=2)
-        # a later good change is sent and taken
+        # a later good change is sent and taken: the first response since the rejected one
         fixed = mesh({"a": [1]})
         fixed[rt.LISTENER]["l"].address.socket_address.port_value = 10001
         good = publish(xds.cache, fixed)
@@ -92,19 +98,50 @@ async def test_a_request_with_a_stale_nonce_is_ignored(xds):
     publish(xds.cache, mesh({"a": [1], "b": [2]}))
     c = AdsClient(xds.test_port)
     try:
+        await c.sotw(rt.CLUSTER, ["a"])
+        first = await c.recv()
+        await c.ack(first, ["a"])
+        publish(xds.cache, mesh({"a": [1], "b": [2]}, timeouts={"a": 5}))
+        second = await c.recv()
+        await c.ack(second, ["a"])
+        # a request answering the first response, asking for b: stale, ignored. Nothing is in
+        # flight when it arrives, so a server that took its subscription would send b at once.
+        await c.sotw(rt.CLUSTER, ["a", "b"], version=first.version_info, nonce=first.nonce)
+        stream = await c.settled(xds)
+        cds = stream.types[rt.CLUSTER]
+        assert (cds.names, cds.pending) == ({"a"}, None)
+        assert metric(xds, "msm_xds_stale_requests_total", type="cds") == 1
+        # the next response is the next snapshot's, and it still carries a alone
+        third_snap = publish(xds.cache, mesh({"a": [1], "b": [2]}, timeouts={"a": 7}))
+        third = await c.recv()
+        assert (third.version_info, names_of(third)) == (third_snap.version, ["a"])
+        # the same change of subscription on the current nonce is answered
+        await c.sotw(rt.CLUSTER, ["a", "b"], version=third.version_info, nonce=third.nonce)
+        fourth = await c.recv()
+        assert names_of(fourth) == ["a", "b"]
+    finally:
+        await c.close()
+
+
+async def test_a_stale_nonce_is_not_an_answer_to_the_response_in_flight(xds):
+    first_snap = publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port)
+    try:
         await c.sotw(rt.ENDPOINT, ["a"])
         first = await c.recv()
         await c.ack(first, ["a"])
-        publish(xds.cache, mesh({"a": [3], "b": [2]}))
+        second_snap = publish(xds.cache, mesh({"a": [3]}))
         second = await c.recv()
-        # an answer to the first response arriving late, asking for b: stale, ignored
-        await c.sotw(rt.ENDPOINT, ["a", "b"], version=first.version_info, nonce=first.nonce)
-        assert await c.nothing_within()
+        # written before the client read the second response: it repeats its ACK of the first
+        await c.sotw(rt.ENDPOINT, ["a"], version=first.version_info, nonce=first.nonce)
+        await c.nack(second, "bad endpoint", ["a"], last_good=first.version_info)
+        stream = await c.settled(xds)
+        eds = stream.types[rt.ENDPOINT]
+        assert eds.acked_version == first_snap.version  # not the rejected second
+        assert eds.known == {"a": first_snap.get(rt.ENDPOINT)["a"].version}
+        assert (eds.nack_count, eds.last_error) == (1, "bad endpoint")
         assert metric(xds, "msm_xds_stale_requests_total", type="eds") == 1
-        # the same change of subscription on the current nonce is answered
-        await c.sotw(rt.ENDPOINT, ["a", "b"], version=second.version_info, nonce=second.nonce)
-        third = await c.recv()
-        assert names_of(third) == ["a", "b"]
+        assert not await xds.wait_for_ack(second_snap.version, timeout=0)
     finally:
         await c.close()
 
@@ -151,7 +188,10 @@ async def test_many_clients_each_with_its_node_id(xds):
         for c, r in zip(clients[:2], responses[:2], strict=True):
             await c.ack(r)
         assert await xds.wait_for_ack(snap.version, node_id="gw-0", timeout=2)
-        assert not await xds.wait_for_ack(snap.version, timeout=0.2)  # gw-2 has not ACKed
+        for c in clients:
+            await c.settled(xds)
+        assert await xds.wait_for_ack(snap.version, node_id="gw-1", timeout=0)
+        assert not await xds.wait_for_ack(snap.version, timeout=0)  # gw-2 has not ACKed
         assert sorted(s.node_id for s in xds.clients()) == ["gw-0", "gw-1", "gw-2"]
         await clients[2].ack(responses[2])
         assert await xds.wait_for_ack(snap.version, timeout=2)
@@ -162,8 +202,8 @@ async def test_many_clients_each_with_its_node_id(xds):
 
 async def test_wait_for_ack_with_no_client_is_true_and_unknown_version_false(xds):
     snap = publish(xds.cache, mesh({"a": [1]}))
-    assert await xds.wait_for_ack(snap.version, timeout=0.1)
-    assert not await xds.wait_for_ack("never-published", timeout=0.1)
+    assert await xds.wait_for_ack(snap.version, timeout=0)  # at once, without waiting
+    assert not await xds.wait_for_ack("never-published", timeout=0)
 
 
 async def test_reconnect_gets_the_current_state(xds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import grpc
@@ -18,8 +19,10 @@ from google.rpc import status_pb2
 from xds_server import resource_types as rt
 from xds_server.cache import SnapshotCache
 from xds_server.snapshot import Snapshot
+from xds_server.stream import Stream
 
 TIMEOUT = 5.0
+_tags = itertools.count(1)
 
 
 def cluster(name: str, connect_timeout_s: int = 1) -> cluster_pb2.Cluster:
@@ -74,8 +77,8 @@ def publish(cache: SnapshotCache, resources: dict[str, dict[str, Any]]) -> Snaps
     return snap
 
 
-def node(node_id: str) -> base_pb2.Node:
-    return base_pb2.Node(id=node_id, cluster="test")
+def node(node_id: str, tag: str = "") -> base_pb2.Node:
+    return base_pb2.Node(id=node_id, cluster="test", user_agent_name=tag)
 
 
 def nack_detail(message: str) -> status_pb2.Status:
@@ -83,13 +86,19 @@ def nack_detail(message: str) -> status_pb2.Status:
 
 
 class AdsClient:
-    """One ADS stream. ``delta`` picks DeltaAggregatedResources."""
+    """One ADS stream. ``delta`` picks DeltaAggregatedResources.
+
+    Its node carries a tag of its own (``user_agent_name``), so that ``stream()`` finds the
+    server's side of this very stream even while an older stream of the same node id is open.
+    """
 
     def __init__(self, port: int, node_id: str = "envoy-1", delta: bool = False) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.delta = delta
         self.node_id = node_id
+        self.tag = f"ads-client-{next(_tags)}"
+        self.written = 0  # requests written on the stream
         self.call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
         self._sent_node = False
         self._next: asyncio.Task[Any] | None = None
@@ -98,7 +107,33 @@ class AdsClient:
         if self._sent_node:
             return {}
         self._sent_node = True
-        return {"node": node(self.node_id)}
+        return {"node": node(self.node_id, self.tag)}
+
+    async def _write(self, req: Any) -> None:
+        await self.call.write(req)
+        self.written += 1
+
+    def stream(self, server: Any) -> Stream | None:
+        """The server's side of this stream, once it has read the first request."""
+        return next((s for s in server.clients() if getattr(s, "client_tag", None) == self.tag), None)
+
+    async def settled(self, server: Any, timeout: float = TIMEOUT) -> Stream:
+        """Wait until the server has read every request this client wrote and has acted on them.
+
+        Then its send loop is idle: whatever those requests (and every snapshot published so far)
+        make it send is in flight (``TypeState.pending``), what it has not sent it will not send
+        until something else happens, and ``wait_for_ack(..., timeout=0)`` tells what it knows the
+        client holds. A proof of absence without a quiet window. Needs the ``xds`` fixture, which
+        lets tests see a stream's ``requests_read`` and whether its loop is ``asleep`` (see conftest.py).
+        """
+        def idle() -> bool:
+            s = self.stream(server)
+            return s is not None and s.requests_read == self.written and s.asleep and not s._wake.is_set()
+
+        await until(idle, timeout)
+        stream = self.stream(server)
+        assert stream is not None
+        return stream
 
     async def sotw(self, type_url: str, names: list[str] | None = None, *, version: str = "",
                    nonce: str = "", error: str | None = None) -> None:
@@ -106,7 +141,7 @@ class AdsClient:
                                              version_info=version, response_nonce=nonce, **self._node())
         if error is not None:
             req.error_detail.CopyFrom(nack_detail(error))
-        await self.call.write(req)
+        await self._write(req)
 
     async def ack(self, resp: Any, names: list[str] | None = None) -> None:
         if self.delta:
@@ -130,7 +165,7 @@ class AdsClient:
             initial_resource_versions=initial or {}, **self._node())
         if error is not None:
             req.error_detail.CopyFrom(nack_detail(error))
-        await self.call.write(req)
+        await self._write(req)
 
     async def recv(self, timeout: float = TIMEOUT) -> Any:
         if self._next is None:
@@ -142,14 +177,6 @@ class AdsClient:
         resp = task.result()
         assert resp is not grpc.aio.EOF, "stream closed"
         return resp
-
-    async def nothing_within(self, seconds: float = 0.3) -> bool:
-        """True when no response arrives within ``seconds`` (the read stays pending)."""
-        try:
-            resp = await self.recv(timeout=seconds)
-        except TimeoutError:
-            return True
-        raise AssertionError(f"unexpected response: {resp.type_url} nonce {resp.nonce}")
 
     async def close(self) -> None:
         if self._next is not None:

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 
 def pack(msg: Message) -> any_pb2.Any:
     a = any_pb2.Any()
-    a.Pack(msg)
+    a.Pack(msg, deterministic=True)  # map order (e.g. a Struct) varies by process
     return a
 
 

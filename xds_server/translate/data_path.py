@@ -29,14 +29,14 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.type.matcher.v3 import http_inputs_pb2
-from google.protobuf import any_pb2, descriptor_pb2, wrappers_pb2
+from google.protobuf import descriptor_pb2, wrappers_pb2
 from google.protobuf.descriptor import FileDescriptor
-from google.protobuf.message import Message
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from xds_server.assets import envoy_asset
+from xds_server.translate.common import pack
 
 REST_BODY_HEADER = "x-msm-body"
 REST_BODY_DATA = "data"
@@ -50,12 +50,6 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
-def _pack(msg: Message) -> any_pb2.Any:
-    a = any_pb2.Any()
-    a.Pack(msg)
-    return a
-
-
 @cache
 def lua_source(name: str) -> str:
     """A Lua script shipped in ``envoy/lua/``."""
@@ -67,7 +61,7 @@ def _lua_filter(filter_name: str, script: str, clear_route_cache: bool) -> hcm.H
         default_source_code=base_pb2.DataSource(inline_string=lua_source(script)),
         clear_route_cache=wrappers_pb2.BoolValue(value=clear_route_cache),
     )
-    return hcm.HttpFilter(name=filter_name, typed_config=_pack(cfg))
+    return hcm.HttpFilter(name=filter_name, typed_config=pack(cfg))
 
 
 @cache
@@ -125,23 +119,23 @@ def _skip_when_marked(
     marked = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
         input=xds_extension_pb2.TypedExtensionConfig(
             name="msm.body_header",
-            typed_config=_pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=REST_BODY_HEADER))),
+            typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=REST_BODY_HEADER))),
         value_match=xds_string_pb2.StringMatcher(exact=REST_BODY_DATA),
     )
     skip = matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(
-        name="msm.skip_transcoder", typed_config=_pack(skip_action_pb2.SkipFilter())))
+        name="msm.skip_transcoder", typed_config=pack(skip_action_pb2.SkipFilter())))
     return extension_matcher_pb2.ExtensionWithMatcher(
         xds_matcher=matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[
             matcher_pb2.Matcher.MatcherList.FieldMatcher(
                 predicate=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=marked), on_match=skip),
         ])),
         extension_config=extension_pb2.TypedExtensionConfig(
-            name=TRANSCODER_FILTER, typed_config=_pack(transcoder)),
+            name=TRANSCODER_FILTER, typed_config=pack(transcoder)),
     )
 
 
 def _router() -> hcm.HttpFilter:
-    return hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
+    return hcm.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
 
 
 def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
@@ -151,7 +145,7 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
         _lua_filter(CLASSIFY_FILTER, "classify_body.lua", clear_route_cache=True),
         # skipped for bodies the classifier marked
         hcm.HttpFilter(name=TRANSCODER_FILTER,
-                       typed_config=_pack(_skip_when_marked(transcoder_config(opts)))),
+                       typed_config=pack(_skip_when_marked(transcoder_config(opts)))),
         # must not re-route: after transcoding the path is /inference.GRPCInferenceService/…
         _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False),
         _router(),
@@ -179,5 +173,5 @@ def transcoding_per_route(enabled: bool) -> dict[str, Any]:
     """
     if enabled:
         return {}
-    off = _pack(rc.FilterConfig(disabled=True))
+    off = pack(rc.FilterConfig(disabled=True))
     return {CLASSIFY_FILTER: off, TRANSCODER_FILTER: off}
