@@ -7,9 +7,10 @@ import asyncio
 
 from msm.xds_stack import XdsStack
 from placement.control.controller import Controller
-from placement.engine.clock import MonotonicClock
+from placement.engine.clock import FakeClock, MonotonicClock
 from placement.engine.engine import Engine
 from placement.engine.model_types import DesiredModel, InstanceInfo
+from xds_server.mesh_view import MeshView
 from xds_server.translate import GatewayOptions
 
 MB = 1024 * 1024
@@ -103,5 +104,199 @@ async def test_quiet_ticks_do_not_rebuild_the_view_but_inputs_do() -> None:
                 break
             await asyncio.sleep(0.01)
         assert built >= 1 and ctl.publisher.version != before  # the new model's routes went out
+    finally:
+        await ctl.stop()
+
+
+# -- unloads wait for the gateway ---------------------------------------------------------------
+# A copy leaves the view in the tick that decides its unload; the runtime may drop it only once
+# the gateway has ACKed routes that no longer name it, else requests in flight there fail. A fake
+# gateway whose ACKs the test releases by hand, and an engine on a fake clock, make every step
+# of that order observable without timing windows.
+
+
+class Gateway:
+    """A ViewPublisher standing in for the xDS stack and Envoy: views get versions "1", "2", …;
+    nothing is ACKed until the test calls ``ack(v)``, which acknowledges v and every earlier one
+    (a gateway that has applied v holds no older version)."""
+
+    def __init__(self) -> None:
+        self.views: list[MeshView] = []
+        self.acked = 0
+        self.waits: list[tuple[int, float]] = []  # every wait_for_ack call: (version, timeout)
+        self.pending: list[int] = []  # versions someone waits for right now
+        self._acks: dict[int, asyncio.Event] = {}
+        self.changed = asyncio.Event()  # set on every publish, wait and runtime call
+
+    @property
+    def version(self) -> str | None:
+        return str(len(self.views)) if self.views else None
+
+    async def publish(self, view: MeshView) -> str:
+        self.views.append(view)
+        self.changed.set()
+        return str(len(self.views))
+
+    async def wait_for_ack(self, version: str, timeout: float) -> bool:
+        v = int(version)
+        self.waits.append((v, timeout))
+        if v <= self.acked:
+            return True
+        self.pending.append(v)
+        self.changed.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._acks.setdefault(v, asyncio.Event()).wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.pending.remove(v)
+
+    def ack(self, version: str | int) -> None:
+        self.acked = max(self.acked, int(version))
+        for v, event in self._acks.items():
+            if v <= self.acked:
+                event.set()
+
+    def acked_view(self) -> MeshView | None:
+        return self.views[self.acked - 1] if self.acked else None
+
+
+class GatedRuntime(Runtime):
+    """Records, for each unload, the last view the gateway had ACKed when the call came."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.unloads: list[tuple[str, MeshView | None]] = []
+
+    async def load_model(self, model_id, model_type, model_path, model_key="", timeout=None) -> int:
+        self.gateway.changed.set()
+        return await super().load_model(model_id, model_type, model_path, model_key, timeout)
+
+    async def unload_model(self, model_id, timeout=None) -> None:
+        self.unloads.append((model_id, self.gateway.acked_view()))
+        self.gateway.changed.set()
+        await super().unload_model(model_id, timeout)
+
+
+def copies_in(view: MeshView | None, revision: str) -> set[str]:
+    """The instances ``view`` routes ``revision`` to."""
+    if view is None:
+        return set()
+    return {c.instance for m in view.models.values() for r in m.revisions if r.id == revision
+            for c in r.copies}
+
+
+async def until(gateway: Gateway, cond, what: str, timeout: float = 10.0) -> None:
+    """Wait, without polling, until ``cond()`` holds (re-checked whenever the gateway or a runtime
+    sees a call); the timeout is only reached when the controller misbehaves."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                gateway.changed.clear()
+                await gateway.changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {what}") from None
+
+
+def sized(name: str, size: int = 2 * MB) -> DesiredModel:
+    return DesiredModel(name, f"{name}__isvc-1", "rt", "sklearn", f"/m/{name}", size)
+
+
+async def gated(capacities: dict[str, int], models: list[DesiredModel], *, drain_timeout: float = 30.0,
+                loaded: dict[str, dict[str, int]] | None = None,
+                ) -> tuple[Controller, Engine, FakeClock, Gateway, dict[str, GatedRuntime]]:
+    clock, gateway = FakeClock(), Gateway()
+    engine = Engine(clock)
+    ctl = Controller(engine, gateway, {}, tick_interval=0.02, drain_timeout=drain_timeout,
+                     idle_publish_s=3600.0)
+    ctl.set_desired(models, {})  # first, so that copies the instances already hold are adopted
+    runtimes = {iid: GatedRuntime(gateway) for iid in capacities}
+    for i, (iid, capacity) in enumerate(capacities.items()):
+        ctl.add_instance(InstanceInfo(iid, "rt", "127.0.0.1", 9000 + i, 9100 + i, capacity), runtimes[iid],
+                         (loaded or {}).get(iid, {}))
+    await ctl.start()
+    return ctl, engine, clock, gateway, runtimes
+
+
+async def serve_cold(ctl: Controller, gateway: Gateway, name: str) -> None:
+    """A first request for ``name``, as the activator makes it; the gateway ACKs the copy's routes."""
+    ready = asyncio.create_task(ctl.ensure_ready(name, timeout=30))
+    await until(gateway, lambda: copies_in(gateway.views[-1], f"{name}__isvc-1"), f"{name} is routed")
+    gateway.ack(len(gateway.views))
+    assert await ready is None
+
+
+async def test_an_evicted_copy_is_unloaded_only_once_the_gateway_acks_routes_without_it() -> None:
+    # room for one 2 MiB model: a cold request for b evicts a (LRU), in the tick that places b
+    ctl, engine, _, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")])
+    rt = rts["i0"]
+    try:
+        await serve_cold(ctl, gw, "a")
+        b_ready = asyncio.create_task(ctl.ensure_ready("b", timeout=30))
+        await until(gw, lambda: rt.unloads or gw.pending, "a's unload waits for an ACK, or happens")
+        assert rt.unloads == [], "a was unloaded before the gateway ACKed routes without it"
+        (version,) = gw.pending
+        assert "i0" not in copies_in(gw.views[version - 1], "a__isvc-1")  # it waits for the right view
+        assert copies_in(gw.acked_view(), "a__isvc-1") == {"i0"}  # the gateway still sends a there
+        gw.ack(version)
+        await until(gw, lambda: rt.unloads, "a is unloaded")
+        ((revision, acked),) = rt.unloads
+        assert revision == "a__isvc-1" and copies_in(acked, "a__isvc-1") == set()
+        assert engine.counters["evictions"] == 1
+        # then b loads into the room, and its request goes on once the gateway routes to it
+        await until(gw, lambda: copies_in(gw.views[-1], "b__isvc-1") == {"i0"}, "b is routed")
+        gw.ack(len(gw.views))
+        assert await b_ready is None
+        assert rt.calls == [("load", "a__isvc-1"), ("unload", "a__isvc-1"), ("load", "b__isvc-1")]
+    finally:
+        await ctl.stop()
+
+
+async def test_a_copy_scaled_down_is_unloaded_only_once_the_gateway_acks_routes_without_it() -> None:
+    # two adopted copies of a model nobody uses: idle scale-down removes one once scale_down_delay_s
+    # has passed since the model appeared
+    held = {"m__isvc-1": 2 * MB}
+    ctl, engine, clock, gw, rts = await gated({"i0": 10 * MB, "i1": 10 * MB}, [sized("m")],
+                                              loaded={"i0": held, "i1": held})
+    try:
+        await until(gw, lambda: copies_in(gw.views[-1], "m__isvc-1") == {"i0", "i1"},
+                    "both copies are routed")
+        gw.ack(len(gw.views))
+        clock.advance(engine.config.scale_down_delay_s + 1)
+        ctl.wake()
+        await until(gw, lambda: any(rt.unloads for rt in rts.values()) or gw.pending,
+                    "the scale-down's unload waits for an ACK, or happens")
+        assert all(rt.unloads == [] for rt in rts.values()), \
+            "a copy was unloaded before the gateway ACKed routes without it"
+        (version,) = gw.pending
+        (gone,) = {"i0", "i1"} - copies_in(gw.views[version - 1], "m__isvc-1")
+        assert copies_in(gw.acked_view(), "m__isvc-1") == {"i0", "i1"}
+        gw.ack(version)
+        await until(gw, lambda: rts[gone].unloads, "the copy is unloaded")
+        ((revision, acked),) = rts[gone].unloads
+        assert revision == "m__isvc-1" and gone not in copies_in(acked, "m__isvc-1")
+        (kept,) = {"i0", "i1"} - {gone}
+        assert copies_in(gw.views[-1], "m__isvc-1") == {kept} and rts[kept].calls == []
+    finally:
+        await ctl.stop()
+
+
+async def test_an_unload_goes_ahead_after_drain_timeout_when_the_gateway_never_acks() -> None:
+    ctl, _, _, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")], drain_timeout=0.05)
+    rt = rts["i0"]
+    try:
+        await serve_cold(ctl, gw, "a")
+        acked, waits = gw.acked, len(gw.waits)
+        ctl.engine.request_for_cold_model("b")  # evicts a; from now on the gateway ACKs nothing
+        ctl.wake()
+        await until(gw, lambda: rt.unloads, "a is unloaded although nothing was ACKed")
+        assert gw.acked == acked
+        ((version, timeout),) = gw.waits[waits:]  # it did wait, for drain_timeout, for routes without a
+        assert timeout == 0.05 and "i0" not in copies_in(gw.views[version - 1], "a__isvc-1")
+        await until(gw, lambda: ("load", "b__isvc-1") in rt.calls, "b loads into the room")
+        assert rt.calls == [("load", "a__isvc-1"), ("unload", "a__isvc-1"), ("load", "b__isvc-1")]
     finally:
         await ctl.stop()

@@ -111,3 +111,23 @@ def test_mesh_view_passes_the_translation_checks(h: Harness) -> None:
     h.settle()
     view = h.engine.mesh_view()
     assert all(check_model(m) == [] for m in view.models.values())
+
+
+def test_a_superseded_canary_drains_before_it_unloads(h: Harness) -> None:
+    """Routes leave the old canary at once, but its copies serve the requests already sent there
+    for rollout_drain_s before they unload (the gateway may not have applied the new routes yet)."""
+    _serving(h, 1)
+    h.engine.set_desired([model("m", "v2", canary_percent=10)])
+    h.settle()
+    (canary_at,) = h.ready("m")["m__isvc-v2"]
+    h.engine.set_desired([model("m", "v3", canary_percent=10)])
+    assert h.routed("m") == [("m__isvc-v1", 100)]  # no traffic to v2 any more ...
+    assert h.ready("m")["m__isvc-v2"] == [canary_at]  # ... but its copy stays listed, and loaded
+    drain = h.engine.config.rollout_drain_s
+    h.clock.advance(drain - 0.5)
+    actions = h.tick()
+    assert [r for _, r in h.loads(actions)] == ["m__isvc-v3"] and h.unloads(actions) == []
+    assert h.ready("m")["m__isvc-v2"] == [canary_at]
+    h.clock.advance(0.5)
+    assert h.unloads(h.tick()) == [(canary_at, "m__isvc-v2")]
+    assert "m__isvc-v2" not in h.ready("m")

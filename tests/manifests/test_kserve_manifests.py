@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -274,3 +275,20 @@ def test_local_config_placement_settings_are_checked_against_the_engine_config(t
         (tmp_path / "msm-local.yaml").write_text(f"placement:\n  {bad}\n")
         with pytest.raises(ValueError, match=why):
             load_local_config(tmp_path)
+
+
+def test_revision_id_follows_the_model_format_version(mdir: Path) -> None:
+    """A runtime may load another version of a format differently: a new version is a new revision."""
+    rt = runtime("mlserver")  # sklearn, any version
+    ids = {v: resolve(docs_of(isvc("m", version=v), rt)).models["m"].revision_id for v in (None, "1", "1.2")}
+    assert len(set(ids.values())) == 3
+    assert resolve(docs_of(isvc("m", version="1"), rt)).models["m"].revision_id == ids["1"]  # stable
+    # in a watched folder: changing only modelFormat.version rolls the model to a new revision
+    write(mdir / "rt.yaml", rt)
+    write(mdir / "m.yaml", isvc("m", version="1"))
+    (before,) = load_manifest_dir(mdir).desired_models()
+    write(mdir / "m.yaml", isvc("m", version="2"))
+    (after,) = load_manifest_dir(mdir).desired_models()
+    assert before.name == after.name == "m" and REVISION.match(after.revision)
+    assert after.revision != before.revision
+    assert dataclasses.replace(after, revision=before.revision) == before  # nothing else changed
