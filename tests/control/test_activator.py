@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from placement.control.activator import ACTIVATED_HEADER, Activator
+from placement.local.ports import free_port
 
 
 class FakeGateway:
@@ -143,5 +144,50 @@ async def test_grpc_without_model_header_is_invalid_and_failed_load_is_unavailab
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "no runtime supports format foo" in e.value.details()
         assert gateway.grpc_seen == []
+    finally:
+        await act.stop()
+
+
+async def test_a_replayed_grpc_request_that_comes_back_is_unavailable_not_looped(gateway):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "m"), (ACTIVATED_HEADER, "1")), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.value.details() == "model 'm' has no ready copy"
+        assert calls == [] and gateway.grpc_seen == []
+    finally:
+        await act.stop()
+
+
+async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_activation(gateway):
+    """The gateway still routes the model to the activator: the replay comes straight back.
+
+    The activator's gRPC "gateway" is its own gRPC port. The first pass loads and replays with
+    ``x-msm-activated``; the second pass must refuse it. Without the guard every pass loads and
+    replays again; ensure_ready gives up after 10 calls, so a loop ends quickly with another error.
+    """
+    port = free_port()
+    calls = []
+
+    async def ensure_ready(model, timeout):
+        calls.append(model)
+        return "looped" if len(calls) >= 10 else None
+
+    act = Activator(ensure_ready, "127.0.0.1", gateway.rest_port, port, timeout_s=10)
+    await act.start(grpc_port=port)
+    try:
+        assert act.grpc_port == port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "m"),), timeout=8)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.value.details() == "model 'm' has no ready copy"
+        assert calls == ["m"]
+        assert act.activations == 1 and gateway.grpc_seen == []
     finally:
         await act.stop()

@@ -5,6 +5,11 @@ answers ``{"copy", "method", "path", "model"}``; ``GrpcBackend`` is a grpc.aio g
 that answers any unary method with JSON ``{"copy", "method", "model_name", "vmodel"}``, where
 ``model_name`` is field 1 of the request (``ModelInferRequest.model_name``). ``kill()`` drops the
 listening socket and every open connection at once, like a crashed pod.
+
+A backend can be made to fail while it keeps listening: ``fail`` is ``None`` (answer), an HTTP
+status / a ``grpc.StatusCode`` (answer with that error), ``"reset"`` (REST: read the request, then
+reset the connection) or ``"hang"`` (never answer). Every request is counted and the gateway's
+``x-request-id`` recorded in ``request_ids``, so a retry of one request shows up under one id.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ class RestBackend:
         self.copy = copy
         self.port = 0
         self.requests = 0
+        self.request_ids: list[str] = []
+        self.fail: int | str | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stopped = asyncio.Event()
 
     async def start(self, port: int = 0) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
@@ -64,11 +72,19 @@ class RestBackend:
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 self.requests += 1
+                self.request_ids.append(headers.get("x-request-id", ""))
+                if self.fail == "reset":
+                    writer.transport.abort()
+                    return
+                if self.fail == "hang":
+                    await self._stopped.wait()
+                    return
+                status = 200 if self.fail is None else int(self.fail)
                 m = _MODEL.match(target)
                 payload = json.dumps({"copy": self.copy, "method": method, "path": target,
                                       "model": m.group(1) if m else None, "body_bytes": len(body),
                                       "headers": headers}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n".encode()
                              + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -79,6 +95,7 @@ class RestBackend:
 
     def kill(self) -> None:
         """Stop listening and reset every open connection, as a crashed process would."""
+        self._stopped.set()
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
@@ -100,7 +117,10 @@ class GrpcBackend:
         self.copy = copy
         self.port = 0
         self.requests = 0
+        self.request_ids: list[str] = []
+        self.fail: grpc.StatusCode | str | None = None
         self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
 
     async def start(self, port: int = 0) -> int:
         backend = self
@@ -112,6 +132,11 @@ class GrpcBackend:
                 async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
                     backend.requests += 1
                     md = dict(context.invocation_metadata() or ())
+                    backend.request_ids.append(md.get("x-request-id", ""))
+                    if backend.fail == "hang":
+                        await backend._stopped.wait()
+                    if isinstance(backend.fail, grpc.StatusCode):
+                        await context.abort(backend.fail, f"copy {backend.copy} fails")
                     return json.dumps({"copy": backend.copy, "method": method,
                                        "model_name": decode_model_name(request),
                                        "vmodel": md.get("mm-vmodel-id")}).encode()
@@ -125,6 +150,7 @@ class GrpcBackend:
         return self.port
 
     async def stop(self) -> None:
+        self._stopped.set()
         if self._server is not None:
             await self._server.stop(0)
             self._server = None
