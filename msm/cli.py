@@ -17,6 +17,8 @@ DEFAULT_XDS_PORT = 18000
 DEFAULT_ADMIN_PORT = 18001
 DEFAULT_REST_PORT = 8008
 DEFAULT_GRPC_PORT = 8033
+TOKEN_HELP = ("a file holding the secret the gateway presents to the xDS server (msm serve: streams "
+              "without it are refused; envoy-bootstrap: put it in the bootstrap)")
 
 
 def gateway_options(args: argparse.Namespace):
@@ -33,8 +35,10 @@ def gateway_options(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from msm.serve import PlacementFileServer
+    from msm.xds_stack import read_gateway_token
 
-    server = PlacementFileServer(Path(args.placement), gateway_options(args))
+    server = PlacementFileServer(Path(args.placement), gateway_options(args),
+                                 gateway_token=read_gateway_token(args.gateway_token_file))
 
     async def start() -> None:
         port = await server.start(args.xds_host, args.xds_port, args.admin_port)
@@ -47,10 +51,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
+    from msm.xds_stack import read_gateway_token
     from xds_server.bootstrap import render_bootstrap
 
     sys.stdout.write(render_bootstrap(node_id=args.node_id, xds_host=args.xds_host,
-                                      xds_port=args.xds_port, admin_port=args.envoy_admin_port))
+                                      xds_port=args.xds_port, admin_port=args.envoy_admin_port,
+                                      gateway_token=read_gateway_token(args.gateway_token_file)))
     return 0
 
 
@@ -109,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="metrics and status port")
+    p.add_argument("--gateway-token-file", default=None, metavar="FILE",
+                   help=TOKEN_HELP)
     _add_gateway_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -117,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--envoy-admin-port", type=int, default=9901)
+    p.add_argument("--gateway-token-file", default=None, metavar="FILE",
+                   help=TOKEN_HELP)
     p.set_defaults(func=cmd_envoy_bootstrap)
 
     p = sub.add_parser("up", help="run the local mesh: runtimes, control plane and an Envoy gateway")
@@ -137,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     p.add_argument("--envoy-admin-port", type=int, required=True)
+    p.add_argument("--gateway-token-file", default=None)
     _add_gateway_args(p)
     p.set_defaults(func=cmd_control_plane)
 

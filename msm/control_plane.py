@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from msm.running import run_until_signalled
-from msm.xds_stack import XdsStack
+from msm.xds_stack import XdsStack, read_gateway_token
 from placement.control.activator import Activator
 from placement.control.controller import Controller
 from placement.control.gateway_stats import GatewayStatsPoller
@@ -49,9 +49,10 @@ class ControlPlane:
     def __init__(self, manifests_dir: Path, instances: list[tuple[InstanceInfo, str, float]],
                  options: GatewayOptions, *, envoy_admin_url: str | None, pvc_flags: tuple[str, ...] = (),
                  engine_config: EngineConfig | None = None, health_interval: float = 1.0,
-                 stats_interval: float = 1.0, poll_interval: float = 0.5) -> None:
+                 stats_interval: float = 1.0, poll_interval: float = 0.5,
+                 gateway_token: str | None = None) -> None:
         self.options = options
-        self.stack = XdsStack(options, self.status)
+        self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self.engine = Engine(MonotonicClock(), engine_config)
         self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port)
         self.controller: Controller | None = None
@@ -140,14 +141,16 @@ def run_control_plane(args: argparse.Namespace, options: GatewayOptions) -> int:
     try:
         instances = read_instances_file(Path(args.instances_file))
         tunables = load_local_config(Path(args.dir), args.pvc).placement
-    except ValueError as e:
+        token = read_gateway_token(args.gateway_token_file)
+    except (OSError, ValueError) as e:
         log.error("%s", e)
         return 1
     if tunables:
         log.info("placement settings from %s: %s", LOCAL_CONFIG_NAME, tunables)
     cp = ControlPlane(Path(args.dir), instances, options,
                       envoy_admin_url=f"http://127.0.0.1:{args.envoy_admin_port}",
-                      pvc_flags=tuple(args.pvc), engine_config=EngineConfig(**tunables))
+                      pvc_flags=tuple(args.pvc), engine_config=EngineConfig(**tunables),
+                      gateway_token=token)
 
     async def start() -> None:
         await cp.start("127.0.0.1", args.xds_port, args.admin_port)

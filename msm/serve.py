@@ -24,11 +24,12 @@ log = logging.getLogger("msm.serve")
 class PlacementFileServer:
     """Watches one placement file and publishes it to every connected Envoy."""
 
-    def __init__(self, path: Path, options: GatewayOptions, *, poll_interval: float = 0.5) -> None:
+    def __init__(self, path: Path, options: GatewayOptions, *, poll_interval: float = 0.5,
+                 gateway_token: str | None = None) -> None:
         self.path = path
         self.options = options
         self.poll_interval = poll_interval
-        self.stack = XdsStack(options, self.status)
+        self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self._file_errors = Counter("msm_placement_file_errors", "Placement file loads that failed",
                                     registry=self.stack.registry)
         self._watch_task: asyncio.Task[None] | None = None

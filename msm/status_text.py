@@ -80,7 +80,8 @@ def _gateway(gw: dict[str, Any]) -> list[str]:
         types = c.get("types") or {}
         nacks = sum(t.get("nacks", 0) for t in types.values())
         synced = c.get("in_sync")
-        lines.append(f"  envoy {c.get('node_id')} ({c.get('variant')}): "
+        proof = f"{c['authenticated']}, " if c.get("authenticated") else ""
+        lines.append(f"  envoy {c.get('node_id')} ({proof}{c.get('variant')}): "
                      f"{'in sync' if synced else 'syncing'}" + (f", {nacks} NACK(s)" if nacks else ""))
         for name, t in types.items():
             if t.get("last_error"):

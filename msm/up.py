@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from msm.xds_stack import write_gateway_token
 from placement.local.ports import free_port, port_in_use
 from placement.local.runtime_process import RuntimeReplica, local_mesh_notes, write_instances_file
 from xds_server.bootstrap import render_bootstrap
@@ -73,6 +74,8 @@ class LocalMesh:
         self._stopping = asyncio.Event()
         self._cp_log = None
         self._startup_problems: dict[str, str] = {}
+        self.token_file = self.state_dir / "gateway-token"
+        self.gateway_token: str | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -102,6 +105,8 @@ class LocalMesh:
         if not runtimes:
             _say(f"no usable ServingRuntime with builtInAdapter.serverType mlserver in {self.dir}")
             return False
+        # the secret only msm's own gateway presents to the xDS server: other xDS clients are refused
+        self.gateway_token = write_gateway_token(self.token_file)
         started = time.monotonic()
         await self._start_runtimes(runtimes, config)
         if self._stopping.is_set():
@@ -162,7 +167,9 @@ class LocalMesh:
             cmd += ["--pvc", p]
         if a.cluster_layout:
             cmd += ["--cluster-layout", a.cluster_layout]
-        return cmd
+        if a.subset_shards:
+            cmd += ["--subset-shards", str(a.subset_shards)]
+        return [*cmd, "--gateway-token-file", str(self.token_file)]
 
     async def _start_control_plane(self) -> None:
         if self._cp_log is None:
@@ -189,8 +196,11 @@ class LocalMesh:
 
     async def _start_envoy(self) -> None:
         bootstrap = self.state_dir / "envoy-bootstrap.yaml"
+        bootstrap.touch(mode=0o600)  # it holds the gateway token
+        bootstrap.chmod(0o600)
         bootstrap.write_text(render_bootstrap(node_id="msm-local-gateway", xds_host="127.0.0.1",
-                                              xds_port=self.args.xds_port, admin_port=self.envoy_admin_port))
+                                              xds_port=self.args.xds_port, admin_port=self.envoy_admin_port,
+                                              gateway_token=self.gateway_token))
         self.envoy = EnvoyProcess(bootstrap, self.envoy_admin_port, self.state_dir / "envoy.log")
         await self.envoy.start()
         _say(f"envoy gateway live (admin 127.0.0.1:{self.envoy_admin_port})")

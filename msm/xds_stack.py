@@ -3,11 +3,15 @@
 Metrics registry → snapshot cache → ADS server → snapshot publisher, plus the admin HTTP port
 (/metrics, /status, /healthz). ``msm serve`` and the control plane both use it; it is also the
 controller's :class:`placement.control.controller.ViewPublisher`.
+
+``read_gateway_token(path)`` reads the secret a gateway must present (``msm up`` writes it).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,12 +24,32 @@ from xds_server.server import XdsServer
 from xds_server.translate import GatewayOptions
 
 
+def read_gateway_token(path: str | Path | None) -> str | None:
+    """The gateway token in ``path`` (its first line), or None without a path."""
+    if path is None:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"{path}: the gateway token file is empty")
+    return token
+
+
+def write_gateway_token(path: Path) -> str:
+    """A new random gateway token, written to ``path`` readable by its owner only."""
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token + "\n")
+    return token
+
+
 class XdsStack:
-    def __init__(self, options: GatewayOptions, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, options: GatewayOptions, status: Callable[[], dict[str, Any]], *,
+                 gateway_token: str | None = None) -> None:
         self.options = options
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
-        self.xds = XdsServer(self.cache, registry=self.registry)
+        self.xds = XdsServer(self.cache, registry=self.registry, gateway_token=gateway_token)
         self.publisher = SnapshotPublisher(self.cache, options, self.registry)
         self.admin = AdminServer(self.registry, status)
         self.xds_port: int | None = None

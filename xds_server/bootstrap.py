@@ -22,6 +22,9 @@ from google.protobuf.message import Message
 from xds_server import resource_types as rt
 from xds_server.assets import envoy_asset
 
+#: gRPC metadata that carries the gateway token on an ADS stream (see XdsServer).
+GATEWAY_TOKEN_HEADER = "x-msm-gateway-token"
+
 # Per-cluster stats of the translated upstream clusters cost most of a cluster's memory in Envoy;
 # routing, retries and outlier detection do not need them. Route stats keep upstream_rq_total
 # per revision (placement/control/gateway_stats.py reads it).
@@ -48,10 +51,20 @@ def _is_ip(host: str) -> bool:
 
 
 def render_bootstrap(node_id: str, xds_host: str, xds_port: int, admin_port: int,
-                     cluster: str = "msm-gateway", *, delta: bool = True, trim_stats: bool = True) -> str:
-    """The YAML bootstrap of a gateway that takes all its configuration from msm over ADS."""
+                     cluster: str = "msm-gateway", *, delta: bool = True, trim_stats: bool = True,
+                     gateway_token: str | None = None) -> str:
+    """The YAML bootstrap of a gateway that takes all its configuration from msm over ADS.
+
+    With ``gateway_token`` the ADS stream carries it (gRPC initial metadata): an xDS server
+    started with the same token serves no stream without it. The file then holds a secret.
+    """
     stats = stats_config(trim_stats)
+    metadata = ""
+    if gateway_token is not None:
+        metadata = ("      initial_metadata:\n"
+                    f"      - {{ key: {GATEWAY_TOKEN_HEADER}, value: {json.dumps(gateway_token)} }}")
     return Template(envoy_asset("bootstrap.yaml").read_text()).substitute(
+        xds_metadata=metadata,
         node_id=node_id, cluster=cluster, admin_port=int(admin_port),
         xds_host=xds_host, xds_port=int(xds_port),
         ads_api_type="DELTA_GRPC" if delta else "GRPC",

@@ -20,6 +20,8 @@ class XdsMetrics:
         self.acks = Counter("msm_xds_acks", "Responses a client accepted", ["type"], registry=reg)
         self.nacks = Counter("msm_xds_nacks", "Responses a client rejected (error_detail set)", ["type"],
                              registry=reg)
+        self.refused = Counter("msm_xds_refused_streams", "ADS streams refused (no valid gateway token)",
+                               ["variant"], registry=reg)
         self.stale = Counter("msm_xds_stale_requests", "Requests ignored because their nonce was stale",
                              ["type"], registry=reg)
         self.snapshot_resources = Gauge("msm_xds_snapshot_resources", "Resources in the current snapshot",

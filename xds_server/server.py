@@ -7,6 +7,7 @@ registered with an identity response serialiser instead of the generated service
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -17,6 +18,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from xds_server import resource_types as rt
+from xds_server.bootstrap import GATEWAY_TOKEN_HEADER
 from xds_server.cache import SnapshotCache
 from xds_server.delta import DeltaStream
 from xds_server.metrics import XdsMetrics
@@ -36,10 +38,18 @@ def _identity(b: bytes) -> bytes:
 
 
 class XdsServer:
-    """Serves the cache's current snapshot to every Envoy that connects over ADS."""
+    """Serves the cache's current snapshot to every Envoy that connects over ADS.
 
-    def __init__(self, cache: SnapshotCache, registry: CollectorRegistry | None = None) -> None:
+    With ``gateway_token``, a stream must carry that token in its gRPC metadata
+    (``x-msm-gateway-token``, put there by a bootstrap rendered with the same token); any other
+    is refused with UNAUTHENTICATED before it reads anything. A client is then known for what it
+    proved (the token), not for the node id it claims.
+    """
+
+    def __init__(self, cache: SnapshotCache, registry: CollectorRegistry | None = None, *,
+                 gateway_token: str | None = None) -> None:
         self.cache = cache
+        self._token = gateway_token.encode() if gateway_token is not None else None
         self.metrics = XdsMetrics(registry)
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, Stream] = {}
@@ -82,14 +92,29 @@ class XdsServer:
     # -- streams ----------------------------------------------------------------------------
     async def _sotw(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = SotwStream(self.cache, self.metrics, context.peer(), self._notify)
+        stream.authenticated = await self._authenticate(stream, context)
         async for out in self._serve(stream, requests):
             yield out
 
     async def _delta(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = DeltaStream(self.cache, self.metrics, context.peer(), self._notify)
+        stream.authenticated = await self._authenticate(stream, context)
         async for out in self._serve(stream, requests):
             yield out
 
+    async def _authenticate(self, stream: AdsStream, context: Context) -> str:
+        """What the client proved: ``"gateway token"``, or ``""`` when no token is required."""
+        if self._token is None:
+            return ""
+        for key, value in context.invocation_metadata() or ():
+            if key == GATEWAY_TOKEN_HEADER:
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                if hmac.compare_digest(given, self._token):
+                    return "gateway token"
+        self.metrics.refused.labels(stream.variant).inc()
+        log.warning("%s stream from %s refused: no valid gateway token", stream.variant, stream.peer)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this xDS server serves msm's gateways only")
+        raise AssertionError("unreachable")  # abort raises
     async def _serve(self, stream: AdsStream, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         self._streams[stream.id] = stream
         self.metrics.clients.labels(stream.variant).inc()

@@ -37,6 +37,17 @@ log = logging.getLogger("msm.xds")
 Want = Mapping[str, Resource | None]
 
 
+#: A client's error text is kept (and logged) up to this many characters: any client can send
+#: megabytes in every NACK.
+MAX_ERROR_CHARS = 2000
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS]}… ({len(text):,} characters in all)"
+
+
 @dataclass
 class Pending:
     nonce: str
@@ -146,6 +157,7 @@ class Stream:
         self.node_id = ""
         self.cluster = ""
         self.connected_at = time.time()
+        self.authenticated = ""  # what the client proved (the server sets it); "" when nothing was asked
         self.types: dict[str, TypeState] = {}
         self.target: Snapshot | None = None
         self.target_seq = 0
@@ -173,8 +185,8 @@ class Stream:
 
     def _set_node(self, node: Any) -> None:
         if not self.node_id and node is not None and node.id:
-            self.node_id = node.id
-            self.cluster = node.cluster
+            self.node_id = node.id[:256]  # a claim, shown in status and logs: bounded
+            self.cluster = node.cluster[:256]
             log.info("%s stream %d from %s (%s)", self.variant, self.id, self.node_id, self.peer)
 
     def _resolve(self, ts: TypeState, nonce: str, error: Any | None) -> bool:
@@ -187,11 +199,11 @@ class Stream:
         if error is not None and (error.code or error.message):
             if not p.resubscribed:  # else what the client asked for since was never offered
                 ts.nacked_seq = p.seq
-            ts.last_error = error.message
+            ts.last_error = _cut(error.message)
             ts.nack_count += 1
             self.metrics.nacks.labels(label).inc()
             log.warning("%s rejected %s version %s (nonce %s): %s; it keeps %s", self.node_id or self.peer,
-                        label, p.version, nonce, error.message, ts.acked_version or "nothing")
+                        label, p.version, nonce, ts.last_error, ts.acked_version or "nothing")
         else:
             ts.accept(p, self.full_state_responses)
             log.debug("%s ACK %s %s nonce %s", self.node_id or self.peer, label, p.version, nonce)
@@ -400,7 +412,7 @@ class Stream:
     def describe(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id, "cluster": self.cluster, "variant": self.variant, "peer": self.peer,
-            "connected_at": self.connected_at,
+            "authenticated": self.authenticated, "connected_at": self.connected_at,
             "types": {
                 rt.short(t): {
                     "acked_version": ts.acked_version, "resources": len(ts.known),

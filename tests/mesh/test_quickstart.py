@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 
@@ -90,6 +91,35 @@ def test_msm_status_shows_models_instances_and_gateway(quickstart: LocalMeshProc
     for i in (0, 1):
         assert f"mlserver-1.x-{i} [mlserver-1.x] up" in out.stdout
     assert "in sync" in out.stdout
+    assert "envoy msm-local-gateway (gateway token, delta): in sync" in out.stdout
+
+
+def test_only_the_gateway_msm_started_is_served_by_the_xds_server(quickstart: LocalMeshProcess) -> None:
+    """Another xDS client on the machine (it may even claim the gateway's node id) is refused, so it
+    can neither read the mesh's configuration nor hold up a cold start by never acknowledging."""
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    async def intrude() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{quickstart.xds_port}") as ch:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).DeltaAggregatedResources()
+            await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                node=base_pb2.Node(id="msm-local-gateway"),
+                type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"))
+            try:
+                await asyncio.wait_for(call.read(), 10)
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+
+    assert asyncio.run(intrude()) == grpc.StatusCode.UNAUTHENTICATED
+    clients = quickstart.status()["gateway"]["clients"]
+    assert [(c["node_id"], c["authenticated"]) for c in clients] == [("msm-local-gateway", "gateway token")]
+    token_file = quickstart.state_dir / "gateway-token"
+    assert token_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+    with httpx.Client(timeout=120) as c:  # a cold model still loads and answers
+        assert prediction(quickstart.infer(c, "sklearn-mnist-logreg")) == 8
 
 
 def test_a_bad_manifest_is_reported_and_changes_nothing_else(quickstart: LocalMeshProcess) -> None:

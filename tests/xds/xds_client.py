@@ -92,14 +92,16 @@ class AdsClient:
     server's side of this very stream even while an older stream of the same node id is open.
     """
 
-    def __init__(self, port: int, node_id: str = "envoy-1", delta: bool = False) -> None:
+    def __init__(self, port: int, node_id: str = "envoy-1", delta: bool = False,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.delta = delta
         self.node_id = node_id
         self.tag = f"ads-client-{next(_tags)}"
         self.written = 0  # requests written on the stream
-        self.call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
+        method = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
+        self.call = method(metadata=metadata or None)
         self._sent_node = False
         self._next: asyncio.Task[Any] | None = None
 
