@@ -50,8 +50,9 @@ class ControlPlane:
                  options: GatewayOptions, *, envoy_admin_url: str | None, pvc_flags: tuple[str, ...] = (),
                  engine_config: EngineConfig | None = None, health_interval: float = 1.0,
                  stats_interval: float = 1.0, poll_interval: float = 0.5,
-                 gateway_token: str | None = None) -> None:
+                 gateway_token: str | None = None, inventory_interval: float = 5.0) -> None:
         self.options = options
+        self.inventory_interval = inventory_interval
         self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self.engine = Engine(MonotonicClock(), engine_config)
         self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port)
@@ -73,7 +74,8 @@ class ControlPlane:
         assert self.activator.rest_port is not None and self.activator.grpc_port is not None
         self.controller = Controller(
             self.engine, self.stack, {},
-            ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port))
+            ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port),
+            inventory_interval=self.inventory_interval)
         # Desired state first, then what the runtimes hold: adopted copies then belong to known
         # revisions, and nothing is unloaded as an orphan for want of its manifest.
         await self.source.start()

@@ -32,6 +32,12 @@ class ModelLoader(Protocol):
     async def unload_model(self, model_id: str, timeout: float | None = None) -> None: ...
 
 
+class Inventory(Protocol):
+    """An instance that can say what it holds (revision -> bytes): checked every ``inventory_interval``."""
+
+    async def loaded_models(self, timeout: float | None = None) -> Mapping[str, int]: ...
+
+
 class ViewPublisher(Protocol):
     """Where mesh views go, and how the controller learns that the gateways have applied one."""
 
@@ -62,7 +68,8 @@ def routes_to_a_copy(view: MeshView, model: str) -> bool:
 class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
-                 drain_timeout: float = 10.0, idle_publish_s: float = 2.0) -> None:
+                 drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
+                 inventory_interval: float | None = None) -> None:
         self.engine = engine
         self.publisher = publisher
         self.clients = dict(clients)
@@ -70,10 +77,12 @@ class Controller:
         self.tick_interval = tick_interval
         self.drain_timeout = drain_timeout
         self.idle_publish_s = idle_publish_s
+        self.inventory_interval = inventory_interval
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._inventory_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
         self._published: tuple[MeshView, str] | None = None  # the last view published, its version
         self._stopped = False
@@ -82,10 +91,12 @@ class Controller:
     async def start(self) -> None:
         await self._publish()
         self._loop_task = asyncio.create_task(self._run(), name="controller")
+        if self.inventory_interval:
+            self._inventory_task = asyncio.create_task(self._inventory_loop(), name="inventory")
 
     async def stop(self) -> None:
         self._stopped = True
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        tasks = [t for t in (self._loop_task, self._inventory_task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -138,6 +149,39 @@ class Controller:
         if not await self.publisher.wait_for_ack(version, max(1.0, deadline - time.monotonic())):
             return "the gateway did not acknowledge the new routes in time"
         return None
+
+    async def check_inventory(self, instance_id: str) -> tuple[list[str], list[str]]:
+        """Ask one instance what it holds and repair the engine's view: ``(lost, found)``.
+
+        A model unloaded behind msm's back (or lost by the runtime) would otherwise be routed to
+        and fail until the instance went down; now it leaves the routes and is loaded again.
+        """
+        client = self.clients.get(instance_id)
+        if client is None or not hasattr(client, "loaded_models"):
+            return [], []
+        before = self.engine.ready_revisions(instance_id)
+        held = await client.loaded_models(timeout=5.0)
+        lost, found = self.engine.inventory(instance_id, held, before)
+        if lost:
+            log.warning("instance %s no longer holds %s (unloaded behind msm's back?); placing again",
+                        instance_id, ", ".join(lost))
+        if found:
+            log.info("instance %s holds %s, which msm did not place; adopted", instance_id, ", ".join(found))
+        if lost or found:
+            self.wake()
+        return lost, found
+
+    async def _inventory_loop(self) -> None:
+        assert self.inventory_interval
+        while True:
+            await asyncio.sleep(self.inventory_interval)
+            for iid in list(self.engine.instances):
+                try:
+                    await self.check_inventory(iid)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # an instance that does not answer is health checking's business
+                    log.debug("inventory of %s failed: %s", iid, e)
 
     # -- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:

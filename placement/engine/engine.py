@@ -164,19 +164,56 @@ class Engine:
                 if size > 0:
                     c.size_bytes, c.measured = size, True
                 continue
-            owner = self._owner.get(rev)
-            rs = self.models[owner].revisions.get(rev) if owner else None
-            est = self._measured.get(rev) or (rs.spec.size_estimate_bytes if rs else 0)
-            c = CachedCopy(rev, owner if rs else None, Phase.READY, size if size > 0 else est, size > 0, now)
-            if size > 0:
-                self._measured[rev] = size
-            cache.copies[rev] = c
-            if rs is not None and owner is not None:
-                rs.copies[info.id] = c
-                rs.want = max(rs.want, rs.ready())
-                self._dirty.add(owner)
+            self._adopt_copy(cache, rev, size, now)
         self._orphans_checked = False
         self._mark_runtime_dirty(info.runtime)
+
+    def ready_revisions(self, instance_id: str) -> set[str]:
+        """Revisions the engine holds READY on an instance (before asking it what it holds)."""
+        cache = self.instances.get(instance_id)
+        return {r for r, c in cache.copies.items() if c.phase is Phase.READY} if cache else set()
+
+    def inventory(self, instance_id: str, held: Mapping[str, int],
+                  ready_before: Iterable[str]) -> tuple[list[str], list[str]]:
+        """What a live instance says it holds, against the engine's view: ``(lost, found)``.
+
+        A copy READY since before the instance was asked (``ready_revisions`` then) and missing
+        from ``held`` was lost behind msm's back: it leaves the view and is placed again, as after
+        a crash. A copy the engine does not know is adopted (or unloaded, as an orphan). Copies
+        loading or unloading meanwhile are left to their own results.
+        """
+        cache = self.instances.get(instance_id)
+        if cache is None:
+            return [], []
+        lost = []
+        for rev in sorted(ready_before):
+            c = cache.copies.get(rev)
+            if c is not None and c.phase is Phase.READY and rev not in held:
+                self._drop_copy(cache, c)
+                lost.append(rev)
+        found = [rev for rev in sorted(held) if rev not in cache.copies]
+        now = self.clock.now()
+        for rev in found:
+            self._adopt_copy(cache, rev, held[rev], now)
+        if found:
+            self._orphans_checked = False
+        if lost or found:
+            self._mark_runtime_dirty(cache.info.runtime)
+        return lost, found
+
+    def _adopt_copy(self, cache: InstanceCache, rev: str, size: int, now: float) -> None:
+        """A copy an instance holds that the engine did not place: a copy of its revision (or an orphan)."""
+        owner = self._owner.get(rev)
+        rs = self.models[owner].revisions.get(rev) if owner else None
+        est = self._measured.get(rev) or (rs.spec.size_estimate_bytes if rs else 0)
+        c = CachedCopy(rev, owner if rs else None, Phase.READY, size if size > 0 else est, size > 0, now)
+        if size > 0:
+            self._measured[rev] = size
+        cache.copies[rev] = c
+        if rs is not None and owner is not None:
+            rs.copies[cache.id] = c
+            rs.want = max(rs.want, rs.ready())
+            self._dirty.add(owner)
 
     def instance_down(self, instance_id: str) -> None:
         """The instance is gone with everything on it; its copies are re-placed elsewhere."""

@@ -109,12 +109,15 @@ async def test_unknown_model_is_404_json_and_grpc_not_found(tmp_path, copies, la
     gw = await gateway(tmp_path, view, source, **layout)
     try:
         async with aiohttp.ClientSession() as s:
-            for path in ("/v2/models/nope/infer", "/v2/models/ab/ready", "/v2/models/a-b", "/other"):
+            for path in ("/v2/models/nope/infer", "/v2/models/ab/ready", "/v2/models/a-b"):
                 async with s.post(f"{gw.rest_url}{path}", data=DATA_BODY) as r:
                     assert r.status == 404, path
                     assert r.headers["content-type"].startswith("application/json")
                     body = await r.json()
                 assert body == {"error": "model not found", "path": path}
+            async with s.post(f"{gw.rest_url}/other", data=DATA_BODY) as r:  # not an inference path
+                assert r.status == 403
+                assert (await r.json())["error"].startswith("only inference is served here")
             async with s.post(f"{gw.rest_url}/v2/models/gone/infer", data=DATA_BODY,
                               headers=DATA_HEADERS) as r:
                 assert r.status == 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import shutil
 
@@ -138,3 +139,46 @@ def test_a_bad_manifest_is_reported_and_changes_nothing_else(quickstart: LocalMe
     quickstart.wait_status(lambda s: not s["manifest_errors"], what="the error to clear")
     quickstart.wait_output("resolved: manifest zz-broken.yaml")
 
+
+def test_the_gateway_serves_inference_only(quickstart: LocalMeshProcess) -> None:
+    """The runtimes' repository API (list, load, unload models) is not reachable through the
+    gateway, on gRPC or REST, however the path is spelled; inference still answers."""
+    import grpc
+
+    async def call(method: str) -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{quickstart.grpc_port}") as ch:
+            rpc = ch.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            try:
+                await rpc(b"\x0a\x0dsklearn-mnist", metadata=(("mm-vmodel-id", "sklearn-mnist"),), timeout=30)
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+
+    for method in ("RepositoryIndex", "RepositoryModelUnload", "RepositoryModelLoad"):
+        assert asyncio.run(call(method)) == grpc.StatusCode.PERMISSION_DENIED, method
+    runtime = quickstart.instances()[0]
+    with httpx.Client(timeout=60) as c:
+        # the runtime itself has that API: the gateway is what keeps it out of reach
+        assert c.post(f"{runtime['rest_url']}/v2/repository/index", json={}).status_code == 200
+        assert prediction(quickstart.infer(c, "sklearn-mnist")) == 8
+
+    def post_verbatim(path: str) -> tuple[int, bytes]:  # the path exactly as written, no client cleanup
+        conn = http.client.HTTPConnection("127.0.0.1", quickstart.rest_port, timeout=30)
+        try:
+            conn.request("POST", path, body=b"{}", headers={"content-type": "application/json"})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    for path in ("/v2/repository/index", "/v2/models/sklearn-mnist/../../repository/index",
+                 "/v2/models/sklearn-mnist//..//..//repository/index",
+                 "/v2/models/sklearn-mnist/./../../repository/models/x/unload",
+                 "/v2/repository/models/sklearn-mnist/unload"):
+        status, body = post_verbatim(path)
+        assert status == 403, (path, status, body)
+        assert json.loads(body)["error"].startswith("only inference is served here")
+    status, _ = post_verbatim("/v2/models/sklearn-mnist%2F..%2F..%2Frepository/index")
+    assert status == 400
+    with httpx.Client(timeout=60) as c:
+        assert prediction(quickstart.infer(c, "sklearn-mnist")) == 8

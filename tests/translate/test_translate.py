@@ -269,7 +269,12 @@ def test_local_replies_are_json_and_grpc_not_found():
         assert not_found.status_code.value == 404
         grpc_status = [h.header.value for h in not_found.headers_to_add if h.header.key == "grpc-status"]
         assert grpc_status == (["5"] if name == "msm_grpc" else [])
-        assert lrc.mappers[1].status_code.value == 503
+        denied = lrc.mappers[1]
+        assert denied.filter.status_code_filter.comparison.value.default_value == 403
+        assert denied.body.inline_string.startswith("only inference is served here")
+        grpc_status = [h.header.value for h in denied.headers_to_add if h.header.key == "grpc-status"]
+        assert grpc_status == (["7"] if name == "msm_grpc" else [])
+        assert lrc.mappers[2].status_code.value == 503
 
 
 def test_one_model_change_touches_only_its_own_scoped_routes():

@@ -21,14 +21,16 @@ from functools import cache
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.type.matcher.v3 import http_inputs_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, path_pb2, regex_pb2, string_pb2
 from google.protobuf import descriptor_pb2, wrappers_pb2
 from google.protobuf.descriptor import FileDescriptor
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
@@ -47,6 +49,13 @@ REWRITE_FILTER = "msm.model_rewrite"
 ROUTER_FILTER = "envoy.filters.http.router"
 TARGET_KEY = "target"  # route metadata: filter_metadata[REWRITE_FILTER][TARGET_KEY] = revision id
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
+INFERENCE_ONLY_FILTER = "msm.inference_only"
+#: What the gateway lets through: inference and its read-only companions. The runtimes'
+#: repository API (RepositoryIndex, RepositoryModelLoad / Unload, /v2/repository/...) and every
+#: other service or path is refused at the gateway (HTTP 403, gRPC PERMISSION_DENIED).
+GRPC_METHODS = ("ModelInfer", "ModelReady", "ModelMetadata", "ServerLive", "ServerReady", "ServerMetadata")
+#: /v2/models/{name}[/versions/{version}][/infer | /ready] (model metadata is the bare path)
+REST_PATHS = r"^/v2/models/[^/]+(/versions/[^/]+)?(/infer|/ready)?$"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
@@ -134,13 +143,29 @@ def _skip_when_marked(
     )
 
 
+def _inference_only(kind: str) -> hcm.HttpFilter:
+    """An RBAC filter that allows the inference paths of the listener ``kind`` and nothing else."""
+    if kind == "grpc":
+        paths = [string_pb2.StringMatcher(exact=f"/{INFERENCE_SERVICE}/{m}") for m in GRPC_METHODS]
+    else:
+        paths = [string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=REST_PATHS))]
+    policy = rbac_pb2.Policy(
+        permissions=[rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=p)) for p in paths],
+        principals=[rbac_pb2.Principal(any=True)])
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"inference": policy})
+    cfg = rbac_filter_pb2.RBAC(rules=rules)
+    return hcm.HttpFilter(name=INFERENCE_ONLY_FILTER, typed_config=pack(cfg))
+
+
 def _router() -> hcm.HttpFilter:
     return hcm.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
 
 
 def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
-    """HCM filters of the REST listener: classify, transcode, rewrite the model name, route."""
+    """HCM filters of the REST listener: inference paths only, classify, transcode, rewrite the
+    model name, route."""
     return [
+        _inference_only("rest"),
         # marks `data` bodies and clears the route cache so the REST-port route matches
         _lua_filter(CLASSIFY_FILTER, "classify_body.lua", clear_route_cache=True),
         # skipped for bodies the classifier marked
@@ -153,8 +178,9 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
 
 
 def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
-    """HCM filters of the gRPC listener: rewrite the model name, route."""
-    return [_lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+    """HCM filters of the gRPC listener: inference methods only, rewrite the model name, route."""
+    return [_inference_only("grpc"),
+            _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
 
 
 def route_target_metadata(revision_id: str) -> base_pb2.Metadata:

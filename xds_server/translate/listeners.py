@@ -17,6 +17,12 @@ NOT_FOUND_MESSAGE = "model not found"
 NO_COPY_MESSAGE = "no ready copy of the model"
 # gRPC status codes carried in the trailers-only local replies of the gRPC listener
 GRPC_NOT_FOUND = "5"
+GRPC_PERMISSION_DENIED = "7"
+DENIED_MESSAGE = {
+    names.REST: "only inference is served here: /v2/models/{name}[/versions/{v}][/infer|/ready]",
+    names.GRPC: "only inference is served here: inference.GRPCInferenceService/"
+                + "|".join(data_path.GRPC_METHODS),
+}
 
 
 def _flag_filter(*flags: str) -> al.AccessLogFilter:
@@ -27,6 +33,13 @@ def _json_format(fields: dict[str, str]) -> substitution_format_string_pb2.Subst
     s = struct_pb2.Struct()
     s.update(fields)
     return substitution_format_string_pb2.SubstitutionFormatString(json_format=s)
+
+
+def _grpc_status(mapper: hcm.ResponseMapper, status: str, message: str) -> None:
+    for key, value in (("grpc-status", status), ("grpc-message", message)):
+        mapper.headers_to_add.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
 
 
 def local_reply_config(kind: str) -> hcm.LocalReplyConfig:
@@ -42,19 +55,21 @@ def local_reply_config(kind: str) -> hcm.LocalReplyConfig:
         body_format_override=_json_format({"error": "%LOCAL_REPLY_BODY%",
                                            "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"}),
     )
+    # the inference-only filter's refusal (the only 403 Envoy makes itself here)
+    denied = hcm.ResponseMapper(
+        filter=al.AccessLogFilter(status_code_filter=al.StatusCodeFilter(comparison=al.ComparisonFilter(
+            op=al.ComparisonFilter.EQ, value=base_pb2.RuntimeUInt32(default_value=403, runtime_key="")))),
+        body=base_pb2.DataSource(inline_string=DENIED_MESSAGE[kind]),
+    )
     if kind == names.GRPC:
-        not_found.headers_to_add.append(base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="grpc-status", value=GRPC_NOT_FOUND),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
-        not_found.headers_to_add.append(base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="grpc-message", value=NOT_FOUND_MESSAGE),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+        _grpc_status(not_found, GRPC_NOT_FOUND, NOT_FOUND_MESSAGE)
+        _grpc_status(denied, GRPC_PERMISSION_DENIED, DENIED_MESSAGE[kind])
     no_copy = hcm.ResponseMapper(
         filter=_flag_filter("UH", "NC"), status_code=wrappers_pb2.UInt32Value(value=503),
         body=base_pb2.DataSource(inline_string=NO_COPY_MESSAGE),
     )
     return hcm.LocalReplyConfig(
-        mappers=[not_found, no_copy],
+        mappers=[not_found, denied, no_copy],
         body_format=_json_format({"error": "%LOCAL_REPLY_BODY%"}),
     )
 
@@ -63,6 +78,10 @@ def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnecti
     m = hcm.HttpConnectionManager(
         stat_prefix=names.VHOST[kind],
         codec_type=hcm.HttpConnectionManager.AUTO,
+        # routes and the inference-only filter see /a/../b as /b, //x as /x; %2F is refused
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=hcm.HttpConnectionManager.REJECT_REQUEST,
         http_filters=(data_path.rest_http_filters(opts) if kind == names.REST
                       else data_path.grpc_http_filters(opts)),
         local_reply_config=local_reply_config(kind),

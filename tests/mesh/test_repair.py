@@ -1,0 +1,44 @@
+"""msm notices when a runtime's content differs from its own view, and repairs it.
+
+A model unloaded on a runtime behind msm's back (an operator, a crash of the model alone, a
+runtime API reached some other way) must not stay routed and failing while msm status says it
+is ready: within a few seconds it leaves the routes and is loaded again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from mesh_harness import isvc_yaml, prediction, runtime_yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def ready_on(st: dict, model: str) -> list[str]:
+    m = st["models"][model]
+    return [i for i, phase in m["revisions"].get(m["active_revision"], {}).items() if phase == "ready"]
+
+
+def test_a_model_unloaded_behind_msms_back_is_loaded_again(make_mesh) -> None:
+    mesh = make_mesh({"m.yaml": isvc_yaml("m", "mnist-svm.joblib", min_replicas=1)}, replicas=1,
+                     runtime=runtime_yaml())
+    st = mesh.wait_status(lambda s: ready_on(s, "m"), what="m ready")
+    revision = st["models"]["m"]["active_revision"]
+    runtime = mesh.instances()[0]
+    with httpx.Client(timeout=120) as c:
+        assert prediction(mesh.infer(c, "m")) == 8
+        # straight to the runtime (MLServer's own repository API), not through msm or the gateway
+        r = c.post(f"{runtime['rest_url']}/v2/repository/models/{revision}/unload")
+        assert r.status_code == 200, r.text
+        assert c.get(f"{runtime['rest_url']}/v2/models/{revision}/ready").status_code != 200
+        log = mesh.state_dir / "control-plane.log"
+        deadline = time.monotonic() + 30
+        while f"no longer holds {revision}" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the control plane never noticed the unload"
+            time.sleep(0.2)
+        st = mesh.wait_status(lambda s: s["counters"]["loads"] >= 2 and ready_on(s, "m"),
+                              what="m loaded again", timeout=60)
+        assert c.get(f"{runtime['rest_url']}/v2/models/{revision}/ready").status_code == 200
+        assert prediction(mesh.infer(c, "m")) == 8
