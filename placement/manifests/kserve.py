@@ -460,21 +460,45 @@ def _add_error(errors: dict[str, str], key: str, message: str) -> None:
     errors[key] = f"{errors[key]}\n{message}" if key in errors else message
 
 
-def resolve(documents: Iterable[Document], local_config: LocalConfig | None = None) -> DesiredState:
+def model_key(namespace: str, name: str) -> str:
+    """How a model's problems are keyed in ``DesiredState.errors`` (and shown): ``namespace/name``."""
+    return f"{namespace}/{name}"
+
+
+def resolve(documents: Iterable[Document], local_config: LocalConfig | None = None,
+            incumbents: Mapping[str, ResolvedModel] | None = None) -> DesiredState:
     """Documents -> :class:`DesiredState` (pure but for local model file look-ups).
 
     Invalid documents, duplicates and models with no usable runtime or storage are left out and
-    reported in ``errors`` (by model name, or by file for documents that name no model); they
-    change nothing else. ``local_config`` None means Kubernetes mode (storage stays a URI).
+    reported in ``errors``; they change nothing else. A model's own problems are keyed
+    ``namespace/name``; a document refused because another one already has its model's name is
+    keyed by its file, so nothing appears under a model that is fine. ``local_config`` None
+    means Kubernetes mode (storage stays a URI).
+
+    Clients call a model by its name alone, so a name is served by one InferenceService at a
+    time. ``incumbents`` (the models of the previous desired state, by name) keep theirs: a new
+    document that claims a serving model's name (another file, another namespace) is refused
+    with a message naming both, and the serving model is untouched. Without an incumbent, the
+    file that sorts first wins.
     """
     errors: dict[str, str] = {}
     seen: dict[tuple[str, str | None, str], Document] = {}
     isvcs: list[Document] = []
     runtime_docs: list[Document] = []
     default_ns = local_config.default_namespace if local_config else DEFAULT_NAMESPACE
-    for doc in sorted(documents, key=lambda d: (d.source, d.index)):
+    incumbents = incumbents or {}
+
+    def claim(doc: Document) -> int:
+        """0: the serving model's own document; 1: its namespace; 2: anything else."""
+        inc = incumbents.get(doc.name or "") if doc.kind == "InferenceService" else None
+        if inc is None or inc.namespace != (doc.namespace or default_ns):
+            return 2
+        return 0 if inc.source.split(" doc ")[0] == doc.source else 1
+
+    for doc in sorted(documents, key=lambda d: (claim(d), d.source, d.index)):
         if doc.problems:
-            key = doc.name if doc.kind == "InferenceService" and doc.name else doc.source
+            is_model = doc.kind == "InferenceService" and doc.name
+            key = model_key(doc.namespace or default_ns, doc.name or "") if is_model else doc.source
             for p in doc.problems:
                 _add_error(errors, key, p)
             continue
@@ -485,8 +509,8 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         ident = (doc.kind or "", ns, doc.name or "")
         if ident in seen:
             first = seen[ident]
-            key = doc.name if doc.kind == "InferenceService" and doc.name else doc.source
-            _add_error(errors, key, f"{doc.where}: duplicate of {first.source} doc {first.index}; ignored")
+            _add_error(errors, doc.source, f"{doc.where}: {first.kind} {ns}/{doc.name} is already defined "
+                       f"in {first.source} doc {first.index}, which stays in use; this one is ignored")
             continue
         seen[ident] = doc
         (isvcs if doc.kind == "InferenceService" else runtime_docs).append(doc)
@@ -506,17 +530,20 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         runtimes[rt.name] = rt
 
     models: dict[str, ResolvedModel] = {}
+    claimed: dict[str, Document] = {}  # model name -> the document that has it (even if it fails)
     for doc in isvcs:
+        ns = doc.namespace or default_ns
+        first = claimed.setdefault(doc.name or "", doc)
+        if first is not doc:
+            _add_error(errors, doc.source,
+                       f"{doc.where}: clients call models by name alone, and {doc.name} is already claimed "
+                       f"by namespace {first.namespace or default_ns} ({first.source} doc {first.index}), "
+                       f"which stays in use; this one (namespace {ns}) is ignored while that one exists")
+            continue
         try:
             m = resolve_model(doc, all_runtimes, local_config)
         except (ResolveError, StorageError) as e:
-            _add_error(errors, doc.name or doc.source, f"{doc.where}: {e}")
-            continue
-        if m.name in models:
-            other = models[m.name]
-            _add_error(errors, f"{m.namespace}/{m.name}",
-                       f"{doc.where}: a model named {m.name} already comes from {other.source} "
-                       f"(namespace {other.namespace}); model names must be unique; ignored")
+            _add_error(errors, model_key(ns, doc.name or ""), f"{doc.where}: {e}")
             continue
         models[m.name] = m
     return DesiredState(models=models, runtimes=runtimes, errors=errors)

@@ -24,6 +24,7 @@ from placement.manifests.kserve import (
     ManifestFile,
     link_outside,
     manifest_files,
+    model_key,
     parse_manifest_text,
     resolve,
 )
@@ -42,6 +43,7 @@ class _FileState:
     digest: bytes
     good: tuple[Document, ...]  # the documents in use (the last good version where needed)
     errors: tuple[str, ...]
+    kept: str = ""  # what of an earlier version stays in use despite the errors, said in the message
 
 
 #: A file modified less than this long ago is also compared by content: two writes within one
@@ -57,22 +59,29 @@ def _stamp(p: Path) -> _Stamp | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _merge(previous: tuple[Document, ...], new: ManifestFile) -> tuple[Document, ...]:
-    """The documents to use for a file after an edit.
+def _merge(previous: tuple[Document, ...], new: ManifestFile) -> tuple[tuple[Document, ...], str]:
+    """The documents to use for a file after an edit, and what of the earlier version they keep.
 
     Unparseable: the previous version, whole. Parseable: its valid documents, and for each
     invalid one the previous version of the same object (same kind, namespace, name), if any.
     """
     if new.documents is None:
-        return previous
+        return previous, _kept_whole(previous)
     by_identity = {d.identity: d for d in previous}
     out: list[Document] = []
+    kept: list[str] = []
     for d in new.documents:
         if not d.problems:
             out.append(d)
         elif d.identity in by_identity and all(d.identity):
             out.append(by_identity[d.identity])
-    return tuple(out)
+            kept.append(f"{d.kind}/{d.name}")
+    note = f" (the last good version of {', '.join(kept)} stays in use)" if kept else ""
+    return tuple(out), note
+
+
+def _kept_whole(previous: tuple[Document, ...]) -> str:
+    return " (its last good version stays in use)" if previous else ""
 
 
 class LocalDirSource:
@@ -177,7 +186,8 @@ class LocalDirSource:
                 refused = f"{source} {too_big}"
             if refused is not None:
                 if old is None or old.errors != (refused,):
-                    self._files[source] = _FileState(stamp, b"", old.good if old else (), (refused,))
+                    good = old.good if old else ()
+                    self._files[source] = _FileState(stamp, b"", good, (refused,), _kept_whole(good))
                     changed = True
                 continue
             try:
@@ -195,8 +205,8 @@ class LocalDirSource:
             except Exception as e:  # one odd file must not keep the others from being read
                 log.exception("reading %s failed", p)
                 mf = ManifestFile(source, None, (f"{source}: cannot be read: {type(e).__name__}",))
-            good = _merge(old.good if old else (), mf)
-            self._files[source] = _FileState(stamp, digest, good, mf.errors)
+            good, kept = _merge(old.good if old else (), mf)
+            self._files[source] = _FileState(stamp, digest, good, mf.errors, kept)
             changed = True
         for gone in set(self._files) - present:
             del self._files[gone]
@@ -221,22 +231,22 @@ class LocalDirSource:
 
     def _resolve(self) -> DesiredState:
         documents = [d for f in self._files.values() for d in f.good]
-        state = resolve(documents, self._config)
+        state = resolve(documents, self._config, incumbents=self._state.models)
         errors = dict(state.errors)
         for source, f in self._files.items():
             if f.errors:  # report the file's problems (resolve saw its last good docs, if any)
-                kept = " (its last good version stays in use)" if f.good else ""
-                msg = "\n".join(f.errors) + kept
+                msg = "\n".join(f.errors) + f.kept
                 errors[source] = f"{errors[source]}\n{msg}" if source in errors else msg
         if self._config_error:
             errors[LOCAL_CONFIG_NAME] = self._config_error
         models = dict(state.models)
         isvc_names = {d.name for d in documents if d.kind == "InferenceService"}
         for name, prev in self._state.models.items():
-            keep = name not in models and name in errors and name in isvc_names
+            key = model_key(prev.namespace, name)
+            keep = name not in models and key in errors and name in isvc_names
             if keep and prev.runtime in state.runtimes:
                 models[name] = prev
-                errors[name] += f" (still serving the previous revision {prev.revision_id})"
+                errors[key] += f" (still serving the previous revision {prev.revision_id})"
         return replace(state, models=models, errors=errors)
 
     def _log_errors(self, errors: dict[str, str]) -> None:

@@ -132,8 +132,8 @@ def test_explicit_runtime_problems_are_reported_per_model(mdir: Path, rt_text: s
     write(mdir / "m.yaml", isvc("m1", runtime="rt") + "---\n" + isvc("m2", path="other.joblib"))
     state = load_manifest_dir(mdir)
     assert set(state.models) == {"m2"} and state.models["m2"].runtime == "good"
-    assert expected in state.errors["m1"]
-    assert state.errors["m1"].startswith("m.yaml doc 1 InferenceService/m1: ")
+    assert expected in state.errors["modelmesh-serving/m1"]
+    assert state.errors["modelmesh-serving/m1"].startswith("m.yaml doc 1 InferenceService/m1: ")
 
 
 def test_autoselect_priority_then_namespace_before_cluster_then_name() -> None:
@@ -156,9 +156,9 @@ def test_format_version_must_match() -> None:
     state = resolve(docs_of(isvc("ok", "xgboost", version="1"), isvc("old", "sklearn", version="0.24"),
                             isvc("bad", "sklearn", version="1"), mlserver))
     assert set(state.models) == {"ok", "old"}
-    assert "no runtime with autoSelect supports modelFormat sklearn version 1" in state.errors["bad"]
-    assert ("mlserver-1.x (ServingRuntime in modelmesh-serving): supports sklearn version 0"
-            in state.errors["bad"])
+    err = state.errors["modelmesh-serving/bad"]
+    assert "no runtime with autoSelect supports modelFormat sklearn version 1" in err
+    assert "mlserver-1.x (ServingRuntime in modelmesh-serving): supports sklearn version 0" in err
     assert version_matches("1", "1.2") and version_matches("1.2.3", "1") and not version_matches("1.2", "1.3")
 
 
@@ -170,7 +170,7 @@ def test_no_usable_runtime_names_what_was_considered_and_leaves_others_alone() -
         runtime("rt-off", "- {name: onnx, autoSelect: true}", extra="  disabled: true\n"),
     ))
     assert set(state.models) == {"fine"}
-    err = state.errors["onnx-model"]
+    err = state.errors["modelmesh-serving/onnx-model"]
     assert "no runtime with autoSelect supports modelFormat onnx" in err
     assert "manual (ServingRuntime in modelmesh-serving): supports onnx without autoSelect" in err
     assert "rt-off (ServingRuntime in modelmesh-serving): disabled" in err
@@ -180,7 +180,7 @@ def test_no_usable_runtime_names_what_was_considered_and_leaves_others_alone() -
 
 def test_no_runtime_at_all() -> None:
     state = resolve(docs_of(isvc("m")))
-    assert "no ServingRuntime or ClusterServingRuntime is defined" in state.errors["m"]
+    assert "no ServingRuntime or ClusterServingRuntime is defined" in state.errors["modelmesh-serving/m"]
 
 
 def test_missing_model_file_and_unmapped_pvc_are_per_model_errors(mdir: Path) -> None:
@@ -191,9 +191,10 @@ def test_missing_model_file_and_unmapped_pvc_are_per_model_errors(mdir: Path) ->
     state = load_manifest_dir(mdir)
     assert set(state.models) == {"good"}
     missing = mdir / "models" / "nope.joblib"
-    assert f"model file {missing} not found (PVC my-models-pvc -> " in state.errors["gone"]
-    assert "PVC other-pvc is not mapped to a folder in local mode" in state.errors["unmapped"]
-    assert "--pvc other-pvc=PATH" in state.errors["unmapped"]
+    assert f"model file {missing} not found (PVC my-models-pvc -> " in state.errors["modelmesh-serving/gone"]
+    unmapped = state.errors["modelmesh-serving/unmapped"]
+    assert "PVC other-pvc is not mapped to a folder in local mode" in unmapped
+    assert "--pvc other-pvc=PATH" in unmapped
     # the --pvc flag maps it
     (mdir / "elsewhere").mkdir()
     (mdir / "elsewhere" / "mnist-svm.joblib").write_bytes(b"12345678")
@@ -218,7 +219,7 @@ def test_storage_uri_forms(mdir: Path) -> None:
     state = load_manifest_dir(mdir)
     assert state.models["by-pvc-uri"].storage_path == str(mdir / "models" / "mnist-svm.joblib")
     assert state.models["by-file-uri"].storage_path == str(mdir / "models" / "other.joblib")
-    assert "s3:// storage cannot be fetched by the local mesh" in state.errors["by-s3"]
+    assert "s3:// storage cannot be fetched by the local mesh" in state.errors["modelmesh-serving/by-s3"]
     k8s = resolve([d for p in sorted(mdir.glob("*.yaml")) if p.name != "msm-local.yaml"
                    for d in read_manifest_file(p, p.name).documents], None)
     assert k8s.models["by-s3"].storage_path == "s3://bucket/models/mnist"
@@ -236,13 +237,14 @@ def test_legacy_framework_predictor_and_canary_min_replicas() -> None:
 def test_non_modelmesh_deployment_mode_is_refused() -> None:
     text = isvc("serverless").replace("deploymentMode: ModelMesh", "deploymentMode: Serverless")
     state = resolve(docs_of(text, runtime("mlserver")))
-    assert "deploymentMode: Serverless is not served by msm" in state.errors["serverless"]
+    assert "deploymentMode: Serverless is not served by msm" in state.errors["modelmesh-serving/serverless"]
 
 
 def test_duplicates_are_reported_and_the_first_wins() -> None:
     state = resolve(docs_of(isvc("m", path="a"), isvc("m", path="b"), runtime("mlserver")))
     assert state.models["m"].storage_path == "pvc://my-models-pvc/a"
-    assert "duplicate of 0-m.yaml doc 1; ignored" in state.errors["m"]
+    assert "is already defined in 0-m.yaml doc 1, which stays in use; this one is ignored" in \
+        state.errors["1-m.yaml"]
 
 
 def test_revision_id_is_stable_and_follows_what_loading_depends_on(mdir: Path) -> None:

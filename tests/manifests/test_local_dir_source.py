@@ -67,7 +67,7 @@ async def test_add_edit_delete_change_the_state(mdir: Path) -> None:
 
         (mdir / "rt.yaml").unlink()  # no runtime: the model cannot be resolved any more
         assert await src.poll()
-        assert rec.states[-1].models == {} and "no runtime" in rec.states[-1].errors["a"]
+        assert rec.states[-1].models == {} and "no runtime" in rec.states[-1].errors["modelmesh-serving/a"]
     finally:
         await src.stop()
 
@@ -112,8 +112,8 @@ async def test_an_unresolvable_edit_keeps_the_previous_revision_until_the_file_a
     put(mdir / "a.yaml", isvc("a", path="v3.joblib"))
     assert await src.poll()
     assert src.state.models["a"] == old
-    assert "v3.joblib not found" in src.state.errors["a"]
-    assert f"still serving the previous revision {old.revision_id}" in src.state.errors["a"]
+    assert "v3.joblib not found" in src.state.errors["modelmesh-serving/a"]
+    assert f"still serving the previous revision {old.revision_id}" in src.state.errors["modelmesh-serving/a"]
     (mdir / "models" / "v3.joblib").write_bytes(b"new model")  # the model file arrives; no manifest edit
     assert await src.poll()
     assert src.state.models["a"].storage_path.endswith("v3.joblib") and src.state.errors == {}
@@ -163,7 +163,7 @@ async def test_same_size_rewrite_within_one_clock_tick_is_seen(mdir: Path) -> No
     p.write_text(text.replace("mnist-svm.joblib", "mnist-svm.joblix"))  # same size
     os.utime(p, ns=(recent, recent))
     assert await src.poll()
-    assert "mnist-svm.joblix not found" in src.state.errors["a"]
+    assert "mnist-svm.joblix not found" in src.state.errors["modelmesh-serving/a"]
     await src.stop()
 
 

@@ -35,7 +35,8 @@ def test_missing_format_name_message_names_file_doc_kind_and_field(mdir: Path) -
     write(mdir / "bad.yaml", "# comment\n---\n" + bad)
     state = load_manifest_dir(mdir)
     assert state.errors == {
-        "foo": "bad.yaml doc 1 InferenceService/foo: spec.predictor.model.modelFormat.name is required"}
+        "modelmesh-serving/foo": "bad.yaml doc 1 InferenceService/foo: spec.predictor.model.modelFormat.name "
+                                 "is required"}
     assert set(state.models) == {"good"}
 
 
@@ -98,8 +99,9 @@ def test_crd_schema_catches_what_msm_does_not_check(mdir: Path, monkeypatch: pyt
                                     "image: x\n      ports: [{containerPort: http}]")
     write(mdir / "typo.yaml", typo + "---\n" + port)
     state = load_manifest_dir(mdir)
-    assert state.errors["typo"] == ("typo.yaml doc 1 InferenceService/typo: spec.predictor unknown field "
-                                    "'minReplica' (KServe CRD schema)")
+    assert state.errors["modelmesh-serving/typo"] == (
+        "typo.yaml doc 1 InferenceService/typo: spec.predictor unknown field 'minReplica' "
+        "(KServe CRD schema)")
     assert state.errors["typo.yaml"] == (
         "typo.yaml doc 2 ServingRuntime/ports: spec.containers[0].ports[0].containerPort must be of type "
         "integer, got string 'http' (KServe CRD schema)")

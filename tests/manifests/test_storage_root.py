@@ -11,6 +11,8 @@ from _manifests_helpers import isvc, local_dir, runtime, write
 from placement.manifests import storage
 from placement.manifests.kserve import load_manifest_dir
 
+NS = "modelmesh-serving/"  # errors of a model are keyed namespace/name
+
 
 @pytest.fixture
 def mdir(tmp_path: Path) -> Path:
@@ -40,11 +42,11 @@ def test_dot_dot_out_of_a_pvc_is_refused(mdir: Path) -> None:
     secret = (mdir.parent / "secret" / "model.joblib").resolve()
     root = (mdir / "models").resolve()
     assert set(state.models) == {"good"}
-    assert state.errors["escape"] == (
+    assert state.errors["modelmesh-serving/escape"] == (
         f"m.yaml doc 2 InferenceService/escape: model path '../../secret/model.joblib' resolves to "
         f"{secret}, outside its storage root {root} (PVC my-models-pvc -> {root}); a model path must "
         "stay inside it")
-    assert f"resolves to {secret}, outside its storage root {root}" in state.errors["escape-uri"]
+    assert f"resolves to {secret}, outside its storage root {root}" in state.errors[NS + "escape-uri"]
 
 
 def test_dot_dot_out_of_a_storage_key_folder_is_refused(mdir: Path) -> None:
@@ -54,8 +56,8 @@ def test_dot_dot_out_of_a_storage_key_folder_is_refused(mdir: Path) -> None:
           + with_key("escape", "localMinIO", "../../secret/model.joblib"))
     state = load_manifest_dir(mdir)
     assert set(state.models) == {"ok"}
-    assert "outside its storage root" in state.errors["escape"]
-    assert f"(storage key localMinIO -> {mdir / 'minio'})" in state.errors["escape"]
+    assert "outside its storage root" in state.errors["modelmesh-serving/escape"]
+    assert f"(storage key localMinIO -> {mdir / 'minio'})" in state.errors["modelmesh-serving/escape"]
 
 
 def test_file_uris_stay_inside_the_manifest_folder(mdir: Path) -> None:
@@ -69,8 +71,8 @@ def test_file_uris_stay_inside_the_manifest_folder(mdir: Path) -> None:
     state = load_manifest_dir(mdir)
     assert set(state.models) == {"inside"}
     for name in ("absolute", "whole-disk", "dotdot"):
-        assert "outside its storage root" in state.errors[name], state.errors[name]
-        assert f"inside the manifest folder {mdir}" in state.errors[name]
+        assert "outside its storage root" in state.errors[NS + name], state.errors[NS + name]
+        assert f"inside the manifest folder {mdir}" in state.errors[NS + name]
 
 
 def test_a_symlink_in_the_pvc_that_leads_outside_is_refused(mdir: Path) -> None:
@@ -84,8 +86,8 @@ def test_a_symlink_in_the_pvc_that_leads_outside_is_refused(mdir: Path) -> None:
     state = load_manifest_dir(mdir)
     assert set(state.models) == {"inside-link"}
     assert state.models["inside-link"].storage_path == str((models / "mnist-svm.joblib").resolve())
-    assert "outside its storage root" in state.errors["file-link"]
-    assert "outside its storage root" in state.errors["dir-link"]
+    assert "outside its storage root" in state.errors["modelmesh-serving/file-link"]
+    assert "outside its storage root" in state.errors["modelmesh-serving/dir-link"]
 
 
 def test_a_model_folder_holding_a_symlink_that_leads_outside_is_refused(mdir: Path) -> None:
@@ -97,7 +99,7 @@ def test_a_model_folder_holding_a_symlink_that_leads_outside_is_refused(mdir: Pa
     assert "bundle" not in state.models
     secret = (mdir.parent / "secret" / "model.joblib").resolve()
     assert (f"{folder / 'weights.bin'} is a symlink to {secret}, "
-            f"outside the storage root {(mdir / 'models').resolve()}; refused") in state.errors["bundle"]
+            f"outside the storage root {(mdir / 'models').resolve()}; refused") in state.errors[NS + "bundle"]
 
 
 def test_a_folder_too_large_to_walk_is_refused(mdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +112,7 @@ def test_a_folder_too_large_to_walk_is_refused(mdir: Path, monkeypatch: pytest.M
     state = load_manifest_dir(mdir)
     assert "many" not in state.models
     assert (f"model folder {folder.resolve()} holds more than 20 files and folders; refused"
-            in state.errors["many"])
+            in state.errors["modelmesh-serving/many"])
 
 
 def test_a_symlinked_manifest_that_leads_outside_the_folder_is_not_read(mdir: Path) -> None:

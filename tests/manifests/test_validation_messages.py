@@ -212,11 +212,13 @@ def test_duplicates_and_names_that_must_be_unique() -> None:
                           runtime("crt", kind="ClusterServingRuntime")))
     assert set(state.models) == {"m"} and state.models["m"].namespace == "a"
     assert state.errors == {
-        # the same object twice: the first one wins
-        "m": "f2.yaml doc 1 InferenceService/m: duplicate of f1.yaml doc 1; ignored",
-        # a model name is what clients call: unique across namespaces
-        "b/m": "f3.yaml doc 1 InferenceService/m: a model named m already comes from f1.yaml doc 1 "
-               "(namespace a); model names must be unique; ignored",
+        # the same object twice: the first one wins, the other is reported under its own file
+        "f2.yaml": "f2.yaml doc 1 InferenceService/m: InferenceService a/m is already defined in f1.yaml "
+                   "doc 1, which stays in use; this one is ignored",
+        # a model name is what clients call: one namespace at a time has it
+        "f3.yaml": "f3.yaml doc 1 InferenceService/m: clients call models by name alone, and m is already "
+                   "claimed by namespace a (f1.yaml doc 1), which stays in use; this one (namespace b) is "
+                   "ignored while that one exists",
         # a runtime name is a cluster name in the gateway: unique across namespaces and kinds
         "f5.yaml": "f5.yaml doc 1 ClusterServingRuntime/rt: a runtime named rt is already defined "
                    "(f4.yaml doc 1); msm needs runtime names to be unique; ignored",
@@ -233,11 +235,13 @@ def test_storage_keys_not_mapped_in_local_mode(tmp_path: Path) -> None:
     state = load_manifest_dir(tmp_path)
     assert state.models == {}
     assert state.errors == {
-        "keyed": "m.yaml doc 1 InferenceService/keyed: storage.key otherMinIO is not mapped to a folder in "
-                 "local mode: add `storageKeys: {otherMinIO: ./folder}` to msm-local.yaml",
-        "unkeyed": "m.yaml doc 2 InferenceService/unkeyed: storage with no key (ModelMesh's default "
-                   "storage) is not mapped to a folder in local mode: add `storageKeys: {default: ./folder}` "
-                   "to msm-local.yaml",
+        "modelmesh-serving/keyed":
+            "m.yaml doc 1 InferenceService/keyed: storage.key otherMinIO is not mapped to a folder in "
+            "local mode: add `storageKeys: {otherMinIO: ./folder}` to msm-local.yaml",
+        "modelmesh-serving/unkeyed":
+            "m.yaml doc 2 InferenceService/unkeyed: storage with no key (ModelMesh's default "
+            "storage) is not mapped to a folder in local mode: add `storageKeys: {default: ./folder}` "
+            "to msm-local.yaml",
     }
 
 
