@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -75,6 +77,7 @@ class LocalMesh:
         self._cp_log = None
         self._startup_problems: dict[str, str] = {}
         self.token_file = self.state_dir / "gateway-token"
+        self._backoff: dict[str, tuple[float, float]] = {}  # what -> (last restart, wait before the next)
         self.gateway_token: str | None = None
 
     async def run(self) -> int:
@@ -251,8 +254,12 @@ class LocalMesh:
         seen.update(now)
 
     async def _supervise(self) -> None:
-        """Restart the control plane if it dies; report runtime replicas that exit, and problems."""
-        reported: set[str] = set()
+        """Restart whatever dies (control plane, Envoy, a runtime replica) and say so; report problems.
+
+        A replica comes back on its old ports when it can (the control plane then sees the
+        instance up again, empty); on new ports, instances.json is rewritten and the control
+        plane restarted to read it. Repeated crashes back off (1 s doubling to 60 s).
+        """
         seen: dict[str, str] = dict(self._startup_problems)  # already printed
         async with aiohttp.ClientSession() as session:
             while not self._stopping.is_set():
@@ -265,16 +272,51 @@ class LocalMesh:
                 if self.control_plane is not None and self.control_plane.returncode is not None:
                     _say(f"control plane exited ({self.control_plane.returncode}); restarting it")
                     await self._start_control_plane()
+                if self.envoy is not None and self.envoy.exited():
+                    await self._restart("envoy gateway", self._restart_envoy)
                 for r in self.replicas:
-                    if r.instance_id not in reported and not r.running():
-                        reported.add(r.instance_id)
-                        _say(f"runtime replica {r.instance_id} exited; its models are placed elsewhere")
+                    if not r.running():
+                        await self._restart(f"runtime replica {r.instance_id}",
+                                            lambda r=r: self._restart_replica(r))
                 await self._report_changes(session, seen)
 
-    async def _stop(self) -> None:
-        _say("stopping")
-        if self.envoy is not None:
-            await self.envoy.stop()
+    async def _restart(self, what: str, restart: Callable[[], Awaitable[None]]) -> None:
+        """Restart ``what`` now, unless it crashed again soon after its last restart: then wait
+        1 s, 2 s, 4 s … (at most 60 s) after that restart first."""
+        now = time.monotonic()
+        last, delay = self._backoff.get(what, (-math.inf, 0.0))
+        if now < last + delay:
+            return
+        delay = min(60.0, max(1.0, delay * 2)) if now - last < 60 else 0.0
+        self._backoff[what] = (now, delay)
+        try:
+            await restart()
+        except Exception as e:  # it stays down; the next round tries again
+            _say(f"{what} did not come back: {e}")
+
+    async def _restart_envoy(self) -> None:
+        assert self.envoy is not None
+        _say(f"envoy gateway exited ({self.envoy.returncode()}); restarting it (it gets the whole current "
+             "config from the control plane)")
+        await self.envoy.stop()
+        await self.envoy.start()
+        _say("envoy gateway back")
+
+    async def _restart_replica(self, r: RuntimeReplica) -> None:
+        codes = ", ".join(f"{k} {'exited ' + str(v) if v is not None else 'still running'}"
+                          for k, v in r.exit_codes().items())
+        _say(f"runtime replica {r.instance_id} died ({codes}); its models are placed elsewhere; "
+             "restarting it")
+        same_ports = await r.restart()
+        _say(f"runtime replica {r.instance_id} back (REST {r.rest_port}, gRPC {r.grpc_port}, "
+             f"adapter {r.adapter_port})")
+        write_instances_file(self.state_dir / "instances.json", self.replicas)  # new pids (and ports)
+        if not same_ports:
+            _say("its ports changed: restarting the control plane to pick them up")
+            await self._stop_control_plane()
+            await self._start_control_plane()
+
+    async def _stop_control_plane(self) -> None:
         cp = self.control_plane
         if cp is not None and cp.returncode is None:
             try:
@@ -286,6 +328,12 @@ class LocalMesh:
                 except ProcessLookupError:
                     pass
                 await cp.wait()
+
+    async def _stop(self) -> None:
+        _say("stopping")
+        if self.envoy is not None:
+            await self.envoy.stop()
+        await self._stop_control_plane()
         await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
         if self._cp_log is not None:
             self._cp_log.close()

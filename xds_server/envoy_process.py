@@ -66,6 +66,12 @@ class EnvoyProcess:
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"envoy not LIVE within {timeout:.0f}s; see {self.log_path}:\n" + self.tail_log())
 
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.returncode is not None
+
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
     def tail_log(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

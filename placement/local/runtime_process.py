@@ -188,7 +188,9 @@ class RuntimeReplica:
         await asyncio.to_thread(self._prepare_dirs)
         try:
             for attempt in range(3):  # a picked port can be taken before MLServer binds it
-                self.rest_port, self.grpc_port, self.metrics_port = (free_port(self.host) for _ in range(3))
+                if attempt or not self.rest_port:  # a restart tries its old ports first
+                    self.rest_port, self.grpc_port, self.metrics_port = (
+                        free_port(self.host) for _ in range(3))
                 await self._start_mlserver()
                 try:
                     await self._wait_mlserver()
@@ -198,7 +200,8 @@ class RuntimeReplica:
                         raise
                     self._mlserver = None
             for attempt in range(3):
-                self.adapter_port = free_port(self.host)
+                if attempt or not self.adapter_port:
+                    self.adapter_port = free_port(self.host)
                 await self._start_adapter()
                 try:
                     await self._wait_adapter()
@@ -323,9 +326,23 @@ class RuntimeReplica:
         for proc in (self._adapter, self._mlserver):
             if proc is not None:
                 await _stop_process_group(proc, timeout)
+        self._adapter = self._mlserver = None
         for f in self._logs:
             f.close()
         self._logs.clear()
+
+    def exit_codes(self) -> dict[str, int | None]:
+        """Each process's exit code (None: still running)."""
+        return {"mlserver": self._mlserver.returncode if self._mlserver else None,
+                "adapter": self._adapter.returncode if self._adapter else None}
+
+    async def restart(self) -> bool:
+        """Stop what is left of the pair (a lingering adapter or MLServer) and start both again,
+        on the same ports if they are still free. Returns whether the ports are the same."""
+        before = (self.rest_port, self.grpc_port, self.adapter_port)
+        await self.stop()
+        await self.start()
+        return before == (self.rest_port, self.grpc_port, self.adapter_port)
 
     async def __aenter__(self) -> RuntimeReplica:
         await self.start()

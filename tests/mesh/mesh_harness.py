@@ -187,6 +187,20 @@ class LocalMeshProcess:
               **headers: str) -> httpx.Response:
         return client.post(f"{self.rest}/v2/models/{model}/infer", content=body, headers=headers)
 
+    def envoy_pids(self) -> list[int]:
+        """Envoy processes started with this mesh's bootstrap."""
+        bootstrap = str(self.state_dir / "envoy-bootstrap.yaml").encode()
+        out = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if bootstrap in cmdline and any(a.endswith(b"envoy") for a in cmdline[:1]):
+                    out.append(int(proc.name))
+        return out
+
     def stop(self, check: bool = True) -> int | None:
         if self.proc is None:
             return None
@@ -199,6 +213,7 @@ class LocalMeshProcess:
         cp = self.control_plane_pid()
         if cp:
             pids.append(cp)
+        pids += self.envoy_pids()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:

@@ -7,6 +7,8 @@ is ready: within a few seconds it leaves the routes and is loaded again.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import httpx
@@ -42,3 +44,19 @@ def test_a_model_unloaded_behind_msms_back_is_loaded_again(make_mesh) -> None:
                               what="m loaded again", timeout=60)
         assert c.get(f"{runtime['rest_url']}/v2/models/{revision}/ready").status_code == 200
         assert prediction(mesh.infer(c, "m")) == 8
+
+
+def test_a_killed_gateway_is_restarted_and_serves_again(make_mesh) -> None:
+    mesh = make_mesh({"m.yaml": isvc_yaml("m", "mnist-svm.joblib", min_replicas=1)}, replicas=1,
+                     runtime=runtime_yaml())
+    mesh.wait_status(lambda s: ready_on(s, "m"), what="m ready")
+    (envoy,) = mesh.envoy_pids()
+    os.kill(envoy, signal.SIGKILL)
+    mesh.wait_output("envoy gateway exited (-9); restarting it")
+    mesh.wait_output("envoy gateway back", timeout=60)
+    (again,) = mesh.envoy_pids()
+    assert again != envoy
+    with httpx.Client(timeout=120) as c:  # the new Envoy got the whole current config over xDS
+        assert prediction(mesh.infer(c, "m")) == 8
+    mesh.wait_status(lambda s: [c["in_sync"] for c in s["gateway"]["clients"]] == [True],
+                     what="the new gateway in sync")
