@@ -141,10 +141,21 @@ class MLServerBackend:
             return False
 
     async def ready(self) -> bool:
+        return await self.health() == "ready"
+
+    async def health(self, timeout: float = 2.0) -> str:
+        """``ready``, ``not ready`` (it answered so), ``busy`` (it took the connection but did not
+        answer in time: with no parallel workers, a large inference holds MLServer's event loop)
+        or ``down`` (nothing listens)."""
         try:
-            return (await self._get("/v2/health/ready"))[0] == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+            status, _ = await self._get("/v2/health/ready", timeout)
+        except TimeoutError:
+            return "busy"
+        except aiohttp.ClientConnectorError:
+            return "down"
+        except aiohttp.ClientError:
+            return "busy"  # the connection broke mid-answer: alive, but not answering cleanly
+        return "ready" if status == 200 else "not ready"
 
     async def version(self) -> str:
         try:
@@ -292,6 +303,8 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         self.backend = backend or MLServerBackend(config.mlserver_rest_url, config.mlserver_grpc_address)
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._was_ready = False  # the last runtimeStatus said READY
+        self._version = ""
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -465,9 +478,16 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
     async def runtimeStatus(self, request: pb.RuntimeStatusRequest,
                             context: grpc.aio.ServicerContext) -> pb.RuntimeStatusResponse:
         # MLServer's readiness is "every model in the registry is ready", which a load in
-        # progress makes false for a moment; that is still a ready runtime.
-        ready = await self.backend.ready() or (bool(self._inflight) and await self.backend.live())
-        version = await self.backend.version() if ready else ""
+        # progress makes false for a moment; that is still a ready runtime. A busy MLServer (it
+        # took the health request but is still computing something else) that was ready is
+        # ready: health must not share the fate of the request path.
+        health = await self.backend.health()
+        ready = (health == "ready" or (health == "busy" and self._was_ready)
+                 or (bool(self._inflight) and await self.backend.live()))
+        self._was_ready = ready and health != "down"
+        if health == "ready":
+            self._version = await self.backend.version() or self._version
+        version = self._version if ready else ""
         c = self.config
         return pb.RuntimeStatusResponse(
             status=pb.RuntimeStatusResponse.READY if ready else pb.RuntimeStatusResponse.STARTING,

@@ -1,27 +1,36 @@
 """Runtime instance health: each instance's ``runtimeStatus``, checked on a period.
 
 An instance enters placement when it first answers READY, with what it already holds (adopted,
-so a control-plane restart neither unloads nor reloads anything); it leaves after
-:data:`DOWN_AFTER_FAILURES` failed checks in a row, and its models are placed elsewhere.
+so a control-plane restart neither unloads nor reloads anything). It leaves, and its models are
+placed elsewhere, when it is gone: :data:`DOWN_AFTER_FAILURES` checks in a row that find
+nothing listening or a runtime that says it is not ready. A check that merely times out is a
+busy instance, not a dead one (a large inference can hold a runtime for seconds): only when its
+checks have kept timing out for :data:`SLOW_DOWN_AFTER_S` does it leave. Each instance is
+checked on its own, so one slow instance delays nobody else's checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from placement.control.runtime_client import RuntimeCallError, RuntimeClient
+from placement.control.runtime_client import RuntimeCallError, RuntimeClient, RuntimeTimeout
 from placement.engine.model_types import InstanceInfo
 
 log = logging.getLogger("msm.health")
 
-#: Consecutive failed health checks before an instance is taken out of placement.
+#: Consecutive failed health checks (refused, or not ready) before an instance leaves placement.
 DOWN_AFTER_FAILURES = 2
+#: Checks that only time out take an instance out after this long.
+SLOW_DOWN_AFTER_S = 20.0
+#: How long one check may take before it counts as slow.
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -33,6 +42,7 @@ class TrackedInstance:
     up: bool = False
     failures: int = 0
     last_error: str | None = None
+    slow_since: float | None = None  # checks have been timing out since then
 
 
 class InstanceHealth:
@@ -41,11 +51,13 @@ class InstanceHealth:
     def __init__(self, instances: list[tuple[InstanceInfo, RuntimeClient]],
                  on_up: Callable[[InstanceInfo, RuntimeClient, Mapping[str, int]], None],
                  on_down: Callable[[str], None], *, interval: float = 1.0,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.instances = {info.id: TrackedInstance(info, client) for info, client in instances}
         self._on_up, self._on_down = on_up, on_down
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
         registry = registry if registry is not None else CollectorRegistry()
         self._up_gauge = Gauge("msm_runtime_instances_up", "Runtime instances in placement",
                                registry=registry)
@@ -60,44 +72,49 @@ class InstanceHealth:
         await asyncio.gather(*(self._check(t) for t in self.instances.values()))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="runtime-health")
+        self._tasks = [asyncio.create_task(self._loop(t), name=f"runtime-health:{iid}")
+                       for iid, t in self.instances.items()]
 
     async def stop(self) -> None:
         """Stop checking (the clients stay open for calls still in flight; see :meth:`close`)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
     async def close(self) -> None:
         for t in self.instances.values():
             await t.client.close()
 
-    async def _loop(self) -> None:
+    async def _loop(self, t: TrackedInstance) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.check_all()
+            await self._check(t)
 
     async def _check(self, t: TrackedInstance) -> None:
         """One health check; an instance comes (back) up with what it holds, or goes down."""
         try:
-            status = await t.client.runtime_status(timeout=max(1.0, self.interval))
+            status = await t.client.runtime_status(timeout=max(PROBE_TIMEOUT_S, self.interval))
             if not status.ready:
                 raise RuntimeError(f"runtime status {status.status}")
-            loaded = await t.client.loaded_models(timeout=5.0) if not t.up else None
+            loaded = await t.client.loaded_models(timeout=PROBE_TIMEOUT_S) if not t.up else None
+        except RuntimeTimeout as e:  # alive but busy, or gone quiet: only a long silence counts
+            now = self._clock()
+            t.slow_since = now if t.slow_since is None else t.slow_since
+            t.last_error = f"{e} (slow for {now - t.slow_since:.0f}s)"
+            if t.up and now - t.slow_since >= SLOW_DOWN_AFTER_S:
+                self._down(t, f"no answer for {now - t.slow_since:.0f}s")
+            return
         except (RuntimeCallError, RuntimeError, OSError) as e:
             t.failures += 1
             t.last_error = str(e)
             if t.up and t.failures >= DOWN_AFTER_FAILURES:
-                t.up = False
-                self._downs.inc()
-                log.warning("runtime instance %s is down (%s); its models are placed elsewhere", t.info.id, e)
-                self._on_down(t.info.id)
+                self._down(t, str(e))
             elif not t.up and t.failures == 1:
                 log.warning("runtime instance %s not reachable yet: %s", t.info.id, e)
             self._up_gauge.set(self.up_count)
             return
-        t.failures, t.last_error = 0, None
+        t.failures, t.last_error, t.slow_since = 0, None, None
         if t.up:
             return
         capacity = status.capacity_bytes or t.info.capacity_bytes
@@ -108,6 +125,13 @@ class InstanceHealth:
         log.info("runtime instance %s up (capacity %d MiB), adopting %d loaded model(s)%s",
                  t.info.id, capacity >> 20, len(held), f": {', '.join(sorted(held))}" if held else "")
         self._on_up(t.info, t.client, held)
+        self._up_gauge.set(self.up_count)
+
+    def _down(self, t: TrackedInstance, why: str) -> None:
+        t.up = False
+        self._downs.inc()
+        log.warning("runtime instance %s is down (%s); its models are placed elsewhere", t.info.id, why)
+        self._on_down(t.info.id)
         self._up_gauge.set(self.up_count)
 
     def annotate(self, instances: dict[str, dict[str, Any]]) -> None:
