@@ -35,6 +35,15 @@ _HOP_BY_HOP = {
 EnsureReady = Callable[[str, float], Awaitable[str | None]]
 
 
+#: host:port of a runtime or an internal service, as runtime error texts quote them
+_ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|\b\d{1,3}(?:\.\d{1,3}){3}|\blocalhost)(:\d{1,5})?\b")
+
+
+def for_clients(reason: str) -> str:
+    """A reason fit for a client: internal addresses are replaced (``msm status`` has them all)."""
+    return _ADDRESS.sub("<internal>", reason)
+
+
 def _json_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json")
 
@@ -108,7 +117,7 @@ class Activator:
             return _json_error(503, f"model '{model}' has no ready copy")
         reason = await self._activate(model)
         if reason is not None:
-            return _json_error(503, f"model '{model}' could not be made ready: {reason}")
+            return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
         body = await request.read()
         assert self._session is not None
         async with self._session.request(request.method, f"{self._gateway_rest}{request.path_qs}",
@@ -127,7 +136,7 @@ class Activator:
         reason = await self._activate(str(model))
         if reason is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"model '{model}' could not be made ready: {reason}")
+                                f"model '{model}' could not be made ready: {for_clients(reason)}")
         forward = tuple((k, v) for k, v in metadata if not k.startswith(("x-envoy-", ":"))
                         and k not in ("grpc-timeout", "content-type", "user-agent", "te"))
         assert self._channel is not None

@@ -139,6 +139,8 @@ class Controller:
                 status = self.engine.model_status(model)
                 if status.failed:
                     return status.failure or "load failed on every instance tried"
+                if status.cannot_fit:  # known now: answer now, not after the timeout
+                    return status.waiting
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return f"no copy ready within {timeout:.0f}s"

@@ -399,6 +399,7 @@ class Engine:
             failure=failures[-1].error if failed and failures else None,
             failures=failures,
             waiting=self._waiting_reason(target),
+            cannot_fit=self._cannot_fit(target),
         )
 
     def status(self) -> dict[str, Any]:
@@ -613,10 +614,16 @@ class Engine:
         runtime = self._runtime_instances(rs.spec.runtime)
         if not runtime:
             return f"no instance of runtime '{rs.spec.runtime}' is up"
-        size = self._size(rs.spec)
-        if all(c.info.capacity_bytes < size for c in runtime):
-            return f"needs {size} bytes, more than any instance of runtime '{rs.spec.runtime}' holds"
+        if self._cannot_fit(rs):
+            return (f"needs {self._size(rs.spec)} bytes, more than any instance of runtime "
+                    f"'{rs.spec.runtime}' holds")
         return None
+
+    def _cannot_fit(self, rs: RevisionState) -> bool:
+        """No copy, and every instance of its runtime is too small for it: waiting will not help."""
+        runtime = self._runtime_instances(rs.spec.runtime)
+        size = self._size(rs.spec)
+        return not rs.copies and bool(runtime) and all(c.info.capacity_bytes < size for c in runtime)
 
     # ------------------------------------------------------------------ internals: tick steps
     def _expire_loads(self, now: float, actions: list[Action]) -> None:

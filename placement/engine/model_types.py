@@ -82,6 +82,7 @@ class ModelStatus:
     failure: str | None = None  # the last runtime error text, when failed
     failures: tuple[LoadFailure, ...] = ()  # recent failures of the target revision
     waiting: str | None = None  # why nothing is loading although a copy is wanted
+    cannot_fit: bool = False  # larger than every instance of its runtime: waiting will not help
 
     @property
     def ready(self) -> bool:

@@ -191,3 +191,24 @@ async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_act
         assert act.activations == 1 and gateway.grpc_seen == []
     finally:
         await act.stop()
+
+
+async def test_a_failure_told_to_the_client_names_no_internal_address(gateway):
+    reason = "loadModel on 127.0.0.1:20240 failed (INTERNAL): bad pickle; peer [::1]:8001"
+    act, _ = make_activator(gateway, {"m": reason})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}") as r:
+            assert r.status == 503
+            error = (await r.json())["error"]
+        assert error == ("model 'm' could not be made ready: loadModel on <internal> failed (INTERNAL): "
+                         "bad pickle; peer <internal>")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                    b"", metadata=(("mm-vmodel-id", "m"),), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "127.0.0.1" not in e.value.details() and "<internal>" in e.value.details()
+    finally:
+        await act.stop()

@@ -96,3 +96,19 @@ async def test_the_activator_is_released_only_after_routes_to_the_copy_are_publi
             "released while the gateway still routes the model to the activator"
     finally:
         await ctl.stop()
+
+
+async def test_a_model_too_large_for_every_instance_is_refused_at_once() -> None:
+    gw = Gateway()
+    engine = Engine(MonotonicClock())
+    ctl = Controller(engine, gw, {}, ActivatorEndpoint("127.0.0.1", 1, 2), tick_interval=0.01)
+    ctl.add_instance(InstanceInfo("i0", "rt", "127.0.0.1", 9000, 9100, 10 * MB), Runtime(), {})
+    ctl.set_desired([DesiredModel("big", "big__isvc-1", "rt", "sklearn", "/big", 50 * MB)], {})
+    await ctl.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        reason = await ctl.ensure_ready("big", timeout=60)
+        assert asyncio.get_running_loop().time() - started < 5  # not after the 60 s timeout
+        assert reason == f"needs {50 * MB} bytes, more than any instance of runtime 'rt' holds"
+    finally:
+        await ctl.stop()
