@@ -112,6 +112,8 @@ class Engine:
                 ms.revisions[spec.revision] = rs
                 self._owner[spec.revision] = name
                 self._adopt_orphans(ms, rs)
+            if rs.failures and spec.storage_stamp != rs.spec.storage_stamp:
+                rs.failures.clear()  # the model's file changed: worth trying again at once
             rs.spec = spec
             if rs.retire_at is not None:  # revived (e.g. a rollback while it was draining)
                 rs.retire_at = None

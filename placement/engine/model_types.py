@@ -37,6 +37,8 @@ class DesiredModel:
     min_copies: int = 0  # 0: may have no copy at all; loads on its first request
     canary_percent: int | None = None  # KServe canaryTrafficPercent for this revision
     load_timeout_s: float = 90.0
+    # (mtime_ns, size) of the model's local file: when it changes, failed loads are tried again
+    storage_stamp: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

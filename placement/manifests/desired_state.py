@@ -89,6 +89,7 @@ class ResolvedModel:
     model_format_version: str | None = None
     storage_key: str | None = None
     storage_parameters: Mapping[str, str] = field(default_factory=dict)
+    storage_stamp: tuple[int, int] | None = None  # local mode: (mtime_ns, size) of the model's path
     source: str = ""  # "file doc N" it came from
 
     def desired(self) -> DesiredModel:
@@ -97,7 +98,7 @@ class ResolvedModel:
             name=self.name, revision=self.revision_id, runtime=self.runtime, model_type=self.model_type,
             model_path=self.storage_path, size_estimate_bytes=self.size_estimate_bytes,
             min_copies=self.min_copies, canary_percent=self.canary_percent,
-            load_timeout_s=self.load_timeout_s)
+            load_timeout_s=self.load_timeout_s, storage_stamp=self.storage_stamp)
 
 
 @dataclass(frozen=True)

@@ -452,6 +452,7 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
         model_format_version=version,
         storage_key=storage.key,
         storage_parameters=storage.parameters,
+        storage_stamp=storage.stamp,
         source=f"{doc.source} doc {doc.index}",
     )
 

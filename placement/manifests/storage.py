@@ -40,6 +40,7 @@ class Storage:
     parameters: Mapping[str, str]
     spec: Mapping[str, Any]  # what the manifest says, for the revision id
     disk_bytes: int | None = None  # local mode: bytes on disk of the file or folder
+    stamp: tuple[int, int] | None = None  # local mode: (mtime_ns, size) of the path itself
 
 
 def resolve_storage(model: Mapping[str, Any], config: LocalConfig | None) -> Storage:
@@ -103,7 +104,17 @@ def _local(root: Path, path: str, via: str, spec: Mapping[str, Any], key: str | 
     if not resolved.exists():
         raise StorageError(f"model file {target} not found ({via})")
     size = disk_size(resolved, real_root)
-    return Storage(str(resolved), resolved, key, params, spec, size)
+    return Storage(str(resolved), resolved, key, params, spec, size, path_stamp(resolved))
+
+
+def path_stamp(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of a model's file or folder: it changes when the file is replaced or
+    rewritten, or entries are added to or removed from the folder; None when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _within(path: Path, root: Path) -> bool:

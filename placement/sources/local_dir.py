@@ -30,6 +30,7 @@ from placement.manifests.kserve import (
 )
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, LocalConfig, load_local_config
 from placement.manifests.safe_yaml import size_problem
+from placement.manifests.storage import path_stamp
 
 log = logging.getLogger("msm.sources.local_dir")
 
@@ -163,8 +164,13 @@ class LocalDirSource:
         return True
 
     # -- blocking parts (run in a thread) ------------------------------------------------------
+    def _models_changed(self) -> bool:
+        """A local model's file or folder was replaced or rewritten (a failed load may now work)."""
+        return any(path_stamp(Path(m.storage_path)) != m.storage_stamp
+                   for m in self._state.models.values() if m.storage_stamp is not None)
+
     def _scan(self) -> bool:
-        changed = self._scan_config()
+        changed = self._scan_config() | self._models_changed()
         try:
             paths = manifest_files(self.path)
         except OSError as e:

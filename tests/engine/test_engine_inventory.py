@@ -43,3 +43,21 @@ def test_an_unknown_copy_is_adopted_and_an_orphan_unloaded() -> None:
     assert (lost, found) == ([], ["m__isvc-a", "stray__isvc-x"])
     assert h.ready("m") == {"m__isvc-a": ["i0"]}
     assert h.unloads(h.tick()) == [("i0", "stray__isvc-x")]
+
+
+def test_a_failed_model_is_tried_again_when_its_file_changes() -> None:
+    from dataclasses import replace
+
+    h = Harness()
+    h.up("i0")
+    spec = replace(model("m", min_copies=1), storage_stamp=(1, 100))
+    h.engine.set_desired([spec])
+    h.tick()
+    h.fail("i0", "m__isvc-a", "not a pickle")
+    h.tick()
+    assert h.engine.model_status("m").failed
+    h.engine.set_desired([spec])  # same file: still failed, nothing loads
+    assert h.engine.model_status("m").failed and not h.loads(h.tick())
+    h.engine.set_desired([replace(spec, storage_stamp=(2, 120))])  # the file was replaced
+    assert not h.engine.model_status("m").failed
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]

@@ -60,3 +60,19 @@ def test_a_killed_gateway_is_restarted_and_serves_again(make_mesh) -> None:
         assert prediction(mesh.infer(c, "m")) == 8
     mesh.wait_status(lambda s: [c["in_sync"] for c in s["gateway"]["clients"]] == [True],
                      what="the new gateway in sync")
+
+
+def test_a_model_that_failed_to_load_loads_once_its_file_is_fixed(make_mesh, models_dir) -> None:
+    broken = models_dir / "fixed-later.joblib"
+    broken.write_bytes(b"not a model at all")
+    mesh = make_mesh({"m.yaml": isvc_yaml("m", broken.name)}, replicas=1, runtime=runtime_yaml())
+    try:
+        with httpx.Client(timeout=120) as c:
+            r = mesh.infer(c, "m")
+            assert r.status_code == 503, r.text  # the load fails: the runtime's reason, at once
+            mesh.wait_status(lambda s: s["models"]["m"]["failed"], what="m failed")
+            broken.write_bytes((models_dir / "mnist-svm.joblib").read_bytes())  # fixed in place
+            mesh.wait_status(lambda s: not s["models"]["m"]["failed"], what="the failure cleared", timeout=30)
+            assert prediction(mesh.infer(c, "m")) == 8
+    finally:
+        broken.unlink(missing_ok=True)
