@@ -62,7 +62,15 @@ function envoy_on_request(handle)
   if q then path = sub(path, 1, q - 1) end
   if sub(path, -6) ~= "/infer" then return end
   local ct = headers:get("content-type")
-  if ct ~= nil and sub(ct, 1, 16) == "application/grpc" then return end
+  if ct ~= nil and sub(ct, 1, 16) == "application/grpc" then
+    -- gRPC framing on a REST path: passed on, it would reach the runtime's gRPC port as garbage
+    -- and come back as an empty 200 with no error. A gRPC request gets a gRPC answer (Envoy turns
+    -- every local reply to one into trailers): INVALID_ARGUMENT, saying where gRPC goes.
+    handle:respond({[":status"] = "200", ["content-type"] = "application/grpc", ["grpc-status"] = "3",
+                    ["grpc-message"] = "content-type application/grpc on a REST path: send JSON here, or "
+                      .. "gRPC (inference.GRPCInferenceService with mm-vmodel-id) to the gRPC port"}, "")
+    return
+  end
   local body = handle:body()
   if body == nil then return end
   local n = body:length()

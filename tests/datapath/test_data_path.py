@@ -85,6 +85,15 @@ def test_article_curl_verbatim(gw):
     assert_article_response(out, h.REVISION)
 
 
+def test_json_sent_as_grpc_on_the_rest_port_is_refused_not_answered_empty(gw):
+    """gRPC framing on a REST path gets a gRPC error that says where gRPC goes (it used to reach the
+    runtime as garbage and come back as an empty 200 with no error)."""
+    status, headers, body = h.post(infer_url(gw), h.ARTICLE_BODY, {"content-type": "application/grpc"})
+    assert (status, body) == (200, b"")  # a gRPC answer: the status is in the grpc-* headers
+    assert headers["grpc-status"] == "3"  # INVALID_ARGUMENT
+    assert "send JSON here, or gRPC" in headers["grpc-message"]
+
+
 def test_article_body_on_the_versioned_path(gw):
     url = f"{gw.rest_url}/v2/models/sklearn-mnist/versions/{VERSION}/infer"
     status, _, body = h.post(url, h.ARTICLE_BODY)
