@@ -40,9 +40,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = PlacementFileServer(Path(args.placement), gateway_options(args),
                                  gateway_token=read_gateway_token(args.gateway_token_file))
 
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        from xds_server.server import ServerTls
+
+        if not (args.tls_cert and args.tls_key):
+            print("msm serve: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
+        tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+
     async def start() -> None:
-        port = await server.start(args.xds_host, args.xds_port, args.admin_port)
-        print(f"msm serve: xDS (ADS, SotW and delta) on {args.xds_host}:{port}; "
+        port = await server.start(args.xds_host, args.xds_port, args.admin_port, tls)
+        mode = "" if tls is None else " over mTLS" if tls.client_ca else " over TLS"
+        print(f"msm serve: xDS (ADS, SotW and delta){mode} on {args.xds_host}:{port}; "
               f"metrics and status on http://127.0.0.1:{args.admin_port}/metrics", flush=True)
         if server.last_error:
             print(f"msm serve: placement file rejected: {server.last_error}", file=sys.stderr, flush=True)
@@ -52,11 +62,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
     from msm.xds_stack import read_gateway_token
-    from xds_server.bootstrap import render_bootstrap
+    from xds_server.bootstrap import XdsClientTls, render_bootstrap
 
+    tls = None
+    if args.xds_ca:
+        tls = XdsClientTls(ca=args.xds_ca, cert=args.xds_cert, key=args.xds_key, sni=args.xds_sni)
+    elif args.xds_cert or args.xds_key:
+        print("msm envoy-bootstrap: --xds-cert/--xds-key need --xds-ca (the CA of the xDS server)",
+              file=sys.stderr)
+        return 2
     sys.stdout.write(render_bootstrap(node_id=args.node_id, xds_host=args.xds_host,
                                       xds_port=args.xds_port, admin_port=args.envoy_admin_port,
-                                      gateway_token=read_gateway_token(args.gateway_token_file)))
+                                      gateway_token=read_gateway_token(args.gateway_token_file),
+                                      xds_tls=tls))
     return 0
 
 
@@ -117,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="metrics and status port")
     p.add_argument("--gateway-token-file", default=None, metavar="FILE",
                    help=TOKEN_HELP)
+    p.add_argument("--tls-cert", metavar="PEM", help="serve xDS over TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="require client certificates signed by this CA (mTLS); clients are shown by identity")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -127,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envoy-admin-port", type=int, default=9901)
     p.add_argument("--gateway-token-file", default=None, metavar="FILE",
                    help=TOKEN_HELP)
+    p.add_argument("--xds-ca", metavar="PEM", help="reach the xDS server over TLS, trusting this CA")
+    p.add_argument("--xds-cert", metavar="PEM", help="the gateway's client certificate (mTLS)")
+    p.add_argument("--xds-key", metavar="PEM", help="... and its private key")
+    p.add_argument("--xds-sni", metavar="NAME", help="server name to ask for (default: none)")
     p.set_defaults(func=cmd_envoy_bootstrap)
 
     p = sub.add_parser("up", help="run the local mesh: runtimes, control plane and an Envoy gateway")

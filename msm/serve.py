@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from msm.xds_stack import XdsStack
 from xds_server.mesh_view import MeshView
 from xds_server.placement_file import PlacementFileError, load_placement_file
+from xds_server.server import ServerTls
 from xds_server.translate import GatewayOptions
 
 log = logging.getLogger("msm.serve")
@@ -37,9 +38,10 @@ class PlacementFileServer:
         self.last_error: str | None = None
         self.view = MeshView()
 
-    async def start(self, xds_host: str, xds_port: int, admin_port: int | None) -> int:
+    async def start(self, xds_host: str, xds_port: int, admin_port: int | None,
+                    tls: ServerTls | None = None) -> int:
         await self._reload()
-        port = await self.stack.start_xds(xds_host, xds_port)
+        port = await self.stack.start_xds(xds_host, xds_port, tls)
         if admin_port is not None:
             await self.stack.start_admin(admin_port)
         self._watch_task = asyncio.create_task(self._watch(), name="placement-file-watch")

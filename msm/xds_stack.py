@@ -20,7 +20,7 @@ from xds_server.admin_http import AdminServer
 from xds_server.cache import SnapshotCache
 from xds_server.mesh_view import MeshView
 from xds_server.publisher import SnapshotPublisher
-from xds_server.server import XdsServer
+from xds_server.server import ServerTls, XdsServer
 from xds_server.translate import GatewayOptions
 
 
@@ -54,8 +54,8 @@ class XdsStack:
         self.admin = AdminServer(self.registry, status)
         self.xds_port: int | None = None
 
-    async def start_xds(self, host: str, port: int) -> int:
-        self.xds_port = await self.xds.start(host, port)
+    async def start_xds(self, host: str, port: int, tls: ServerTls | None = None) -> int:
+        self.xds_port = await self.xds.start(host, port, tls=tls)
         return self.xds_port
 
     async def start_admin(self, port: int, host: str = "127.0.0.1") -> int:

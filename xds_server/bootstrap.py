@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 from string import Template
 from typing import Any
 
@@ -50,13 +51,38 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class XdsClientTls:
+    """How a gateway reaches the xDS server over TLS: the CA that signed the server's certificate
+    (``ca``), and the gateway's own certificate and key for mTLS (files Envoy reads)."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    sni: str | None = None
+
+    def transport_socket(self) -> dict[str, Any]:
+        common: dict[str, Any] = {"validation_context": {"trusted_ca": {"filename": self.ca}},
+                                  "alpn_protocols": ["h2"]}
+        if self.cert and self.key:
+            common["tls_certificates"] = [{"certificate_chain": {"filename": self.cert},
+                                           "private_key": {"filename": self.key}}]
+        ctx: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": common}
+        if self.sni:
+            ctx["sni"] = self.sni
+        return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
 def render_bootstrap(node_id: str, xds_host: str, xds_port: int, admin_port: int,
                      cluster: str = "msm-gateway", *, delta: bool = True, trim_stats: bool = True,
-                     gateway_token: str | None = None) -> str:
+                     gateway_token: str | None = None, xds_tls: XdsClientTls | None = None) -> str:
     """The YAML bootstrap of a gateway that takes all its configuration from msm over ADS.
 
     With ``gateway_token`` the ADS stream carries it (gRPC initial metadata): an xDS server
     started with the same token serves no stream without it. The file then holds a secret.
+    With ``xds_tls`` the gateway reaches the xDS server over TLS (mTLS with a certificate).
     """
     stats = stats_config(trim_stats)
     metadata = ""
@@ -65,6 +91,8 @@ def render_bootstrap(node_id: str, xds_host: str, xds_port: int, admin_port: int
                     f"      - {{ key: {GATEWAY_TOKEN_HEADER}, value: {json.dumps(gateway_token)} }}")
     return Template(envoy_asset("bootstrap.yaml").read_text()).substitute(
         xds_metadata=metadata,
+        xds_transport_socket=(f"    transport_socket: {json.dumps(xds_tls.transport_socket())}"
+                              if xds_tls is not None else ""),
         node_id=node_id, cluster=cluster, admin_port=int(admin_port),
         xds_host=xds_host, xds_port=int(xds_port),
         ads_api_type="DELTA_GRPC" if delta else "GRPC",

@@ -11,6 +11,8 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +39,32 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def _peer_identity(context: Context) -> str:
+    """The client certificate's identity on a TLS stream with client auth: first URI SAN (SPIFFE),
+    else first DNS SAN, else CN; ``""`` without a client certificate."""
+    auth = context.auth_context() or {}
+    sans = [v.decode() for v in auth.get("x509_subject_alternative_name", [])]
+    uris = [v for v in sans if "://" in v]
+    names = uris or sans or [v.decode() for v in auth.get("x509_common_name", [])]
+    return names[0][:256] if names else ""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the ADS port (PEM bytes). With ``client_ca``, clients must present a certificate it
+    signed (mTLS), and each stream is known by that certificate's identity (its first URI or DNS
+    SAN, e.g. an Istio workload's ``spiffe://…``, else its CN)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> ServerTls:
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(),
+                   Path(client_ca).read_bytes() if client_ca else None)
+
+
 class XdsServer:
     """Serves the cache's current snapshot to every Envoy that connects over ADS.
 
@@ -58,8 +86,8 @@ class XdsServer:
         cache.on_publish(self._published)
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 18000) -> int:
-        """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 18000, tls: ServerTls | None = None) -> int:
+        """Listen on ``host:port`` (0 picks a free port), with ``tls`` if given; returns the port."""
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
@@ -74,12 +102,19 @@ class XdsServer:
                 response_serializer=_identity),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)],
+                                                root_certificates=tls.client_ca,
+                                                require_client_auth=tls.client_ca is not None)
+            bound = server.add_secure_port(f"{host}:{port}", creds)
         if bound == 0:
             raise OSError(f"xDS server cannot listen on {host}:{port}")
         await server.start()
         self._server, self.port = server, bound
-        log.info("xDS (ADS, SotW and delta) listening on %s:%d", host, bound)
+        log.info("xDS (ADS, SotW and delta) listening on %s:%d%s", host, bound,
+                 "" if tls is None else " (TLS, client certificates required)" if tls.client_ca else " (TLS)")
         return bound
 
     async def stop(self, grace: float = 0.5) -> None:
@@ -103,14 +138,16 @@ class XdsServer:
             yield out
 
     async def _authenticate(self, stream: AdsStream, context: Context) -> str:
-        """What the client proved: ``"gateway token"``, or ``""`` when no token is required."""
+        """What the client proved: its certificate's identity (mTLS), the gateway token, both, or
+        ``""`` when nothing is required."""
+        proofs = [f"mTLS {peer}"] if (peer := _peer_identity(context)) else []
         if self._token is None:
-            return ""
+            return ", ".join(proofs)
         for key, value in context.invocation_metadata() or ():
             if key == GATEWAY_TOKEN_HEADER:
                 given = value.encode() if isinstance(value, str) else bytes(value)
                 if hmac.compare_digest(given, self._token):
-                    return "gateway token"
+                    return ", ".join([*proofs, "gateway token"])
         self.metrics.refused.labels(stream.variant).inc()
         log.warning("%s stream from %s refused: no valid gateway token", stream.variant, stream.peer)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this xDS server serves msm's gateways only")

@@ -174,3 +174,46 @@ async def _has_error(serve: ServeProcess, s: aiohttp.ClientSession) -> bool:
 async def _clients(serve: ServeProcess, s: aiohttp.ClientSession) -> bool:
     status = await serve.status(s)
     return bool(status["clients"]) and status["clients"][0]["types"].get("rds", {}).get("pending") is None
+
+
+async def test_msm_serve_over_mtls_serves_the_gateway_with_its_certificate_only(tmp_path):
+    from tlsutil import CA
+
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("xds", dns=("localhost",), ips=("127.0.0.1",), server=True)
+    gw = ca.issue("gateway", uris=("spiffe://cluster.local/ns/msm/sa/msm-models-gateway",))
+    a = await CopyBackend("a").start()
+    path = tmp_path / "placement.yaml"
+    path.write_text(placement("a", "m__1").replace("{a_rest}", str(a.rest.port))
+                    .replace("{a_grpc}", str(a.grpc.port)).replace("{b_rest}", "1").replace("{b_grpc}", "2"))
+    xds_port, admin_port, rest, grpc_port, envoy_admin = (free_port() for _ in range(5))
+    serve = ServeProcess(path, tmp_path / "serve.log", xds_port, admin_port, rest, grpc_port)
+    serve.cmd += ["--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                  "--tls-client-ca", str(ca.pem.cert)]
+    boot = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "msm.cli", "envoy-bootstrap", "--xds-port", str(xds_port),
+        "--envoy-admin-port", str(envoy_admin), "--node-id", "gw-tls", "--xds-ca", str(ca.pem.cert),
+        "--xds-cert", str(gw.cert), "--xds-key", str(gw.key), stdout=subprocess.PIPE)
+    out, _ = await boot.communicate()
+    assert boot.returncode == 0
+    (tmp_path / "bootstrap.yaml").write_bytes(out)
+    envoy = EnvoyProcess(tmp_path / "bootstrap.yaml", envoy_admin, tmp_path / "envoy.log")
+    try:
+        async with aiohttp.ClientSession() as s:
+            await serve.start(s)
+            await envoy.start()
+
+            async def served() -> bool:
+                url = f"http://127.0.0.1:{rest}/v2/models/m/infer"
+                async with s.post(url, data=b"{}", headers=DATA) as r:
+                    return r.status == 200 and (await r.json())["copy"] == "a"
+
+            await until(served)
+            status = await serve.status(s)
+            assert [(c["node_id"], c["authenticated"]) for c in status["clients"]] == [
+                ("gw-tls", "mTLS spiffe://cluster.local/ns/msm/sa/msm-models-gateway")]
+        assert "over mTLS" in (tmp_path / "serve.log").read_text()
+    finally:
+        await envoy.stop()
+        await serve.stop()
+        await a.stop()
