@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     p.add_argument("--envoy-admin-port", type=int, required=True)
     p.add_argument("--gateway-token-file", default=None)
+    p.add_argument("--activator-rest-port", type=int, default=0)
+    p.add_argument("--activator-grpc-port", type=int, default=0)
     _add_gateway_args(p)
     p.set_defaults(func=cmd_control_plane)
 

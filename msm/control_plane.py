@@ -50,9 +50,13 @@ class ControlPlane:
                  options: GatewayOptions, *, envoy_admin_url: str | None, pvc_flags: tuple[str, ...] = (),
                  engine_config: EngineConfig | None = None, health_interval: float = 1.0,
                  stats_interval: float = 1.0, poll_interval: float = 0.5,
-                 gateway_token: str | None = None, inventory_interval: float = 5.0) -> None:
+                 gateway_token: str | None = None, inventory_interval: float = 5.0,
+                 activator_ports: tuple[int, int] = (0, 0)) -> None:
         self.options = options
         self.inventory_interval = inventory_interval
+        # fixed across restarts (msm up picks them once): the gateway's routes to the activator
+        # stay right while a restarted control plane's xDS stream is not back yet
+        self.activator_ports = activator_ports
         self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self.engine = Engine(MonotonicClock(), engine_config)
         self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port)
@@ -70,7 +74,7 @@ class ControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, xds_host: str, xds_port: int, admin_port: int) -> None:
-        await self.activator.start("127.0.0.1")
+        await self.activator.start("127.0.0.1", *self.activator_ports)
         assert self.activator.rest_port is not None and self.activator.grpc_port is not None
         self.controller = Controller(
             self.engine, self.stack, {},
@@ -152,7 +156,8 @@ def run_control_plane(args: argparse.Namespace, options: GatewayOptions) -> int:
     cp = ControlPlane(Path(args.dir), instances, options,
                       envoy_admin_url=f"http://127.0.0.1:{args.envoy_admin_port}",
                       pvc_flags=tuple(args.pvc), engine_config=EngineConfig(**tunables),
-                      gateway_token=token)
+                      gateway_token=token,
+                      activator_ports=(args.activator_rest_port, args.activator_grpc_port))
 
     async def start() -> None:
         await cp.start("127.0.0.1", args.xds_port, args.admin_port)

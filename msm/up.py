@@ -73,6 +73,7 @@ class LocalMesh:
         self.envoy: EnvoyProcess | None = None
         self.control_plane: asyncio.subprocess.Process | None = None
         self.envoy_admin_port = free_port()
+        self.activator_ports = (free_port(), free_port())  # the same for every control-plane run
         self._stopping = asyncio.Event()
         self._cp_log = None
         self._startup_problems: dict[str, str] = {}
@@ -172,7 +173,9 @@ class LocalMesh:
             cmd += ["--cluster-layout", a.cluster_layout]
         if a.subset_shards:
             cmd += ["--subset-shards", str(a.subset_shards)]
-        return [*cmd, "--gateway-token-file", str(self.token_file)]
+        return [*cmd, "--gateway-token-file", str(self.token_file),
+                "--activator-rest-port", str(self.activator_ports[0]),
+                "--activator-grpc-port", str(self.activator_ports[1])]
 
     async def _start_control_plane(self) -> None:
         if self._cp_log is None:

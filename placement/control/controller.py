@@ -69,13 +69,15 @@ class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
-                 inventory_interval: float | None = None) -> None:
+                 inventory_interval: float | None = None, unload_grace_s: float = 1.0) -> None:
         self.engine = engine
         self.publisher = publisher
         self.clients = dict(clients)
         self.activator = activator
         self.tick_interval = tick_interval
         self.drain_timeout = drain_timeout
+        # after the gateway stops routing to a copy, requests it sent before are still running
+        self.unload_grace_s = unload_grace_s
         self.idle_publish_s = idle_publish_s
         self.inventory_interval = inventory_interval
         self._wake = asyncio.Event()
@@ -161,7 +163,7 @@ class Controller:
         client = self.clients.get(instance_id)
         if client is None or not hasattr(client, "loaded_models"):
             return [], []
-        before = self.engine.ready_revisions(instance_id)
+        before = self.engine.copies_on(instance_id)
         held = await client.loaded_models(timeout=5.0)
         lost, found = self.engine.inventory(instance_id, held, before)
         if lost:
@@ -250,6 +252,8 @@ class Controller:
             if version is not None and not await self.publisher.wait_for_ack(version, self.drain_timeout):
                 log.warning("gateway has not ACKed %s; unloading %s from %s anyway",
                             version, action.revision, action.instance)
+            if self.unload_grace_s > 0:
+                await asyncio.sleep(self.unload_grace_s)
             if client is not None:
                 try:
                     await client.unload_model(action.revision)

@@ -152,6 +152,7 @@ class Engine:
         if cache is None:
             cache = InstanceCache(info, rate=self._rate_tracker())
             self.instances[info.id] = cache
+            self._forget_failures_on(info.id)  # a new incarnation: its failures are not the model's
         else:
             cache.info = info
             for rev, c in list(cache.copies.items()):  # re-registered: what it no longer holds is gone
@@ -170,30 +171,33 @@ class Engine:
         self._orphans_checked = False
         self._mark_runtime_dirty(info.runtime)
 
-    def ready_revisions(self, instance_id: str) -> set[str]:
-        """Revisions the engine holds READY on an instance (before asking it what it holds)."""
+    def copies_on(self, instance_id: str) -> dict[str, Phase]:
+        """Revision -> phase of every copy the engine has on an instance (taken before asking it
+        what it holds, for :meth:`inventory`)."""
         cache = self.instances.get(instance_id)
-        return {r for r, c in cache.copies.items() if c.phase is Phase.READY} if cache else set()
+        return {r: c.phase for r, c in cache.copies.items()} if cache else {}
 
     def inventory(self, instance_id: str, held: Mapping[str, int],
-                  ready_before: Iterable[str]) -> tuple[list[str], list[str]]:
+                  before: Mapping[str, Phase]) -> tuple[list[str], list[str]]:
         """What a live instance says it holds, against the engine's view: ``(lost, found)``.
 
-        A copy READY since before the instance was asked (``ready_revisions`` then) and missing
-        from ``held`` was lost behind msm's back: it leaves the view and is placed again, as after
-        a crash. A copy the engine does not know is adopted (or unloaded, as an orphan). Copies
-        loading or unloading meanwhile are left to their own results.
+        ``before`` is :meth:`copies_on` taken when the instance was asked. A copy READY then and
+        still READY, but missing from ``held``, was lost behind msm's back: it leaves the view and
+        is placed again, as after a crash. A copy the engine did not know then and does not know
+        now is adopted (or unloaded, as an orphan); one it knew then and has forgotten since was
+        unloaded while the answer was on its way, and stays gone. Copies loading or unloading
+        meanwhile are left to their own results.
         """
         cache = self.instances.get(instance_id)
         if cache is None:
             return [], []
         lost = []
-        for rev in sorted(ready_before):
+        for rev in sorted(r for r, phase in before.items() if phase is Phase.READY):
             c = cache.copies.get(rev)
             if c is not None and c.phase is Phase.READY and rev not in held:
                 self._drop_copy(cache, c)
                 lost.append(rev)
-        found = [rev for rev in sorted(held) if rev not in cache.copies]
+        found = [rev for rev in sorted(held) if rev not in cache.copies and rev not in before]
         now = self.clock.now()
         for rev in found:
             self._adopt_copy(cache, rev, held[rev], now)
@@ -224,7 +228,18 @@ class Engine:
             return
         for c in list(cache.copies.values()):
             self._drop_copy(cache, c)
+        self._forget_failures_on(instance_id)
         self._mark_runtime_dirty(cache.info.runtime)
+
+    def _forget_failures_on(self, instance_id: str) -> None:
+        """Load failures on an instance that went away (or came back) say nothing of the model: a
+        load sent to a dying runtime fails whatever the model is. Without this, a model whose loads
+        met a restart on each instance stayed failed for failure_expiry_s on healthy instances."""
+        for ms in self.models.values():
+            for rs in ms.revisions.values():
+                if any(f.instance == instance_id for f in rs.failures):
+                    rs.failures = [f for f in rs.failures if f.instance != instance_id]
+                    self._dirty.add(ms.name)
 
     # ------------------------------------------------------------------ inputs: load results
     def load_started(self, instance_id: str, revision: str) -> None:
@@ -250,7 +265,7 @@ class Engine:
         if size_bytes > 0:
             c.size_bytes, c.measured = size_bytes, True
             self._measured[revision] = size_bytes
-        c.phase = Phase.READY  # now evictable: room for a blocked copy, perhaps
+        c.phase, c.ready_at = Phase.READY, now  # evictable (after min_cache_s): room for a blocked copy?
         self._release_blocked(cache.info.runtime)
         rs = self._rev(revision)
         ms = self.models.get(c.model) if c.model else None
@@ -564,6 +579,8 @@ class Engine:
             return False
         if c.model is None:
             return True
+        if c.ready_at is not None and self.clock.now() - c.ready_at < self.config.min_cache_s:
+            return False  # just loaded: the requests that waited for it have not all been served
         return c.last_used < used_before and (allow_protected or not self._protected(c))
 
     # ------------------------------------------------------------------ internals: failures

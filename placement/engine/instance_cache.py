@@ -29,6 +29,7 @@ class CachedCopy:
     urgent: bool = False
     seq: int = 0  # queue order
     started_at: float | None = None  # load start (engine clock)
+    ready_at: float | None = None  # when it became READY (engine clock)
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,12 +206,12 @@ def sized(name: str, size: int = 2 * MB) -> DesiredModel:
 
 
 async def gated(capacities: dict[str, int], models: list[DesiredModel], *, drain_timeout: float = 30.0,
-                loaded: dict[str, dict[str, int]] | None = None,
+                loaded: dict[str, dict[str, int]] | None = None, unload_grace_s: float = 0.0,
                 ) -> tuple[Controller, Engine, FakeClock, Gateway, dict[str, GatedRuntime]]:
     clock, gateway = FakeClock(), Gateway()
     engine = Engine(clock)
     ctl = Controller(engine, gateway, {}, tick_interval=0.02, drain_timeout=drain_timeout,
-                     idle_publish_s=3600.0)
+                     idle_publish_s=3600.0, unload_grace_s=unload_grace_s)
     ctl.set_desired(models, {})  # first, so that copies the instances already hold are adopted
     runtimes = {iid: GatedRuntime(gateway) for iid in capacities}
     for i, (iid, capacity) in enumerate(capacities.items()):
@@ -231,10 +231,11 @@ async def serve_cold(ctl: Controller, gateway: Gateway, name: str) -> None:
 
 async def test_an_evicted_copy_is_unloaded_only_once_the_gateway_acks_routes_without_it() -> None:
     # room for one 2 MiB model: a cold request for b evicts a (LRU), in the tick that places b
-    ctl, engine, _, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")])
+    ctl, engine, clock, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")])
     rt = rts["i0"]
     try:
         await serve_cold(ctl, gw, "a")
+        clock.advance(engine.config.min_cache_s)  # a has served the requests it was loaded for
         b_ready = asyncio.create_task(ctl.ensure_ready("b", timeout=30))
         await until(gw, lambda: rt.unloads or gw.pending, "a's unload waits for an ACK, or happens")
         assert rt.unloads == [], "a was unloaded before the gateway ACKed routes without it"
@@ -285,10 +286,11 @@ async def test_a_copy_scaled_down_is_unloaded_only_once_the_gateway_acks_routes_
 
 
 async def test_an_unload_goes_ahead_after_drain_timeout_when_the_gateway_never_acks() -> None:
-    ctl, _, _, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")], drain_timeout=0.05)
+    ctl, engine, clock, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")], drain_timeout=0.05)
     rt = rts["i0"]
     try:
         await serve_cold(ctl, gw, "a")
+        clock.advance(engine.config.min_cache_s)  # a has served the requests it was loaded for
         acked, waits = gw.acked, len(gw.waits)
         ctl.engine.request_for_cold_model("b")  # evicts a; from now on the gateway ACKs nothing
         ctl.wake()
@@ -298,5 +300,23 @@ async def test_an_unload_goes_ahead_after_drain_timeout_when_the_gateway_never_a
         assert timeout == 0.05 and "i0" not in copies_in(gw.views[version - 1], "a__isvc-1")
         await until(gw, lambda: ("load", "b__isvc-1") in rt.calls, "b loads into the room")
         assert rt.calls == [("load", "a__isvc-1"), ("unload", "a__isvc-1"), ("load", "b__isvc-1")]
+    finally:
+        await ctl.stop()
+
+
+async def test_an_evicted_copy_keeps_serving_requests_already_sent_for_a_grace_after_the_ack() -> None:
+    ctl, engine, clock, gw, rts = await gated({"i0": 3 * MB}, [sized("a"), sized("b")], unload_grace_s=0.3)
+    rt = rts["i0"]
+    try:
+        await serve_cold(ctl, gw, "a")
+        clock.advance(engine.config.min_cache_s)
+        ctl.engine.request_for_cold_model("b")
+        ctl.wake()
+        await until(gw, lambda: gw.pending, "the view without a waits for its ACK")
+        (version,) = gw.pending
+        acked_at = asyncio.get_running_loop().time()
+        gw.ack(version)
+        await until(gw, lambda: rt.unloads, "a is unloaded")
+        assert asyncio.get_running_loop().time() - acked_at >= 0.3  # not the moment routes moved
     finally:
         await ctl.stop()

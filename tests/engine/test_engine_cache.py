@@ -178,6 +178,7 @@ def test_load_waits_until_evicted_copy_is_unloaded(h: Harness) -> None:
     for n in "ab":
         h.engine.request_for_cold_model(n)
         h.settle()
+    h.clock.advance(h.engine.config.min_cache_s)  # past the grace of freshly loaded copies
     h.engine.request_for_cold_model("c")
     actions = h.tick()
     assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == []  # memory not free yet
@@ -192,6 +193,7 @@ def test_overlap_unload_and_load_when_configured() -> None:
     for n in "ab":
         h.engine.request_for_cold_model(n)
         h.settle()
+    h.clock.advance(h.engine.config.min_cache_s)
     h.engine.request_for_cold_model("c")
     actions = h.tick()
     assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == [("i0", "c__isvc-a")]
@@ -216,6 +218,7 @@ def test_when_loads_fall_behind_cold_models_wait_instead_of_evicting_ready_copie
         h.engine.request_for_cold_model(n)
         h.settle()
         h.clock.advance(1)
+    h.clock.advance(h.engine.config.min_cache_s)
     for i in range(6):
         h.clock.advance(0.1)
         h.engine.request_for_cold_model(f"cold{i}")
@@ -232,6 +235,7 @@ def test_when_loads_fall_behind_cold_models_wait_instead_of_evicting_ready_copie
         for key in list(h.loading):
             h.succeed(*key)
         h.finish_unloads()
+        h.clock.advance(h.engine.config.min_cache_s)  # each new copy serves its requests first
         started += [rev.split("__")[0] for _, rev in h.loads(h.tick())]
     assert started == [f"cold{i}" for i in range(6)]
     assert [h.engine.model_status(f"cold{i}").ready for i in range(6)] == [False] * 2 + [True] * 4

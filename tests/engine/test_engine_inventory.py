@@ -13,8 +13,8 @@ def test_a_copy_lost_behind_msms_back_leaves_the_view_and_loads_again() -> None:
     h.engine.set_desired([model("m", min_copies=1)])
     h.settle()
     ((rev, [where]),) = h.ready("m").items()
-    before = h.engine.ready_revisions(where)
-    assert before == {rev}
+    before = h.engine.copies_on(where)
+    assert set(before) == {rev}
     lost, found = h.engine.inventory(where, {}, before)  # someone unloaded it on the runtime
     assert (lost, found) == ([rev], [])
     assert h.ready("m") == {rev: []}  # no route to the copy that is gone
@@ -28,7 +28,7 @@ def test_a_copy_that_became_ready_after_the_question_is_not_taken_for_lost() -> 
     h.up("i0")
     h.engine.set_desired([model("m", min_copies=1)])
     h.tick()  # the load is under way
-    before = h.engine.ready_revisions("i0")  # asked now: nothing ready yet
+    before = h.engine.copies_on("i0")  # asked now: nothing ready yet
     h.succeed("i0", "m__isvc-a")  # ... the load returns before the answer does
     assert h.engine.inventory("i0", {}, before) == ([], [])
     assert h.ready("m") == {"m__isvc-a": ["i0"]}
@@ -39,7 +39,7 @@ def test_an_unknown_copy_is_adopted_and_an_orphan_unloaded() -> None:
     h.up("i0")
     h.engine.set_desired([model("m")])  # min_copies 0: nothing placed yet
     h.settle()
-    lost, found = h.engine.inventory("i0", {"m__isvc-a": 5 * MB, "stray__isvc-x": MB}, set())
+    lost, found = h.engine.inventory("i0", {"m__isvc-a": 5 * MB, "stray__isvc-x": MB}, {})
     assert (lost, found) == ([], ["m__isvc-a", "stray__isvc-x"])
     assert h.ready("m") == {"m__isvc-a": ["i0"]}
     assert h.unloads(h.tick()) == [("i0", "stray__isvc-x")]
@@ -61,3 +61,46 @@ def test_a_failed_model_is_tried_again_when_its_file_changes() -> None:
     h.engine.set_desired([replace(spec, storage_stamp=(2, 120))])  # the file was replaced
     assert not h.engine.model_status("m").failed
     assert h.loads(h.tick()) == [("i0", "m__isvc-a")]
+
+
+def test_a_copy_unloaded_while_the_answer_was_on_its_way_is_not_adopted_again() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m", min_copies=1)])
+    h.settle()
+    before = h.engine.copies_on("i0")  # asked now: m is ready here
+    h.engine.set_desired([])  # ... m leaves the desired set and its copy is unloaded meanwhile
+    h.tick()
+    h.finish_unloads()
+    assert h.engine.inventory("i0", {"m__isvc-a": MB}, before) == ([], [])  # the answer is old news
+    assert h.engine.copies_on("i0") == {}
+
+
+def test_failures_on_an_instance_that_went_away_are_forgotten() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m", min_copies=1)])
+    for _ in range(2):  # loads sent to runtimes that were dying fail on both instances
+        h.tick()
+        for iid, rev in list(h.loading):
+            h.fail(iid, rev, "UNAVAILABLE: connection refused")
+    assert h.engine.model_status("m").failed
+    h.engine.instance_down("i0")  # the restarts: fresh instances, nothing against the model
+    h.up("i0")
+    assert not h.engine.model_status("m").failed
+    assert [f.instance for f in h.engine.model_status("m").failures] == ["i1"]
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]
+
+
+def test_a_freshly_loaded_copy_is_not_evicted_before_its_requests_are_served() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model("a"), model("b"), model("c")])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.engine.request_for_cold_model("c")  # no room, and both copies are fresh: c waits
+    assert h.tick() == [] and h.ready("a") == {"a__isvc-a": ["i0"]}
+    h.clock.advance(h.engine.config.min_cache_s)
+    assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]  # now the LRU one makes room

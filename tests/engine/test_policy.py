@@ -60,6 +60,7 @@ def test_preemptive_copy_never_evicts_a_hotter_model() -> None:
     h.settle()
     assert h.ready("hot")["hot__isvc-a"] != [old_at]
     h.engine.record_requests("hot", 10)
+    h.clock.advance(h.engine.config.min_cache_s)  # "hot" is no longer freshly loaded
     h.engine.instance_down(old_at)  # "old" wants its copy back, but only room is by evicting "hot"
     h.settle()
     assert h.ready("old")["old__isvc-a"] == [] and len(h.ready("hot")["hot__isvc-a"]) == 1

@@ -162,6 +162,9 @@ def test_control_plane_restart_adopts_what_runtimes_hold(make_mesh) -> None:
                           what="the restarted control plane to sync the gateway")
     assert mesh.control_plane_pid() not in (None, old_pid)
     assert ready_on(st, "kept") == holder  # adopted where it was
+    # the activator is where the gateway's routes already point (a cold model works at once)
+    was, now = before["gateway"]["activator"], st["gateway"]["activator"]
+    assert (now["rest_port"], now["grpc_port"]) == (was["rest_port"], was["grpc_port"])
     assert st["counters"]["loads"] == 0 and st["counters"]["unloads"] == 0  # nothing reloaded
     with httpx.Client(timeout=30) as c:
         assert prediction(mesh.infer(c, "kept")) == 8
