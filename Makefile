@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: setup up test lint bench mutate clean
+.PHONY: setup up test lint bench faults mutate clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test: lint
 bench: setup
 	$(VENV)/bin/python bench/placement_zipf.py
 	$(VENV)/bin/python bench/xds_scale.py --models 1000 10000 --instances 100
+
+# Faults under load on a local mesh (docs/faults.md): steady traffic over 20 models while runtimes,
+# the control plane and Envoy are killed and manifests edited; loopback only, a few minutes.
+faults: setup
+	$(VENV)/bin/python bench/faults.py
 
 # Mutation testing of the engine, the xDS state machine, translation, the activator and manifest
 # resolution (docs/testing.md: about an hour on 2 cores; not part of `make test`).
