@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: setup up test lint bench faults mutate clean
+.PHONY: setup up test lint tools bench faults mutate clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
+# Real etcd, kube-apiserver and kubectl for the Kubernetes tests, built once from their Go modules
+# at pinned versions (scripts/tools/) into ~/.cache/msm-tools; prints where they are.
+tools:
+	bash scripts/build-tools.sh
+
+# Without Go (exit 3) the Kubernetes tests skip and say why; CI (.ci/run) turns that into a failure.
 test: lint
+	bash scripts/build-tools.sh || [ $$? -eq 3 ]
 	$(VENV)/bin/python -m pytest -q -ra
 
 # The benchmarks at their documented sizes take long (see docs/benchmarks.md for each command);

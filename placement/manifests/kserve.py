@@ -62,11 +62,18 @@ KSERVE_KINDS = tuple(API_VERSIONS)
 
 @dataclass(frozen=True, eq=False)
 class Document:
-    """One YAML document of a manifest file; ``index`` counts from 1."""
+    """One manifest document: of a file (``index`` counts from 1), or an object read from the
+    Kubernetes API (``index`` 0, ``source`` names the object, ``created`` its creationTimestamp)."""
 
-    source: str  # file, as shown in messages (relative to the manifest directory)
+    source: str  # file, as shown in messages (relative to the manifest directory), or the object
     index: int
     body: Any
+    created: str = ""  # of an API object: the oldest claim on a model name wins
+
+    @property
+    def origin(self) -> str:
+        """``file doc N``, or the object's name: where a message says the document came from."""
+        return f"{self.source} doc {self.index}" if self.index else self.source
 
     @property
     def kind(self) -> str | None:
@@ -88,7 +95,7 @@ class Document:
     @property
     def where(self) -> str:
         """``file doc N Kind/name``: the prefix of this document's messages."""
-        return describe(f"{self.source} doc {self.index}", self.kind, self.name)
+        return describe(self.origin, self.kind, self.name)
 
     @property
     def identity(self) -> tuple[str | None, str | None, str | None]:
@@ -106,7 +113,7 @@ class Document:
     def problems(self) -> tuple[str, ...]:
         """Validation messages (empty when valid, or when the document is not one msm reads)."""
         if not isinstance(self.body, dict):
-            return (f"{self.source} doc {self.index}: expected a mapping (a Kubernetes object), "
+            return (f"{self.origin}: expected a mapping (a Kubernetes object), "
                     f"got {type(self.body).__name__}",)
         if not self.is_kserve:
             return ()
@@ -305,7 +312,7 @@ def runtime_from_document(doc: Document, local_config: LocalConfig | None = None
                                           .get(MAX_LOADING_ANNOTATION)),
         command=tuple(str(x) for x in server.get("command") or ()),
         args=tuple(str(x) for x in server.get("args") or ()),
-        source=f"{doc.source} doc {doc.index}",
+        source=doc.origin,
     )
 
 
@@ -453,7 +460,7 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
         storage_key=storage.key,
         storage_parameters=storage.parameters,
         storage_stamp=storage.stamp,
-        source=f"{doc.source} doc {doc.index}",
+        source=doc.origin,
     )
 
 
@@ -494,9 +501,10 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         inc = incumbents.get(doc.name or "") if doc.kind == "InferenceService" else None
         if inc is None or inc.namespace != (doc.namespace or default_ns):
             return 2
-        return 0 if inc.source.split(" doc ")[0] == doc.source else 1
+        same = inc.source.rsplit(" doc ", 1)[0] == doc.source if doc.index else inc.source == doc.source
+        return 0 if same else 1  # the same file (wherever in it), or the same API object
 
-    for doc in sorted(documents, key=lambda d: (claim(d), d.source, d.index)):
+    for doc in sorted(documents, key=lambda d: (claim(d), d.created, d.source, d.index)):
         if doc.problems:
             is_model = doc.kind == "InferenceService" and doc.name
             key = model_key(doc.namespace or default_ns, doc.name or "") if is_model else doc.source
@@ -511,7 +519,7 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         if ident in seen:
             first = seen[ident]
             _add_error(errors, doc.source, f"{doc.where}: {first.kind} {ns}/{doc.name} is already defined "
-                       f"in {first.source} doc {first.index}, which stays in use; this one is ignored")
+                       f"in {first.origin}, which stays in use; this one is ignored")
             continue
         seen[ident] = doc
         (isvcs if doc.kind == "InferenceService" else runtime_docs).append(doc)
@@ -538,7 +546,7 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         if first is not doc:
             _add_error(errors, doc.source,
                        f"{doc.where}: clients call models by name alone, and {doc.name} is already claimed "
-                       f"by namespace {first.namespace or default_ns} ({first.source} doc {first.index}), "
+                       f"by namespace {first.namespace or default_ns} ({first.origin}), "
                        f"which stays in use; this one (namespace {ns}) is ignored while that one exists")
             continue
         try:

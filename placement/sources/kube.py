@@ -1,0 +1,204 @@
+"""Desired state from the Kubernetes API: InferenceService, ServingRuntime, ClusterServingRuntime.
+
+Each kind is listed once, then watched from the list's resourceVersion with bookmarks, so the
+watch resumes where it stopped (a watch ends every ``watch_timeout_s`` and starts again from the
+last version seen). When the API server has compacted that version away it answers 410 Gone;
+the kind is then listed again and its objects replaced whole, so no event is missed or applied
+twice. The official ``kubernetes`` client is synchronous: each watch runs in a thread of its own
+and hands events to the event loop, where all state lives.
+
+Objects become :class:`placement.manifests.kserve.Document` s (source ``Kind namespace/name``,
+``created`` their creationTimestamp, so the oldest claim on a model name keeps it, also across
+control-plane restarts) and are resolved as files are, storage staying a URI (``pvc://`` is a
+volume mounted into the runtime pods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from placement.manifests.desired_state import DesiredState
+from placement.manifests.kserve import Document, resolve
+from placement.manifests.validation import GROUP
+
+log = logging.getLogger("msm.sources.kube")
+
+OnChange = Callable[[DesiredState], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    version: str
+    plural: str
+    namespaced: bool
+
+
+KINDS = (
+    Kind("InferenceService", "v1beta1", "inferenceservices", True),
+    Kind("ServingRuntime", "v1alpha1", "servingruntimes", True),
+    Kind("ClusterServingRuntime", "v1alpha1", "clusterservingruntimes", False),
+)
+
+Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
+
+
+def _key(kind: Kind, obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return kind.kind, meta.get("namespace") or "", meta.get("name") or ""
+
+
+def document_of(kind: Kind, obj: dict[str, Any]) -> Document:
+    """An API object as a manifest document (``kind`` and ``apiVersion`` filled in, as a file has)."""
+    body = {**obj, "kind": kind.kind, "apiVersion": f"{GROUP}/{kind.version}"}
+    meta = obj.get("metadata") or {}
+    where = f"{meta.get('namespace')}/{meta.get('name')}" if kind.namespaced else str(meta.get("name"))
+    # what the API server adds is not the user's manifest and not in the CRD's schema of the spec
+    body["metadata"] = {k: v for k, v in meta.items() if k in ("name", "namespace", "labels", "annotations")}
+    body.pop("status", None)
+    return Document(f"{kind.kind} {where}", 0, body, created=str(meta.get("creationTimestamp") or ""))
+
+
+class KubeSource:
+    """Lists and watches the KServe kinds; calls ``on_change`` with each new desired state."""
+
+    def __init__(self, api: client.ApiClient, on_change: OnChange | None = None, *,
+                 watch_timeout_s: int = 60) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.on_change = on_change
+        self.watch_timeout_s = watch_timeout_s
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.state = DesiredState()
+        self.relists: dict[str, int] = {k.kind: 0 for k in KINDS}  # 410 Gone recoveries, per kind
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._watches: list[watch.Watch] = []
+        self._threads: list[threading.Thread] = []
+        self._changed = asyncio.Event()
+        self._deliver: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> DesiredState:
+        """List every kind, deliver the first state, then watch."""
+        self._loop = asyncio.get_running_loop()
+        versions = {}
+        for kind in KINDS:
+            items, versions[kind.kind] = await asyncio.to_thread(self._list, kind)
+            self._replace(kind, items)
+        await self._resolve_and_deliver()
+        for kind in KINDS:
+            t = threading.Thread(target=self._watch, args=(kind, versions[kind.kind]),
+                                 name=f"watch-{kind.plural}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        self._deliver = asyncio.create_task(self._deliver_loop(), name="kube-source")
+        return self.state
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for w in self._watches:
+            w.stop()
+        with contextlib.suppress(Exception):  # unblocks the watch threads' reads
+            self.api.rest_client.pool_manager.clear()
+        for t in self._threads:
+            await asyncio.to_thread(t.join, 10)
+        if self._deliver is not None:
+            self._deliver.cancel()
+            await asyncio.gather(self._deliver, return_exceptions=True)
+
+    # -- API calls (threads) --------------------------------------------------------------------
+    def _list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
+        r = self.custom.list_cluster_custom_object(GROUP, kind.version, kind.plural)
+        return list(r.get("items") or []), r["metadata"]["resourceVersion"]
+
+    def _watch(self, kind: Kind, version: str) -> None:
+        w = watch.Watch()
+        self._watches.append(w)
+        while not self._stop.is_set():
+            try:
+                events = w.stream(self.custom.list_cluster_custom_object, GROUP, kind.version, kind.plural,
+                                  resource_version=version, allow_watch_bookmarks=True,
+                                  timeout_seconds=self.watch_timeout_s)
+                for event in events:
+                    # (with deserialize=False the client cannot read an ERROR event such as 410 Gone)
+                    obj = event.get("raw_object") or {}
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._post(self._apply, kind, event["type"], obj)
+            except ApiException as e:
+                if self._stop.is_set():
+                    return
+                if e.status != 410:
+                    log.warning("watch of %s failed (%s); watching again", kind.plural, e.reason)
+                    self._stop.wait(1.0)
+                    continue
+                log.info("watch of %s expired (410 Gone: compacted); listing again", kind.plural)
+                try:
+                    items, version = self._list(kind)
+                except Exception as e2:  # the API server may be away: try again
+                    log.warning("listing %s failed: %s", kind.plural, e2)
+                    self._stop.wait(1.0)
+                    continue
+                self._post(self._relisted, kind, items)
+            except Exception as e:  # a broken connection, or stop() closing it
+                if self._stop.is_set():
+                    return
+                log.warning("watch of %s broke (%s); watching again from %s", kind.plural, e, version)
+                self._stop.wait(1.0)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    # -- state (event loop) ---------------------------------------------------------------------
+    def _apply(self, kind: Kind, event: str, obj: dict[str, Any]) -> None:
+        key = _key(kind, obj)
+        if event == "DELETED":
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+        self._changed.set()
+
+    def _relisted(self, kind: Kind, items: list[dict[str, Any]]) -> None:
+        self.relists[kind.kind] += 1
+        self._replace(kind, items)
+        self._changed.set()
+
+    def _replace(self, kind: Kind, items: list[dict[str, Any]]) -> None:
+        for key in [k for k in self.objects if k[0] == kind.kind]:
+            del self.objects[key]
+        for obj in items:
+            self.objects[_key(kind, obj)] = obj
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(0.05)  # a burst of events (an apply of many objects) resolves once
+            self._changed.clear()
+            try:
+                await self._resolve_and_deliver()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("resolving the desired state failed")
+
+    async def _resolve_and_deliver(self) -> None:
+        kinds = {k.kind: k for k in KINDS}
+        documents = [document_of(kinds[key[0]], obj) for key, obj in sorted(self.objects.items())]
+        new = await asyncio.to_thread(resolve, documents, None, self.state.models)
+        if new == self.state:
+            return
+        self.state = new
+        if self.on_change is not None:
+            await self.on_change(new)
