@@ -164,6 +164,8 @@ class Stream:
         self.route_snapshot: Snapshot | None = None
         self.route_seq = 0
         self._route_candidates: list[tuple[int, Snapshot]] = []
+        # endpoints name -> (cluster, endpoints) as sent with each cluster (see want())
+        self._cluster_endpoints: dict[str, tuple[str, Resource]] = {}
         self._nonces = itertools.count(1)
         self._wake = asyncio.Event()
         self._closed = False
@@ -320,6 +322,16 @@ class Stream:
                 for n, held in ts.held.items():
                     if n in src and ts.known.get(n) == held.version:
                         kept[n] = target.endpoints_union(n, held)
+                # a cluster the client holds but whose endpoints it never got (a newer snapshot
+                # dropped it before the client asked): without them it stays warming until
+                # Envoy's initial-fetch timeout (15 s); they come from the snapshot it came from
+                cds = self.types.get(rt.CLUSTER)
+                held_clusters = cds.known if cds is not None else {}
+                for n, (cluster, res) in list(self._cluster_endpoints.items()):
+                    if cluster not in held_clusters:
+                        del self._cluster_endpoints[n]
+                    elif n not in src and n not in kept:
+                        kept[n] = res
             if kept:
                 return self.target, self._restrict(ts, {**src, **kept}), False
         return self.target, self._restrict(ts, src), True
@@ -351,6 +363,7 @@ class Stream:
             body, sent, removed = self._encode(ts, want, snap, nonce, candidates)
             if t == rt.CLUSTER:
                 self._resend_endpoints_of_changed(ts, sent)
+                self._remember_endpoints(snap, sent)
             elif t == rt.ENDPOINT:
                 ts.force.difference_update(sent)
             ts.pending = Pending(nonce, seq, snap.version, sent, removed, snap if pure else None, ts.epoch)
@@ -364,6 +377,14 @@ class Stream:
             self.metrics.resources_sent.labels(label, self.variant).inc(len(sent))
             return body
         return None
+
+    def _remember_endpoints(self, snap: Snapshot, sent: Mapping[str, Resource]) -> None:
+        """The endpoints each cluster sent comes with, in the snapshot it was sent from."""
+        endpoints, eds_names = snap.get(rt.ENDPOINT), snap.cluster_endpoint_names
+        for cluster in sent:
+            n = eds_names.get(cluster)
+            if n is not None and n in endpoints:
+                self._cluster_endpoints[n] = (cluster, endpoints[n])
 
     def _resend_endpoints_of_changed(self, cds: TypeState, sent: Mapping[str, Resource]) -> None:
         eds = self.types.get(rt.ENDPOINT)

@@ -237,3 +237,28 @@ async def test_a_subscription_change_on_an_older_nonce_is_not_an_answer_to_the_r
         assert await xds.wait_for_ack(second_snap.version, timeout=0)
     finally:
         await c.close()
+
+
+async def test_a_cluster_the_client_still_holds_gets_its_endpoints_after_a_newer_snapshot_dropped_it(xds):
+    """Envoy creates a cluster from a CDS response, then subscribes to its endpoints; if a newer
+    snapshot (a burst of publishes) no longer has that cluster, the client still holds it (make
+    before break) and it stays warming until its endpoints come: they must come, from the
+    snapshot the cluster came from, not after Envoy's 15 s initial-fetch timeout."""
+    publish(xds.cache, mesh({"x": [1], "y": [2]}, routes={"m": "x"}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.CLUSTER)  # wildcard, as Envoy's CDS is
+        cds = await c.recv()
+        assert names_of(cds) == ["x", "y"]
+        await c.delta_req(rt.ROUTE, subscribe=["r"])  # the routes it uses name x
+        publish(xds.cache, mesh({"y": [2]}, routes={"m": "y"}))  # x gone a moment later
+        await c.ack(cds)
+        await c.delta_req(rt.ENDPOINT, subscribe=["x", "y"])  # Envoy asks for what it created
+        eds = await c.recv()
+        while "x" not in names_of(eds):
+            await c.ack(eds)
+            eds = await c.recv(timeout=2)
+        (x,) = [r for r in eds.resources if r.name == "x"]
+        assert x.version
+    finally:
+        await c.close()
