@@ -1,0 +1,1 @@
+"""Kubernetes mode's writes: InferenceService status (and later Leases and runtime Deployments)."""
