@@ -106,7 +106,7 @@ class EngineConfig:
     overlap_unload_and_load: bool = False
     # a copy that just became ready is not evicted for this long: the requests that waited for it
     # are still being replayed, and the gateway's request counts for it arrive ~1 s late
-    min_cache_s: float = 5.0
+    min_cache_s: float = 2.0
     # loads that must wait for a slot, per instance, before it takes no more: a copy placed behind
     # a long queue would hold its bytes, and evict ready copies, long before it could load
     max_queued_loads: int = 2

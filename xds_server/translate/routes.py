@@ -103,6 +103,20 @@ def _retry(rule: RouteRule, opts: GatewayOptions) -> rc.RetryPolicy:
     return p
 
 
+#: The activator is one process: while it restarts (with the control plane, ~2 s) nothing listens
+#: on its port. A cold request retries the connection for about that long instead of failing.
+ACTIVATOR_RETRY_ON = "connect-failure,refused-stream,reset"
+ACTIVATOR_RETRIES = 8
+ACTIVATOR_BACKOFF = (0.1, 0.5)  # base, max seconds
+
+
+def _activator_retry() -> rc.RetryPolicy:
+    return rc.RetryPolicy(
+        retry_on=ACTIVATOR_RETRY_ON, num_retries=wrappers_pb2.UInt32Value(value=ACTIVATOR_RETRIES),
+        retry_back_off=rc.RetryPolicy.RetryBackOff(base_interval=duration(ACTIVATOR_BACKOFF[0]),
+                                                   max_interval=duration(ACTIVATOR_BACKOFF[1])))
+
+
 def _fraction(numerator: int | None, route: rc.Route) -> None:
     if numerator is not None:
         route.match.runtime_fraction.CopyFrom(base_pb2.RuntimeFractionalPercent(
@@ -185,7 +199,7 @@ class _RouteBuilder:
                     a.prefix_rewrite = f"/v2/models/{target.revision}"
             timeout = opts.timeout_s if rule.timeout_s is None else rule.timeout_s
             a.timeout.CopyFrom(duration(timeout))
-            a.retry_policy.CopyFrom(_retry(rule, opts))
+            a.retry_policy.CopyFrom(_activator_retry() if target.kind == "activator" else _retry(rule, opts))
             if opts.route_stats and target.kind != "activator":
                 # counted once, where the request is served: a cold request reaches the activator
                 # and is counted when the activator replays it to the new copy
