@@ -28,9 +28,12 @@ def gateway_options(args: argparse.Namespace):
     kwargs = {"rest_port": args.rest_port, "grpc_port": args.grpc_port}
     if getattr(args, "cluster_layout", None):
         kwargs["cluster_layout"] = args.cluster_layout
-    if getattr(args, "subset_shards", None):
+    if getattr(args, "subset_shards", None) is not None:
         kwargs["subset_shards"] = args.subset_shards
-    return GatewayOptions(**kwargs)
+    try:
+        return GatewayOptions(**kwargs)
+    except ValueError as e:
+        raise SystemExit(f"msm {args.command}: {e}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from placement.manifests.local_config import (
     LocalConfig,
     load_local_config,
 )
-from placement.manifests.safe_yaml import shown, size_problem, structure_problem
+from placement.manifests.safe_yaml import one_line, shown, size_problem, structure_problem
 from placement.manifests.storage import StorageError, resolve_storage
 from placement.manifests.validation import (
     API_VERSIONS,
@@ -111,7 +111,11 @@ class Document:
 
     @functools.cached_property
     def problems(self) -> tuple[str, ...]:
-        """Validation messages (empty when valid, or when the document is not one msm reads)."""
+        """Validation messages (empty when valid, or when the document is not one msm reads), each
+        one line of bounded length."""
+        return tuple(one_line(p) for p in self._problems())
+
+    def _problems(self) -> tuple[str, ...]:
         if not isinstance(self.body, dict):
             return (f"{self.origin}: expected a mapping (a Kubernetes object), "
                     f"got {type(self.body).__name__}",)
@@ -150,7 +154,7 @@ def parse_documents(text: str, source: str) -> tuple[list[Document], list[str]]:
                 if mark.line > 0 and "mapping values" in problem:
                     detail += (f" (check its indentation against line {mark.line}: "
                                f"{shown(lines[mark.line - 1].rstrip())})")
-        return [], [f"{source}: not valid YAML{at}: {detail}"]
+        return [], [one_line(f"{source}: not valid YAML{at}: {detail}")]
     docs = [Document(source, i, b) for i, b in enumerate(bodies, start=1) if b is not None]
     return docs, []
 
@@ -465,6 +469,7 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
 
 
 def _add_error(errors: dict[str, str], key: str, message: str) -> None:
+    message = one_line(message)
     errors[key] = f"{errors[key]}\n{message}" if key in errors else message
 
 
@@ -553,6 +558,11 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
             m = resolve_model(doc, all_runtimes, local_config)
         except (ResolveError, StorageError) as e:
             _add_error(errors, model_key(ns, doc.name or ""), f"{doc.where}: {e}")
+            continue
+        except Exception as e:  # a bug must cost this one model, not every other one
+            log.exception("resolving %s failed", doc.where)
+            _add_error(errors, model_key(ns, doc.name or ""),
+                       f"{doc.where}: could not be resolved ({type(e).__name__}; msm's log has the details)")
             continue
         models[m.name] = m
     return DesiredState(models=models, runtimes=runtimes, errors=errors)

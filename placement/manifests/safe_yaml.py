@@ -16,12 +16,15 @@ and every value a message quotes goes through :func:`shown`, which is bounded in
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
 import yaml
 
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
+#: One problem's message is at most this long (it names the file, the object and the field first).
+MAX_MESSAGE_CHARS = 2000
 MAX_NODES = 200_000
 MAX_DEPTH = 64
 
@@ -40,6 +43,18 @@ def shown(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
     return _repr.repr(value)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """A problem's message as one line of bounded length: control characters (a newline in a name
+    or a key, say) are shown escaped, and the message is cut at :data:`MAX_MESSAGE_CHARS`."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}… ({len(text):,} characters in all)"
+    return text
 
 
 def size_problem(size: int) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, LocalConfig
+from placement.manifests.safe_yaml import shown
 
 #: Files and folders a model folder may hold before msm refuses to walk it for its size.
 MAX_MODEL_ENTRIES = 100_000
@@ -65,8 +66,13 @@ def resolve_storage(model: Mapping[str, Any], config: LocalConfig | None) -> Sto
         return _local(folder, path, f"storage key {key_name} -> {folder}", spec, key_name, params)
     assert isinstance(uri, str)
     spec = {"storageUri": uri}
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as e:  # e.g. an unbalanced '[' in the authority
+        raise StorageError(f"storageUri {shown(uri)} is not a valid URI: {e}") from None
     if parsed.scheme == "pvc":
+        if not parsed.netloc:
+            raise StorageError(f"storageUri {shown(uri)} names no PVC: write pvc://<pvc name>/<path>")
         return _pvc(parsed.netloc, parsed.path, config, spec, None, {})
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else uri
@@ -95,15 +101,20 @@ def _pvc(name: str, path: str, config: LocalConfig | None, spec: Mapping[str, An
 def _local(root: Path, path: str, via: str, spec: Mapping[str, Any], key: str | None,
            params: Mapping[str, str]) -> Storage:
     """``path`` under ``root`` (an absolute ``path`` is taken as is), confined to ``root``."""
-    real_root = root.resolve()
-    target = Path(path) if os.path.isabs(path) else root / path
-    resolved = target.resolve()
-    if not _within(resolved, real_root):
-        raise StorageError(f"model path {path!r} resolves to {resolved}, outside its storage root "
-                           f"{real_root} ({via}); a model path must stay inside it")
-    if not resolved.exists():
-        raise StorageError(f"model file {target} not found ({via})")
-    size = disk_size(resolved, real_root)
+    if "\0" in path:
+        raise StorageError(f"model path {shown(path)} contains a NUL character")
+    try:
+        real_root = root.resolve()
+        target = Path(path) if os.path.isabs(path) else root / path
+        resolved = target.resolve()
+        if not _within(resolved, real_root):
+            raise StorageError(f"model path {shown(path)} resolves to {resolved}, outside its "
+                               f"storage root {real_root} ({via}); a model path must stay inside it")
+        if not resolved.exists():
+            raise StorageError(f"model file {target} not found ({via})")
+        size = disk_size(resolved, real_root)
+    except OSError as e:  # a name too long for the file system, a folder it may not read ...
+        raise StorageError(f"model path {shown(path)} cannot be read ({via}): {e.strerror or e}") from None
     return Storage(str(resolved), resolved, key, params, spec, size, path_stamp(resolved))
 
 

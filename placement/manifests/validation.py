@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, Overflow, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ LEGACY_PREDICTORS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tenso
 
 # DNS-1123 subdomain
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # DNS-1123 label
 _ISVC_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # KServe: DNS-1035 label
 _ENDPOINT_RE = re.compile(r"^(port:(\d{1,5})|unix:/.+)$")
 _QUANTITY_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+_EXPONENT_RE = re.compile(r"[eE][+-]?\d+")
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
            "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
@@ -67,6 +70,8 @@ def parse_quantity(value: Any) -> Decimal:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{shown(value)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{shown(value)} is not a Kubernetes quantity (a finite number, e.g. 512Mi)")
     if isinstance(value, (int, float)):
         return Decimal(str(value))
     m = _QUANTITY_RE.match(value.strip())
@@ -74,11 +79,12 @@ def parse_quantity(value: Any) -> Decimal:
         raise ValueError(f"{shown(value)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)")
     number, suffix = m.group(1), m.group(2) or ""
     try:
-        if suffix[:1] in ("e", "E"):
-            return Decimal(number + suffix)
-        return Decimal(number) * Decimal(_SUFFIX[suffix])
-    except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"{shown(value)} is not a Kubernetes quantity") from e
+        with localcontext(Context(prec=60, Emax=10**6, Emin=-(10**6), traps=[InvalidOperation, Overflow])):
+            if _EXPONENT_RE.fullmatch(suffix):  # 1e9; but "E" (exa) and "Ei" (exbi) are suffixes
+                return Decimal(number + suffix)
+            return Decimal(number) * Decimal(_SUFFIX[suffix])
+    except ArithmeticError as e:  # a number too large to hold
+        raise ValueError(f"{shown(value)} is larger than any Kubernetes quantity") from e
 
 
 def resource_problem(name: str, value: Any) -> str | None:
@@ -183,7 +189,9 @@ class _Checker:
         if m is None:
             return None
         for k, v in m.items():
-            if not isinstance(v, str):
+            if not isinstance(k, str):
+                self.add(f"{path}{key}", f"keys must be strings, got {_type(k)} {shown(k)}")
+            elif not isinstance(v, str):
                 self.add(f"{path}{key}.{k}", f"must be a string, got {_type(v)}")
         return m
 
@@ -214,7 +222,10 @@ def _check_metadata(c: _Checker, doc: Mapping[str, Any], name_re: re.Pattern[str
     name = c.string(meta, "name", "metadata.", required=True)
     if name and (len(name) > max_len or not name_re.match(name)):
         c.add("metadata.name", f"{shown(name)} is not a valid name ({rule}, at most {max_len} characters)")
-    c.string(meta, "namespace", "metadata.")
+    namespace = c.string(meta, "namespace", "metadata.")
+    if namespace is not None and (len(namespace) > 63 or not _NAMESPACE_RE.match(namespace)):
+        c.add("metadata.namespace", f"{shown(namespace)} is not a valid namespace (lowercase letters, digits "
+              "and '-', at most 63 characters)")
     c.string_map(meta, "annotations", "metadata.")
     c.string_map(meta, "labels", "metadata.")
 
@@ -275,7 +286,8 @@ def _check_isvc(c: _Checker, doc: Mapping[str, Any]) -> None:
 
 def _check_runtime(c: _Checker, doc: Mapping[str, Any]) -> None:
     _check_metadata(c, doc, _NAME_RE, "lowercase letters, digits, '-' and '.'", 253)
-    annotations = (doc.get("metadata") or {}).get("annotations")
+    meta = doc.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
     if isinstance(annotations, dict) and isinstance(annotations.get(MAX_LOADING_ANNOTATION), str):
         v = annotations[MAX_LOADING_ANNOTATION]  # not a string: reported by the annotations check
         if not (v.isdigit() and len(v) <= 3 and 1 <= int(v) <= MAX_LOADING_LIMIT):
@@ -430,8 +442,8 @@ def crd_validator(kind: str, api_version: str) -> Any:
 
 def _schema_message(err: Any) -> str:
     if err.validator == "additionalProperties" and err.validator_value is False:
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)
+        return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(map(shown, extra))}"
     if err.validator == "pattern":
         if "KMGTPE" in str(err.validator_value):
             return f"{shown(err.instance)} is not a Kubernetes quantity (e.g. 512Mi, 5Gi)"

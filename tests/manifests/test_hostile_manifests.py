@@ -109,3 +109,24 @@ def test_replica_counts_past_any_plan_are_refused() -> None:
     rt = runtime("rt").replace("  multiModel: true\n", "  multiModel: true\n  replicas: 5000\n")
     assert parse_manifest_text(rt, "rt.yaml").errors == (
         "rt.yaml doc 1 ServingRuntime/rt: spec.replicas must be between 0 and 1000, got 5000",)
+
+
+def test_a_resolver_bug_costs_one_model_not_the_folder(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from placement.manifests import kserve
+
+    d = local_dir(tmp_path)
+    write(d / "rt.yaml", runtime("mlserver"))
+    write(d / "m.yaml", isvc("good") + "---\n" + isvc("cursed"))
+    real = kserve.resolve_model
+
+    def buggy(doc, *a, **kw):
+        if doc.name == "cursed":
+            raise ZeroDivisionError("a bug")
+        return real(doc, *a, **kw)
+
+    monkeypatch.setattr(kserve, "resolve_model", buggy)
+    state = load_manifest_dir(d)
+    assert set(state.models) == {"good"}
+    assert state.errors["modelmesh-serving/cursed"].endswith(
+        "could not be resolved (ZeroDivisionError; msm's log has the details)")

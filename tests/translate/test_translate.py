@@ -418,3 +418,21 @@ def test_patched_snapshots_equal_full_builds(layout):
             t: set(r) for t, r in full.resources.items() if r}
         assert inc.rebuilt < 6  # only what changed was rebuilt
         snap = patched
+
+
+def test_routes_to_the_activator_ride_out_its_restart():
+    """The activator restarts with the control plane: a cold request retries the connection for a
+    few seconds instead of failing; requests to runtimes keep their own retry policy."""
+    from xds_server.mesh_view import ActivatorEndpoint
+
+    models = [Model("cold", (Revision("cold__isvc-1"),)), Model("warm", (Revision("warm__isvc-1", copies=(C0,)),))]
+    v = MeshView.of(models, ActivatorEndpoint("127.0.0.1", 7000, 7001))
+    res = translate(v, GatewayOptions(route_layout="flat"))
+    routes = {r.name: r for rc_ in res[ROUTE].values() for vh in rc_.virtual_hosts for r in vh.routes}
+    cold = [r for n, r in routes.items() if n.startswith("cold/")]
+    assert cold and all(r.route.retry_policy == cold[0].route.retry_policy for r in cold)
+    p = cold[0].route.retry_policy
+    assert set(p.retry_on.split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert p.num_retries.value == 8 and p.retry_back_off.max_interval.ToMilliseconds() == 500
+    warm = next(r for n, r in routes.items() if n.startswith("warm/"))
+    assert warm.route.retry_policy.num_retries.value == GatewayOptions().retries

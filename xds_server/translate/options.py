@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,3 +69,20 @@ class GatewayOptions:
             raise ValueError("subset_shards must be >= 1")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        for name in ("rest_port", "grpc_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise ValueError(f"{name} must be a port number (1-65535), not {getattr(self, name)}")
+        if self.rest_port == self.grpc_port:
+            raise ValueError(f"the REST and gRPC ports must differ (both {self.rest_port})")
+        try:
+            ipaddress.ip_address(self.listen_address)
+        except ValueError:
+            raise ValueError(f"listen_address must be an IP address, not {self.listen_address!r}") from None
+        if self.connect_timeout_s <= 0 or self.timeout_s < 0:
+            raise ValueError("connect_timeout_s must be > 0 and timeout_s >= 0 (0: no timeout)")
+        if self.per_try_timeout_s is not None and self.per_try_timeout_s <= 0:
+            raise ValueError("per_try_timeout_s must be > 0 (or unset)")
+        if not 0 <= self.outlier_max_ejection_percent <= 100:
+            raise ValueError("outlier_max_ejection_percent must be between 0 and 100")
+        if self.max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be >= 1")
