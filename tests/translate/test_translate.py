@@ -425,7 +425,8 @@ def test_routes_to_the_activator_ride_out_its_restart():
     few seconds instead of failing; requests to runtimes keep their own retry policy."""
     from xds_server.mesh_view import ActivatorEndpoint
 
-    models = [Model("cold", (Revision("cold__isvc-1"),)), Model("warm", (Revision("warm__isvc-1", copies=(C0,)),))]
+    models = [Model("cold", (Revision("cold__isvc-1"),)),
+              Model("warm", (Revision("warm__isvc-1", copies=(C0,)),))]
     v = MeshView.of(models, ActivatorEndpoint("127.0.0.1", 7000, 7001))
     res = translate(v, GatewayOptions(route_layout="flat"))
     routes = {r.name: r for rc_ in res[ROUTE].values() for vh in rc_.virtual_hosts for r in vh.routes}
