@@ -128,12 +128,14 @@ class XdsServer:
     async def _sotw(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = SotwStream(self.cache, self.metrics, context.peer(), self._notify)
         stream.authenticated = await self._authenticate(stream, context)
+        context.add_done_callback(lambda _: stream.close())  # cancelled, or the connection is gone
         async for out in self._serve(stream, requests):
             yield out
 
     async def _delta(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = DeltaStream(self.cache, self.metrics, context.peer(), self._notify)
         stream.authenticated = await self._authenticate(stream, context)
+        context.add_done_callback(lambda _: stream.close())  # cancelled, or the connection is gone
         async for out in self._serve(stream, requests):
             yield out
 
