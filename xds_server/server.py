@@ -7,6 +7,7 @@ registered with an identity response serialiser instead of the generated service
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -128,14 +129,14 @@ class XdsServer:
     async def _sotw(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = SotwStream(self.cache, self.metrics, context.peer(), self._notify)
         stream.authenticated = await self._authenticate(stream, context)
-        context.add_done_callback(lambda _: stream.close())  # cancelled, or the connection is gone
+        self._on_done(context, stream)
         async for out in self._serve(stream, requests):
             yield out
 
     async def _delta(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
         stream = DeltaStream(self.cache, self.metrics, context.peer(), self._notify)
         stream.authenticated = await self._authenticate(stream, context)
-        context.add_done_callback(lambda _: stream.close())  # cancelled, or the connection is gone
+        self._on_done(context, stream)
         async for out in self._serve(stream, requests):
             yield out
 
@@ -154,6 +155,30 @@ class XdsServer:
         log.warning("%s stream from %s refused: no valid gateway token", stream.variant, stream.peer)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this xDS server serves msm's gateways only")
         raise AssertionError("unreachable")  # abort raises
+
+    def _on_done(self, context: Context, stream: AdsStream) -> None:
+        """Forget the stream as soon as its RPC is over (cancelled, or the connection gone).
+
+        The handler alone is not enough: when the client dies while a response is being written,
+        grpc may leave the handler's generator suspended at that write for good, and the dead
+        client would be waited for by every wait_for_ack until it timed out.
+        """
+        loop = asyncio.get_running_loop()
+
+        def done(_: Any) -> None:  # may run outside the event loop's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._forget, stream)
+
+        context.add_done_callback(done)
+
+    def _forget(self, stream: AdsStream) -> None:
+        stream.close()
+        if self._streams.pop(stream.id, None) is None:
+            return
+        self.metrics.clients.labels(stream.variant).dec()
+        log.info("%s stream %d from %s closed", stream.variant, stream.id, stream.node_id or stream.peer)
+        self._notify()
+
     async def _serve(self, stream: AdsStream, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         self._streams[stream.id] = stream
         self.metrics.clients.labels(stream.variant).inc()
@@ -165,10 +190,7 @@ class XdsServer:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            del self._streams[stream.id]
-            self.metrics.clients.labels(stream.variant).dec()
-            log.info("%s stream %d from %s closed", stream.variant, stream.id, stream.node_id or stream.peer)
-            self._notify()
+            self._forget(stream)
 
     @staticmethod
     async def _read(stream: AdsStream, requests: AsyncIterator[Any]) -> None:
