@@ -50,6 +50,7 @@ class XdsStack:
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
         self.xds = XdsServer(self.cache, registry=self.registry, gateway_token=gateway_token)
+        self.expect_gateway = gateway_token is not None
         self.publisher = SnapshotPublisher(self.cache, options, self.registry)
         self.admin = AdminServer(self.registry, status)
         self.xds_port: int | None = None
@@ -74,7 +75,9 @@ class XdsStack:
         return await self.publisher.publish(view)
 
     async def wait_for_ack(self, version: str, timeout: float) -> bool:
-        return await self.xds.wait_for_ack(version, timeout=timeout)
+        # with a gateway token the process has a gateway of its own: while it is (re)connecting it
+        # routes by its old configuration, so "no client connected" is not "every client has it"
+        return await self.xds.wait_for_ack(version, timeout=timeout, at_least_one=self.expect_gateway)
 
     # -- status ------------------------------------------------------------------------------------
     def clients_status(self) -> list[dict[str, Any]]:

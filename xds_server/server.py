@@ -216,28 +216,34 @@ class XdsServer:
         """Open streams, oldest first (each has ``node_id``, ``variant`` and ``describe()``)."""
         return sorted(self._streams.values(), key=lambda s: s.id)
 
-    def _caught_up(self, seq: int, type_urls: list[str] | None, node_id: str | None) -> bool:
-        return all(s.synced(seq, type_urls) for s in self._streams.values()
-                   if node_id is None or s.node_id == node_id)
+    def _caught_up(self, seq: int, type_urls: list[str] | None, node_id: str | None,
+                   at_least_one: bool = False) -> bool:
+        streams = [s for s in self._streams.values() if node_id is None or s.node_id == node_id]
+        if at_least_one and not streams:
+            return False
+        return all(s.synced(seq, type_urls) for s in streams)
 
     async def wait_for_ack(self, version: str, type_urls: Iterable[str] | None = None,
-                           node_id: str | None = None, timeout: float = 10.0) -> bool:
+                           node_id: str | None = None, timeout: float = 10.0,
+                           at_least_one: bool = False) -> bool:
         """Wait until every client (or ``node_id``) holds snapshot ``version`` or a later one.
 
-        True at once when no client is connected. False when the version was never published or
-        ``timeout`` passes first (as it does when a client rejected the version).
+        True at once when no client is connected, unless ``at_least_one``: then a client must
+        connect and hold it (a gateway that is reconnecting still routes by its old
+        configuration). False when the version was never published or ``timeout`` passes first
+        (as it does when a client rejected the version).
         """
         seq = self.cache.seq_of(version)
         if seq is None:
             return False
         types = list(type_urls) if type_urls is not None else None
         deadline = time.monotonic() + timeout
-        while not self._caught_up(seq, types, node_id):
+        while not self._caught_up(seq, types, node_id, at_least_one):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             try:
                 await asyncio.wait_for(self._progress.wait(), remaining)
             except TimeoutError:
-                return self._caught_up(seq, types, node_id)
+                return self._caught_up(seq, types, node_id, at_least_one)
         return True

@@ -87,6 +87,7 @@ class Controller:
         self._inventory_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
         self._published: tuple[MeshView, str] | None = None  # the last view published, its version
+        self._desired_known = asyncio.Event()  # set_desired has been called once
         self._stopped = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class Controller:
     def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str]) -> None:
         self.engine.set_desired(models)
         self.desired_errors = dict(errors)
+        self._desired_known.set()
         self.wake()
 
     def add_instance(self, info: InstanceInfo, client: ModelLoader, loaded: Mapping[str, int]) -> None:
@@ -127,6 +129,12 @@ class Controller:
     async def ensure_ready(self, model: str, timeout: float) -> str | None:
         """For the activator: None once ``model`` has a ready copy that the gateway has ACKed."""
         deadline = time.monotonic() + timeout
+        if not self._desired_known.is_set():  # just started: the manifests are being read
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._desired_known.wait()
+            except TimeoutError:
+                return "msm has not read its manifests yet"
         if self.engine.has_model(model) is False:
             return f"unknown model '{model}'"
         self.engine.request_for_cold_model(model)

@@ -64,6 +64,30 @@ async def test_a_cold_model_is_loaded_and_published_before_ensure_ready_returns(
         await ctl.stop()
 
 
+async def test_a_request_right_after_start_waits_for_the_manifests_instead_of_unknown_model() -> None:
+    """After a control-plane restart the activator can be asked for a model before the manifests
+    are read: that is not an "unknown model" (404 to the client) but a short wait."""
+    rt = Runtime()
+    ctl, _ = await make({"i0": rt})
+    try:
+        waiter = asyncio.create_task(ctl.ensure_ready("m", timeout=5))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        ctl.set_desired([desired("m")], {})
+        assert await waiter is None
+        assert rt.calls == [("load", "m__isvc-1")]
+    finally:
+        await ctl.stop()
+
+
+async def test_manifests_never_read_gives_a_clear_reason_when_the_wait_ends() -> None:
+    ctl, _ = await make({"i0": Runtime()})
+    try:
+        assert await ctl.ensure_ready("m", timeout=0.05) == "msm has not read its manifests yet"
+    finally:
+        await ctl.stop()
+
+
 async def test_a_failed_load_reports_the_runtime_error_then_loads_on_another_instance() -> None:
     bad, good = Runtime(errors={"m__isvc-1": "disk on fire"}), Runtime()
     ctl, engine = await make({"i0": bad})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from xds_client import AdsClient, cla, mesh, names_of, publish
 
@@ -222,3 +224,19 @@ async def test_reconnect_gets_the_current_state(xds):
         assert resp.version_info == snap.version and names_of(resp) == ["a", "b"]
     finally:
         await c2.close()
+
+
+async def test_wait_for_ack_with_at_least_one_waits_for_a_client_to_connect_and_ack(xds):
+    snap = publish(xds.cache, mesh({"a": [1]}))
+    assert await xds.wait_for_ack(snap.version, timeout=0)  # nobody connected: nobody lacks it
+    assert not await xds.wait_for_ack(snap.version, timeout=0, at_least_one=True)
+    c = AdsClient(xds.test_port)
+    try:
+        waiting = asyncio.create_task(xds.wait_for_ack(snap.version, timeout=10, at_least_one=True))
+        await c.sotw(rt.CLUSTER)
+        await c.ack(await c.recv())
+        await c.sotw(rt.ENDPOINT, ["a"])
+        await c.ack(await c.recv(), ["a"])
+        assert await waiting
+    finally:
+        await c.close()
