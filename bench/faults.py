@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -240,8 +241,11 @@ class FaultRun:
         shutil.copyfile(svm, self.root / "outside.joblib")  # a real model, outside the PVC
         self.capacity = max(int(svm.stat().st_size * SIZE_MULTIPLIER * 1.1),
                             int(total * self.args.fit / self.args.replicas))
-        (self.manifests / "runtime.yaml").write_text(
-            runtime_yaml(memory=str(self.capacity), mem_buffer=0, load_timeout_ms=30000))
+        # the container's memory: the models' share plus memBufferBytes (the article's 128 MiB by
+        # default), which copies still draining may use while their replacements load
+        (self.manifests / "runtime.yaml").write_text(runtime_yaml(
+            memory=str(self.capacity + self.args.mem_buffer), mem_buffer=self.args.mem_buffer,
+            load_timeout_ms=30000))
         (self.manifests / "msm-local.yaml").write_text(local_config(self.pvc, self.args.replicas))
         self.total_model_bytes = total
 
@@ -707,8 +711,9 @@ def report(run: FaultRun, a: dict[str, Any], cmd: str) -> tuple[str, str]:
     out.append("")
     out.append(f"command: {cmd}")
     out.append(f"models {len(run.models)} (Zipf s={args.zipf}), {args.replicas} replicas of "
-               f"{run.capacity / 1e6:.2f} MB each for {run.total_model_bytes / 1e6:.2f} MB of models "
-               f"(estimated), rate {args.rate:g}/s, {args.duration:.0f}s, seed {args.seed}")
+               f"{run.capacity / 1e6:.2f} MB each (memBufferBytes {args.mem_buffer}) for "
+               f"{run.total_model_bytes / 1e6:.2f} MB of models (estimated), rate {args.rate:g}/s, "
+               f"{args.duration:.0f}s, seed {args.seed}")
     out.append(f"traffic started at {run.t0_wall} (local time of the logs in {run.state}); t = 0 below")
     out.append(f"msm up ready in {run.setup_s:.1f}s; stopped in "
                f"{'-' if run.stop_seconds is None else f'{run.stop_seconds:.1f}'}s, exit {run.msm_rc}")
@@ -788,7 +793,8 @@ def report(run: FaultRun, a: dict[str, Any], cmd: str) -> tuple[str, str]:
     # markdown
     md.append(f"```\n{cmd}\n```\n")
     md.append(f"{len(run.models)} models (Zipf s = {args.zipf}) on {args.replicas} MLServer replicas of "
-              f"{run.capacity / 1e6:.2f} MB each ({run.total_model_bytes / 1e6:.2f} MB of models, "
+              f"{run.capacity / 1e6:.2f} MB each (memBufferBytes {args.mem_buffer}; "
+              f"{run.total_model_bytes / 1e6:.2f} MB of models, "
               f"estimated: about {100 * args.fit:.0f} % fit at once); {args.rate:g} requests/s (Poisson) for "
               f"{args.duration:.0f} s; seed {args.seed}. `msm up` was ready in {run.setup_s:.0f} s and "
               f"stopped in {'-' if run.stop_seconds is None else f'{run.stop_seconds:.1f}'} s after SIGTERM "
@@ -860,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="faults left out of the schedule: " + ", ".join(k for _, k in SCHEDULE))
     p.add_argument("--list-failures", type=int, default=300, help="failures listed one by one (default 300)")
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a markdown section")
+    p.add_argument("--mem-buffer", type=int, default=134217728,
+                   help="the runtime's memBufferBytes (default the article's 134217728; 0: a load "
+                        "waits until the copies evicted for it are unloaded)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (manifests, state, logs)")
     args = p.parse_args(argv)
     if args.models < 3 or args.duration < 30 or args.rate <= 0:
@@ -892,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"processes leaked: {run.leaked}", file=sys.stderr)
     finally:
         if args.keep:
+            with (root / "requests.jsonl").open("w") as f:  # every request, for a closer look
+                for r in run.requests:
+                    f.write(json.dumps(dataclasses.asdict(r)) + "\n")
             print(f"run folder kept: {root} (state and logs in {root / 'state'})")
         else:
             shutil.rmtree(root, ignore_errors=True)

@@ -22,6 +22,10 @@ class InstanceInfo:
     grpc_port: int
     capacity_bytes: int  # memory for models (limit less memBufferBytes, or runtime-reported)
     max_concurrent_loads: int = 1
+    # memory beyond ``capacity_bytes`` (the runtime's memBufferBytes) that copies still draining
+    # may occupy while the loads that evicted them start: a cold load then waits neither for the
+    # drain nor for the unload, and the container's limit is still never exceeded
+    unload_headroom_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class EngineConfig:
     cold_demand_ttl_s: float = 300.0
     # rollouts
     rollout_drain_s: float = 10.0  # old revision stays loaded this long after routes move
-    # memory: False = a load waits until the copies evicted for it are really unloaded
+    # memory: False = a load waits until the copies evicted for it are really unloaded, or fit
+    # beside it in the instance's unload_headroom_bytes; True = it never waits for them
     overlap_unload_and_load: bool = False
     # a copy that just became ready is not evicted for this long: the requests that waited for it
     # are still being replayed, and the gateway's request counts for it arrive ~1 s late

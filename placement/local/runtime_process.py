@@ -95,7 +95,8 @@ class RuntimeReplica:
     def __init__(self, instance_id: str, work_dir: Path | str, *, runtime_name: str = "mlserver",
                  env: Mapping[str, str] | None = None, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
                  model_loading_timeout_ms: int = 90_000, max_loading_concurrency: int = 1,
-                 implementations: Mapping[str, str] | None = None, host: str = "127.0.0.1",
+                 unload_headroom_bytes: int = 0, implementations: Mapping[str, str] | None = None,
+                 host: str = "127.0.0.1",
                  start_timeout: float = 90.0, python: str = sys.executable) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", instance_id):
             raise ValueError(f"instance id {instance_id!r}: letters, digits, '.', '_' and '-' only")
@@ -109,6 +110,7 @@ class RuntimeReplica:
         self.capacity_bytes = capacity_bytes
         self.model_loading_timeout_ms = model_loading_timeout_ms
         self.max_loading_concurrency = max_loading_concurrency
+        self.unload_headroom_bytes = unload_headroom_bytes  # memBufferBytes: see InstanceInfo
         self.implementations = dict(implementations or {})
         self.host = host
         self.start_timeout = start_timeout
@@ -130,6 +132,7 @@ class RuntimeReplica:
             if mem is not None:
                 capacity = max(0, int(mem) - int(_attr(rt, ("mem_buffer_bytes",), 0)))
         kwargs.setdefault("capacity_bytes", int(capacity) if capacity else DEFAULT_CAPACITY_BYTES)
+        kwargs.setdefault("unload_headroom_bytes", int(_attr(rt, ("mem_buffer_bytes",), 0) or 0))
         timeout = _attr(rt, ("load_timeout_ms", "model_loading_timeout_ms"))
         if timeout is not None:
             kwargs.setdefault("model_loading_timeout_ms", int(timeout))
@@ -174,7 +177,8 @@ class RuntimeReplica:
             "data_address": self.data_address, "grpc_port": self.grpc_port,
             "rest_url": self.rest_url, "rest_port": self.rest_port, "metrics_port": self.metrics_port,
             "capacity_bytes": self.capacity_bytes, "model_loading_timeout_ms": self.model_loading_timeout_ms,
-            "max_loading_concurrency": self.max_loading_concurrency, "models_dir": str(self.models_dir),
+            "max_loading_concurrency": self.max_loading_concurrency,
+            "unload_headroom_bytes": self.unload_headroom_bytes, "models_dir": str(self.models_dir),
             "mlserver_pid": self._mlserver.pid if self._mlserver else None,
             "adapter_pid": self._adapter.pid if self._adapter else None,
             "mlserver_log": str(self.mlserver_log), "adapter_log": str(self.adapter_log),
@@ -387,6 +391,7 @@ def read_instances_file(path: Path) -> list[tuple[InstanceInfo, str, float]]:
         info = InstanceInfo(id=r["id"], runtime=r["runtime"], address=r["host"],
                             rest_port=int(r["rest_port"]), grpc_port=int(r["grpc_port"]),
                             capacity_bytes=int(r["capacity_bytes"]),
-                            max_concurrent_loads=int(r.get("max_loading_concurrency") or 1))
+                            max_concurrent_loads=int(r.get("max_loading_concurrency") or 1),
+                            unload_headroom_bytes=int(r.get("unload_headroom_bytes") or 0))
         out.append((info, r["address"], int(r.get("model_loading_timeout_ms") or 90_000) / 1000.0))
     return out

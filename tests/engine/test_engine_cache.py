@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from placement_harness import MB, Harness, model
 
-from placement.engine.model_types import EngineConfig
+from placement.engine.model_types import EngineConfig, InstanceInfo
 
 
 def test_model_without_copy_loads_on_first_request(h: Harness) -> None:
@@ -184,6 +184,29 @@ def test_load_waits_until_evicted_copy_is_unloaded(h: Harness) -> None:
     assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == []  # memory not free yet
     h.finish_unloads()
     assert h.loads(h.tick()) == [("i0", "c__isvc-a")]
+
+
+def test_a_load_overlaps_the_drain_of_its_victims_within_the_unload_headroom(h: Harness) -> None:
+    # room for two 100 MB copies and 100 MB of headroom: one victim may
+    # still be draining while its replacement loads, two may not
+    info = InstanceInfo("i0", "rt", "127.0.0.1", 9000, 9100, 200 * MB, 1, unload_headroom_bytes=100 * MB)
+    h.engine.instance_up(info, {})
+    h.engine.set_desired([model("a"), model("b"), model("c"), model("big", size_mb=160)])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.clock.advance(h.engine.config.min_cache_s)
+    h.engine.request_for_cold_model("c")
+    actions = h.tick()
+    assert h.unloads(actions) == [("i0", "a__isvc-a")] and h.loads(actions) == [("i0", "c__isvc-a")]
+    h.settle()
+    h.clock.advance(h.engine.config.min_cache_s)
+    h.engine.request_for_cold_model("big")  # 160 MB: evicts b and c, 200 MB still draining
+    actions = h.tick()
+    assert sorted(h.unloads(actions)) == [("i0", "b__isvc-a"), ("i0", "c__isvc-a")]
+    assert h.loads(actions) == []  # 200 + 160 > 200 + 100: it waits for the unloads
+    h.finish_unloads()
+    assert h.loads(h.tick()) == [("i0", "big__isvc-a")]
 
 
 def test_overlap_unload_and_load_when_configured() -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from placement.local.runtime_process import RuntimeReplica, local_mesh_notes
+from placement.local.runtime_process import (
+    RuntimeReplica,
+    local_mesh_notes,
+    read_instances_file,
+    write_instances_file,
+)
 from placement.manifests.desired_state import RuntimeSpec
 
 MANIFEST_ENV = {"PYTHONPATH": "/from/the/manifest", "LD_PRELOAD": "/from/the/manifest.so",
@@ -48,6 +53,17 @@ def test_max_loading_concurrency_annotation_reaches_the_replica(tmp_path: Path) 
     r = RuntimeReplica.for_runtime(spec(max_loading_concurrency=3), index=0, state_dir=tmp_path)
     assert r.max_loading_concurrency == 3
     assert r.describe()["max_loading_concurrency"] == 3
+
+
+def test_mem_buffer_bytes_becomes_the_instances_unload_headroom(tmp_path: Path) -> None:
+    r = RuntimeReplica.for_runtime(spec(mem_buffer_bytes=128 << 20, memory_limit_bytes=1 << 30),
+                                   index=0, state_dir=tmp_path)
+    assert (r.capacity_bytes, r.unload_headroom_bytes) == ((1 << 30) - (128 << 20), 128 << 20)
+    path = tmp_path / "instances.json"
+    write_instances_file(path, [r])
+    [(info, _, _)] = read_instances_file(path)
+    assert (info.capacity_bytes, info.unload_headroom_bytes) == ((1 << 30) - (128 << 20), 128 << 20)
+    assert RuntimeReplica.for_runtime(spec(), index=0, state_dir=tmp_path).unload_headroom_bytes == 0
 
 
 @pytest.mark.e2e
