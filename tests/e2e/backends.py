@@ -18,10 +18,23 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 
 from placement.local.ports import free_port
+from xds_server.mesh_view import Copy
+
+#: the two ways the gateway's clusters and routes can be laid out (GatewayOptions)
+LAYOUTS = [
+    pytest.param({"cluster_layout": "subset", "route_layout": "scoped"}, id="subset-scoped"),
+    pytest.param({"cluster_layout": "per_revision", "route_layout": "flat"}, id="per_revision-flat"),
+]
+DATA_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+# the data-path Lua marks a standard V2 body with this header; sending it too keeps these tests
+# independent of that filter
+DATA_HEADERS = {"x-msm-body": "data", "content-type": "application/json"}
 
 _MODEL = re.compile(r"^/v2/models/([^/?]+)")
 
@@ -178,6 +191,23 @@ class CopyBackend:
     async def stop(self) -> None:
         await self.rest.stop()
         await self.grpc.stop()
+
+    def as_copy(self) -> Copy:
+        """This backend as a copy in a mesh view."""
+        return Copy(self.copy, "127.0.0.1", self.rest.port, self.grpc.port)
+
+
+@contextlib.asynccontextmanager
+async def running_copies(n: int) -> AsyncIterator[list[CopyBackend]]:
+    """``n`` copies named c0, c1, ...; all stopped on the way out."""
+    started: list[CopyBackend] = []
+    try:
+        for i in range(n):
+            started.append(await CopyBackend(f"c{i}").start())
+        yield started
+    finally:
+        for b in started:
+            await b.stop()
 
 
 class StaticGateway:

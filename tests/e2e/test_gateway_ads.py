@@ -19,21 +19,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 server_mod = pytest.importorskip("xds_server.server")
 
-from backends import CopyBackend, free_port  # noqa: E402
+from backends import free_port, running_copies  # noqa: E402
 
 from xds_server.bootstrap import render_bootstrap  # noqa: E402
 from xds_server.cache import SnapshotCache  # noqa: E402
 from xds_server.envoy_process import EnvoyProcess  # noqa: E402
-from xds_server.mesh_view import Copy, Destination, HeaderMatch, MeshView, Model, Revision, RouteRule  # noqa: E402
+from xds_server.mesh_view import Destination, HeaderMatch, MeshView, Model, Revision, RouteRule  # noqa: E402
 from xds_server.snapshot import Snapshot  # noqa: E402
 from xds_server.translate import GatewayOptions, translate  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 DATA_HEADERS = {"x-msm-body": "data"}
-
-
-def cp(b: CopyBackend) -> Copy:
-    return Copy(b.copy, "127.0.0.1", b.rest.port, b.grpc.port)
 
 
 class AdsGateway:
@@ -92,12 +88,8 @@ async def wait_serving(session: aiohttp.ClientSession, url: str, copy: str, time
 
 @pytest.fixture
 async def copies():
-    started = [await CopyBackend(f"c{i}").start() for i in range(2)]
-    try:
+    async with running_copies(2) as started:
         yield started
-    finally:
-        for b in started:
-            await b.stop()
 
 
 @pytest.mark.parametrize("layout", ["subset", "per_revision"])
@@ -105,7 +97,7 @@ async def copies():
 async def test_placement_change_moves_traffic_without_a_failed_request(tmp_path, copies, layout, delta):
     c0, c1 = copies
     gw = AdsGateway(tmp_path, delta=delta, cluster_layout=layout)
-    await gw.start(MeshView.of([Model("m", (Revision("m__1", copies=(cp(c0),)),))]))
+    await gw.start(MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),))]))
     statuses: Counter = Counter()
     served: Counter = Counter()
     stop = asyncio.Event()
@@ -123,7 +115,7 @@ async def test_placement_change_moves_traffic_without_a_failed_request(tmp_path,
             workers = [asyncio.create_task(traffic()) for _ in range(4)]
             await asyncio.sleep(0.3)
             # a new revision on another copy (a rollout); the old copy stays until Envoy ACKs
-            v2 = await gw.publish(MeshView.of([Model("m", (Revision("m__2", copies=(cp(c1),)),))]))
+            v2 = await gw.publish(MeshView.of([Model("m", (Revision("m__2", copies=(c1.as_copy(),)),))]))
             await asyncio.wait_for(gw.server.wait_for_ack(v2), 20)
             before_unload = served["c1"]
             await c0.kill()  # the old copy unloads only after the ACK
@@ -140,12 +132,12 @@ async def test_placement_change_moves_traffic_without_a_failed_request(tmp_path,
 async def test_a_rejected_resource_is_nacked_and_the_previous_routing_keeps_working(tmp_path, copies):
     c0, c1 = copies
     gw = AdsGateway(tmp_path)
-    await gw.start(MeshView.of([Model("m", (Revision("m__1", copies=(cp(c0),)),))]))
+    await gw.start(MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),))]))
     try:
         async with aiohttp.ClientSession() as s:
             await wait_serving(s, f"{gw.url}/v2/models/m/ready", "c0")
             assert await gw.rejected_updates() == 0
-            revs = (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),)))
+            revs = (Revision("m__1", copies=(c0.as_copy(),)), Revision("m__2", copies=(c1.as_copy(),)))
             bad = MeshView.of([Model("m", revs,
                                      rules=(RouteRule((Destination("m__2"),),
                                                       headers=(HeaderMatch("x-canary", regex="(["),)),
@@ -160,7 +152,7 @@ async def test_a_rejected_resource_is_nacked_and_the_previous_routing_keeps_work
                     assert r.status == 200
                     assert (await r.json())["path"] == "/v2/models/m__1/ready"
             # a good snapshot afterwards is taken
-            good = await gw.publish(MeshView.of([Model("m", (Revision("m__2", copies=(cp(c1),)),))]))
+            good = await gw.publish(MeshView.of([Model("m", (Revision("m__2", copies=(c1.as_copy(),)),))]))
             await asyncio.wait_for(gw.server.wait_for_ack(good), 20)
             await wait_serving(s, f"{gw.url}/v2/models/m/ready", "c1")
     finally:

@@ -24,41 +24,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import CopyBackend, StaticGateway, encode_model_name
+from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, StaticGateway, encode_model_name
 
-from xds_server.mesh_view import Copy, MeshView, Model, Revision
+from xds_server.mesh_view import MeshView, Model, Revision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-LAYOUTS = [
-    pytest.param({"cluster_layout": "subset", "route_layout": "scoped"}, id="subset-scoped"),
-    pytest.param({"cluster_layout": "per_revision", "route_layout": "flat"}, id="per_revision-flat"),
-]
-DATA_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
-DATA_HEADERS = {"x-msm-body": "data", "content-type": "application/json"}
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-
-def cp(b: CopyBackend) -> Copy:
-    return Copy(b.copy, "127.0.0.1", b.rest.port, b.grpc.port)
-
-
-@pytest.fixture
-async def copies():
-    started = [await CopyBackend(f"c{i}").start() for i in range(3)]
-    try:
-        yield started
-    finally:
-        for b in started:
-            await b.stop()
 
 
 def two_copies_and_a_neighbour(copies) -> MeshView:
     """m on c0 and c1; c2 holds another model of the runtime (shares the subset-layout cluster)."""
     c0, c1, c2 = copies
     return MeshView.of([
-        Model("m", (Revision("m__1", copies=(cp(c0), cp(c1))),)),
-        Model("o", (Revision("o__1", copies=(cp(c2),)),)),
+        Model("m", (Revision("m__1", copies=(c0.as_copy(), c1.as_copy())),)),
+        Model("o", (Revision("o__1", copies=(c2.as_copy(),)),)),
     ])
 
 

@@ -6,7 +6,6 @@ Backends on loopback answer which copy served a request and under which model na
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import sys
 from collections import Counter
@@ -18,11 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import CopyBackend, RestBackend, StaticGateway, grpc_infer
+from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, RestBackend, StaticGateway, grpc_infer
 
 from xds_server.mesh_view import (
     ActivatorEndpoint,
-    Copy,
     Destination,
     HeaderMatch,
     MeshView,
@@ -33,28 +31,6 @@ from xds_server.mesh_view import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-LAYOUTS = [
-    pytest.param({"cluster_layout": "subset", "route_layout": "scoped"}, id="subset-scoped"),
-    pytest.param({"cluster_layout": "per_revision", "route_layout": "flat"}, id="per_revision-flat"),
-]
-DATA_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
-# the data-path Lua marks a standard V2 body with this header; sending it too keeps these tests
-# independent of that filter
-DATA_HEADERS = {"x-msm-body": "data", "content-type": "application/json"}
-
-
-def cp(b: CopyBackend) -> Copy:
-    return Copy(b.copy, "127.0.0.1", b.rest.port, b.grpc.port)
-
-
-@pytest.fixture
-async def copies():
-    started = [await CopyBackend(f"c{i}").start() for i in range(3)]
-    try:
-        yield started
-    finally:
-        for b in started:
-            await b.stop()
 
 
 @pytest.fixture(params=["static", "ads"])
@@ -71,8 +47,8 @@ async def gateway(tmp_path: Path, view: MeshView, source: str, **options) -> Sta
 async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, layout, source):
     c0, c1, _ = copies
     view = MeshView.of([
-        Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
-        Model("b", (Revision("b__isvc-1", copies=(cp(c1),)),)),
+        Model("a", (Revision("a__isvc-1", copies=(c0.as_copy(),)),)),
+        Model("b", (Revision("b__isvc-1", copies=(c1.as_copy(),)),)),
     ])
     gw = await gateway(tmp_path, view, source, **layout)
     try:
@@ -103,7 +79,7 @@ async def test_routes_by_path_and_header_to_the_revision_id(tmp_path, copies, la
 async def test_unknown_model_is_404_json_and_grpc_not_found(tmp_path, copies, layout, source):
     c0, _, _ = copies
     view = MeshView.of([
-        Model("a", (Revision("a__isvc-1", copies=(cp(c0),)),)),
+        Model("a", (Revision("a__isvc-1", copies=(c0.as_copy(),)),)),
         Model("gone", (Revision("gone__isvc-1"),)),
     ])
     gw = await gateway(tmp_path, view, source, **layout)
@@ -143,10 +119,10 @@ def assert_binomial(count: int, n: int, p: float) -> None:
 async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout, source):
     c0, c1, c2 = copies
     view = MeshView.of([
-        Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
+        Model("m", (Revision("m__1", copies=(c0.as_copy(),)), Revision("m__2", copies=(c1.as_copy(),))),
               rules=(RouteRule((Destination("m__1", 90), Destination("m__2", 10))),)),
-        Model("t", (Revision("t__1", copies=(cp(c0),)), Revision("t__2", copies=(cp(c1),)),
-                    Revision("t__3", copies=(cp(c2),))),
+        Model("t", (Revision("t__1", copies=(c0.as_copy(),)), Revision("t__2", copies=(c1.as_copy(),)),
+                    Revision("t__3", copies=(c2.as_copy(),))),
               rules=(RouteRule((Destination("t__1", 5), Destination("t__2", 3), Destination("t__3", 2))),)),
     ])
     gw = await gateway(tmp_path, view, source, **layout)
@@ -179,7 +155,8 @@ async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout, sour
 async def test_header_rule_wins_before_the_default_rule(tmp_path, copies, source):
     c0, c1, _ = copies
     canary = RouteRule((Destination("m__2"),), headers=(HeaderMatch("x-canary", exact="1"),))
-    view = MeshView.of([Model("m", (Revision("m__1", copies=(cp(c0),)), Revision("m__2", copies=(cp(c1),))),
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),
+                                    Revision("m__2", copies=(c1.as_copy(),))),
                               rules=(canary,
                                      RouteRule((Destination("m__1"),))))])
     gw = await gateway(tmp_path, view, source)
@@ -217,8 +194,8 @@ async def test_killing_a_copy_mid_traffic_loses_no_request(tmp_path, copies, lay
     c0, c1, c2 = copies
     # c2 holds another model on the same runtime: in the subset layout it shares the cluster
     view = MeshView.of([
-        Model("m", (Revision("m__1", copies=(cp(c0), cp(c1))),)),
-        Model("o", (Revision("o__1", copies=(cp(c2),)),)),
+        Model("m", (Revision("m__1", copies=(c0.as_copy(), c1.as_copy())),)),
+        Model("o", (Revision("o__1", copies=(c2.as_copy(),)),)),
     ])
     gw = await gateway(tmp_path, view, source, **layout)
     total, concurrency, kill_after = 300, 8, 60
