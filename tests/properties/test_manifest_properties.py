@@ -17,7 +17,6 @@ see ``_property_strategies.tame``); ``MSM_HYPOTHESIS_PROFILE=explore`` draws fre
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import subprocess
@@ -42,6 +41,7 @@ from _property_strategies import (
     valid_folder,
     write_storage,
 )
+from envoy_check import validate_command, write_static
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
@@ -52,7 +52,6 @@ from placement.manifests.desired_state import DesiredState
 from placement.manifests.kserve import Document, load_manifest_dir, parse_documents
 from placement.manifests.validation import API_VERSIONS, crd_validator, parse_quantity, resource_problem
 from xds_server.bootstrap import static_bootstrap
-from xds_server.envoy_process import envoy_binary
 from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model, Revision, check_model
 from xds_server.translate import GatewayOptions, UpstreamTls, translate
 
@@ -237,16 +236,6 @@ def test_memory_limits_are_read_as_kubernetes_reads_them(quantity: tuple[str, Fr
 # ---------------------------------------------------------------------------------------------
 
 ADDRESSES = st.sampled_from(["127.0.0.1", "10.0.0.7", "192.168.1.20", "::1", "fd00::17"])
-SDS_CLUSTER = {
-    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}},
-    "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"pipe": {"path": "/tmp/msm-test-sds.sock"}}}}]}]},
-}
-
-
 def envoy_reason(out: str) -> str:
     """Why Envoy refused a configuration: its critical lines, each cut before the proto it dumps."""
     lines = [line[:2000] for line in out.splitlines()
@@ -334,13 +323,9 @@ def test_valid_folders_translate_into_config_envoy_accepts(folder: ValidFolder, 
         for layout in ("subset", "per_revision"):
             opts = GatewayOptions(cluster_layout=layout, **options)
             boot = static_bootstrap(translate(view, opts), admin_port=0)
-            if opts.upstream_tls is not None:
-                boot["static_resources"]["clusters"].append(SDS_CLUSTER)
-            path = Path(tmp) / f"{layout}.json"
-            path.write_text(json.dumps(boot))
+            path = write_static(Path(tmp) / f"{layout}.json", boot, opts.upstream_tls is not None)
             runs.append((layout, path, subprocess.Popen(
-                [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+                validate_command(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
         for layout, path, proc in runs:
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, (

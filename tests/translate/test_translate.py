@@ -10,9 +10,9 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy_check import validate_command, write_static
 
 from xds_server.bootstrap import render_bootstrap, static_bootstrap
-from xds_server.envoy_process import envoy_binary
 from xds_server.mesh_view import (
     ActivatorEndpoint,
     Copy,
@@ -295,19 +295,8 @@ def test_options_are_checked():
         GatewayOptions(subset_shards=0)
 
 
-SDS_CLUSTER = {
-    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}},
-    "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"pipe": {"path": "/tmp/msm-test-sds.sock"}}}}]}]},
-}
-
-
 def envoy_validate(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(validate_command(path), capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("cluster_layout", ["subset", "per_revision"])
@@ -317,11 +306,7 @@ def test_envoy_accepts_the_translated_resources(tmp_path, cluster_layout, route_
     opts = GatewayOptions(cluster_layout=cluster_layout, route_layout=route_layout, subset_shards=2,
                           upstream_tls=UpstreamTls() if tls else None)
     boot = static_bootstrap(translate(view(ActivatorEndpoint("127.0.0.1", 7000, 7001)), opts), admin_port=0)
-    if tls:
-        boot["static_resources"]["clusters"].append(SDS_CLUSTER)
-    path = tmp_path / "static.json"
-    path.write_text(json.dumps(boot))
-    p = envoy_validate(path)
+    p = envoy_validate(write_static(tmp_path / "static.json", boot, upstream_tls=tls))
     assert p.returncode == 0, p.stdout + p.stderr
 
 
