@@ -130,6 +130,15 @@ class RuntimeClient:
                 details = f"no answer within {timeout:.1f}s" + (f" ({details})" if details else "")
             raise cls(method, self.address, code, details) from None
 
+    async def _call_optional(self, method: str, rpc, request, timeout: float | None):  # type: ignore[no-untyped-def]
+        """``_call`` for an optional SPI method: None when the runtime does not implement it."""
+        try:
+            return await self._call(method, rpc, request, timeout)
+        except RuntimeCallError as e:
+            if e.code == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+
     # -- the SPI ---------------------------------------------------------------------------------
     async def load_model(self, model_id: str, model_type: str, model_path: str, model_key: str = "",
                          timeout: float | None = None) -> int:
@@ -152,26 +161,16 @@ class RuntimeClient:
         stub, _ = self._stubs()
         req = pb.PredictModelSizeRequest(modelId=model_id, modelType=model_type, modelPath=model_path,
                                          modelKey=model_key)
-        try:
-            resp = await self._call("predictModelSize", stub.predictModelSize, req,
-                                    timeout or self.default_timeout)
-        except RuntimeCallError as e:
-            if e.code == grpc.StatusCode.UNIMPLEMENTED:
-                return None
-            raise
-        return int(resp.sizeInBytes)
+        resp = await self._call_optional("predictModelSize", stub.predictModelSize, req,
+                                         timeout or self.default_timeout)
+        return None if resp is None else int(resp.sizeInBytes)
 
     async def model_size(self, model_id: str, timeout: float | None = None) -> int | None:
         """The size of a loaded model; None if the runtime does not implement it."""
         stub, _ = self._stubs()
-        try:
-            resp = await self._call("modelSize", stub.modelSize, pb.ModelSizeRequest(modelId=model_id),
-                                    timeout or self.default_timeout)
-        except RuntimeCallError as e:
-            if e.code == grpc.StatusCode.UNIMPLEMENTED:
-                return None
-            raise
-        return int(resp.sizeInBytes)
+        resp = await self._call_optional("modelSize", stub.modelSize, pb.ModelSizeRequest(modelId=model_id),
+                                         timeout or self.default_timeout)
+        return None if resp is None else int(resp.sizeInBytes)
 
     async def runtime_status(self, timeout: float | None = None) -> RuntimeStatus:
         stub, _ = self._stubs()
