@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: setup up test lint tools bench faults mutate clean
+.PHONY: setup up dev-cluster test lint tools bench faults mutate clean
 
 setup: $(VENV)/.installed
 
@@ -15,12 +15,20 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 up: setup
 	$(VENV)/bin/msm up examples/quickstart
 
+# The article on Kubernetes, on this machine (docs/kubernetes.md): real etcd, kube-apiserver,
+# controller-manager and scheduler, deploy/ applied, msm, the gateway on 8008, a pod runner.
+dev-cluster: setup
+	bash scripts/build-tools.sh
+	$(VENV)/bin/python -m placement.local.samples examples/quickstart/models
+	$(VENV)/bin/msm dev-cluster up --pvc my-models-pvc=examples/quickstart/models
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# Real etcd, kube-apiserver and kubectl for the Kubernetes tests, built once from their Go modules
-# at pinned versions (scripts/tools/) into ~/.cache/msm-tools; prints where they are.
+# Real etcd, kube-apiserver, controller-manager, scheduler and kubectl for the Kubernetes tests,
+# built once from their Go modules at pinned versions (scripts/tools/) into ~/.cache/msm-tools;
+# prints where they are.
 tools:
 	bash scripts/build-tools.sh
 

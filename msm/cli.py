@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -91,6 +92,18 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     from msm.control_plane import run_control_plane
 
     return run_control_plane(args, gateway_options(args))
+
+
+def cmd_kube_control_plane(args: argparse.Namespace) -> int:
+    from msm.kube_control_plane import run_kube_control_plane
+
+    return run_kube_control_plane(args, gateway_options(args))
+
+
+def cmd_dev_cluster(args: argparse.Namespace) -> int:
+    from msm.dev_cluster import run_dev_cluster
+
+    return run_dev_cluster(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -182,6 +195,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway_args(p)
     p.set_defaults(func=cmd_control_plane)
 
+    p = sub.add_parser("kube-control-plane",
+                       help="run the control plane in Kubernetes mode (in a pod, or with a kubeconfig)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig file (default: $KUBECONFIG, else the pod's ServiceAccount)")
+    p.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address (0.0.0.0 in a pod)")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-host", default="127.0.0.1", help="metrics/status listen address")
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--advertise-address", default=os.environ.get("POD_IP") or "127.0.0.1",
+                   help="the address the gateway reaches this process's activator at ($POD_IP)")
+    p.add_argument("--gateway-address", default="127.0.0.1",
+                   help="where the activator replays requests once their model is ready (the gateway)")
+    p.add_argument("--gateway-host", default="127.0.0.1",
+                   help="the gateway's host name, for InferenceService status url/address")
+    p.add_argument("--envoy-admin-url", default=None, help="the gateway's admin URL (request counts)")
+    p.add_argument("--gateway-token-file", default=None, metavar="FILE", help=TOKEN_HELP)
+    p.add_argument("--adapter-image", default="msm:0.1.0",
+                   help="image of msm's adapter sidecar in runtime pods")
+    p.add_argument("--runtime-replicas", type=int, default=None,
+                   help="pods per ServingRuntime in use (default: the ServingRuntime's replicas, else 2)")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="elect one leader among the replicas with a Lease (default: on)")
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or "modelmesh-serving",
+                   help="namespace of the leader Lease ($POD_NAMESPACE, else modelmesh-serving)")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or "",
+                   help="this replica's name in the Lease ($POD_NAME, else msm-<pid>)")
+    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (15)")
+    p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (10)")
+    p.add_argument("--retry-period", type=float, default=2.0, help="seconds (2)")
+    _add_gateway_args(p)
+    p.set_defaults(func=cmd_kube_control_plane)
+
+    # `msm adapter ...` is dispatched in main(), before this parser: listed here for --help
+    sub.add_parser("adapter", help="msm's MLServer adapter, the sidecar of a runtime pod (--help: its flags)")
+
+    p = sub.add_parser("dev-cluster", help="a Kubernetes dev cluster on this machine, msm installed in it")
+    dev = p.add_subparsers(dest="action", required=True)
+    p = dev.add_parser("up", help="run etcd, kube-apiserver, controllers, msm, the gateway and a pod runner "
+                                  "in the foreground; Ctrl-C stops all")
+    p.add_argument("--pvc", action="append", default=[], metavar="[NAMESPACE/]NAME=PATH",
+                   help="a PVC (namespace modelmesh-serving unless given) holding this folder (repeatable)")
+    p.add_argument("--state-dir", default=".msm-cluster", help="kubeconfig, logs, pods (.msm-cluster)")
+    p.add_argument("--deploy", default=None, help="msm's deploy/ folder (default: the one of this checkout)")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--runtime-replicas", type=int, default=None, help="pods per ServingRuntime in use")
+    p.add_argument("--controllers", type=int, default=2,
+                   help="msm control-plane replicas (2: one leads, one follows; the first on --xds-port)")
+    _add_gateway_args(p)
+    p.set_defaults(func=cmd_dev_cluster)
+
     p = sub.add_parser("status", help="models, instances and the gateway of the running local mesh")
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     p.add_argument("--json", action="store_true")
@@ -195,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["adapter"]:  # its own flags, all of them (`msm adapter --help`)
+        from placement.adapters.mlserver import main as adapter_main
+
+        return adapter_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

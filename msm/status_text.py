@@ -92,8 +92,19 @@ def _gateway(gw: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _role(status: dict[str, Any]) -> list[str]:
+    """Kubernetes mode: which replica this is, and which one places models."""
+    leader = status.get("leader") or {}
+    if status.get("role") == "leader":
+        return [f"CONTROL PLANE {leader.get('this', '')}: leader (places models, writes status)", ""]
+    return [f"CONTROL PLANE {leader.get('this', '')}: follows {leader.get('identity') or '(no leader yet)'}; "
+            f"it serves the leader's routes. Models are placed by the leader: its status is at "
+            f"{leader.get('admin') or '?'}/status", ""]
+
+
 def format_status(status: dict[str, Any]) -> str:
-    lines = _models(status.get("models") or {})
+    lines = _role(status) if "role" in status else []
+    lines += _models(status.get("models") or {})
     errors = status.get("manifest_errors") or {}
     if errors:
         lines += ["", f"MANIFEST PROBLEMS ({len(errors)})"]

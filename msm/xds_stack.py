@@ -9,8 +9,10 @@ controller's :class:`placement.control.controller.ViewPublisher`.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ from xds_server.mesh_view import MeshView
 from xds_server.publisher import SnapshotPublisher
 from xds_server.server import ServerTls, XdsServer
 from xds_server.translate import GatewayOptions
+from xds_server.view_codec import view_to_dict
+
+#: A follower that has not polled for this long no longer counts (it is gone, or leads itself).
+FOLLOWER_TTL_S = 3.0
 
 
 def read_gateway_token(path: str | Path | None) -> str | None:
@@ -52,8 +58,13 @@ class XdsStack:
         self.xds = XdsServer(self.cache, registry=self.registry, gateway_token=gateway_token)
         self.expect_gateway = gateway_token is not None
         self.publisher = SnapshotPublisher(self.cache, options, self.registry)
-        self.admin = AdminServer(self.registry, status)
+        self.admin = AdminServer(self.registry, status, self.mesh_view_json)
         self.xds_port: int | None = None
+        self.last_view: MeshView | None = None
+        self.serve_view = True  # whether /v1/mesh-view answers (the leader's routes, for followers)
+        # replicas that follow this one: name -> (last poll, version their gateways hold, gateways)
+        self.followers: dict[str, tuple[float, str, int]] = {}
+        self._routed: frozenset[str] = frozenset()
 
     async def start_xds(self, host: str, port: int, tls: ServerTls | None = None) -> int:
         self.xds_port = await self.xds.start(host, port, tls=tls)
@@ -72,12 +83,67 @@ class XdsStack:
         return self.publisher.version
 
     async def publish(self, view: MeshView) -> str:
-        return await self.publisher.publish(view)
+        version = await self.publisher.publish(view)
+        self.last_view = view
+        return version
+
+    def mesh_view_json(self, query: Mapping[str, str]) -> dict[str, Any] | None:
+        """The view this replica publishes, for a follower; its poll says what its gateways hold."""
+        if not self.serve_view or self.last_view is None:
+            return None
+        replica = query.get("replica")
+        if replica:
+            try:
+                clients = max(0, int(query.get("gateways") or 0))
+            except ValueError:
+                clients = 0
+            self.followers[replica[:253]] = (time.monotonic(), query.get("held") or "", clients)
+        return {"version": self.publisher.version, "view": view_to_dict(self.last_view)}
+
+    def routed_models(self) -> frozenset[str]:
+        """The models every gateway routes (the last view all of them hold), for status: an
+        InferenceService is Ready only once a request for it reaches the gateway's route."""
+        version = self.publisher.version
+        if version is not None and self.last_view is not None and self.everyone_holds(version):
+            self._routed = frozenset(self.last_view.models)
+        return self._routed
+
+    def all_clients_hold_current(self) -> bool:
+        """Whether every xDS client of this replica holds its current snapshot."""
+        return all(c["in_sync"] for c in self.clients_status())
 
     async def wait_for_ack(self, version: str, timeout: float) -> bool:
         # with a gateway token the process has a gateway of its own: while it is (re)connecting it
         # routes by its old configuration, so "no client connected" is not "every client has it"
-        return await self.xds.wait_for_ack(version, timeout=timeout, at_least_one=self.expect_gateway)
+        if not self.followers:
+            return await self.xds.wait_for_ack(version, timeout=timeout, at_least_one=self.expect_gateway)
+        # replicas follow this one: their gateways must hold it too (they say so when they poll)
+        deadline = time.monotonic() + timeout
+        if not await self.xds.wait_for_ack(version, timeout=timeout):
+            return False
+        while time.monotonic() < deadline:
+            if self.everyone_holds(version):
+                return True
+            await asyncio.sleep(0.05)
+        return self.everyone_holds(version)
+
+    def everyone_holds(self, version: str) -> bool:
+        """Whether every gateway, of this replica and of the replicas following it, holds
+        ``version`` or a later one (followers not heard of for FOLLOWER_TTL_S are gone)."""
+        seq = self.cache.seq_of(version)
+        if seq is None:
+            return False
+        now = time.monotonic()
+        for name, (seen, _, _) in list(self.followers.items()):
+            if now - seen > FOLLOWER_TTL_S:
+                del self.followers[name]
+        gateways = len(self.xds.clients())
+        for _, held, clients in self.followers.values():
+            held_seq = self.cache.seq_of(held)
+            if held_seq is None or held_seq < seq:
+                return False
+            gateways += clients
+        return gateways > 0 or not self.expect_gateway
 
     # -- status ------------------------------------------------------------------------------------
     def clients_status(self) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned test tools (etcd, kube-apiserver, kubectl: scripts/tools/) into a cache
-# outside the tree, once; prints the folder that holds them. Exit 3: no Go toolchain here.
+# Builds the pinned test tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl: scripts/tools/) into a cache outside the tree, once; prints the folder that holds
+# them. Exit 3: no Go toolchain here.
 set -euo pipefail
 cd "$(dirname "$0")/tools"
 say() { echo "msm tools: $*"; }
@@ -11,7 +12,7 @@ fi
 CACHE=${MSM_TOOLS_CACHE:-$HOME/.cache/msm-tools}
 KEY=$(cat go.mod go.sum tools.go cmd/etcd/main.go ../build-tools.sh | sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY/bin
-COMPONENTS="etcd kube-apiserver kubectl"
+COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl"
 missing=""
 for c in $COMPONENTS; do [ -x "$OUT/$c" ] || missing="$missing $c"; done
 if [ -z "$missing" ]; then
@@ -28,13 +29,15 @@ STAMP=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   STAMP+=" -X $pkg.gitVersion=$K8S -X $pkg.gitMajor=$MAJOR -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
 done
-say "building$missing (Kubernetes $K8S) into $OUT; the first build takes 5-10 minutes on 2 cores"
+say "building$missing (Kubernetes $K8S) into $OUT; the first build takes about 14 minutes on 2 cores"
 started=$(date +%s)
 for c in $missing; do
   case $c in
     etcd) pkg=./cmd/etcd; ld="-s -w" ;;
     kube-apiserver) pkg=k8s.io/kubernetes/cmd/kube-apiserver; ld="-s -w $STAMP" ;;
     kubectl) pkg=k8s.io/kubernetes/cmd/kubectl; ld="-s -w $STAMP" ;;
+    kube-controller-manager) pkg=k8s.io/kubernetes/cmd/kube-controller-manager; ld="-s -w $STAMP" ;;
+    kube-scheduler) pkg=k8s.io/kubernetes/cmd/kube-scheduler; ld="-s -w $STAMP" ;;
   esac
   t=$(date +%s)
   say "  $c ..."

@@ -1,9 +1,10 @@
-"""The control plane's own HTTP port: /metrics (Prometheus), /status (JSON), /healthz."""
+"""The control plane's own HTTP port: /metrics (Prometheus), /status (JSON), /healthz, and
+/v1/mesh-view (the routes this replica publishes, for the replicas that follow it)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -11,9 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 class AdminServer:
-    def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]],
+                 mesh_view: Callable[[Mapping[str, str]], dict[str, Any] | None] | None = None) -> None:
         self._registry = registry
         self._status = status
+        self._mesh_view = mesh_view
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -22,6 +25,7 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status_handler)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/mesh-view", self._mesh_view_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -41,6 +45,12 @@ class AdminServer:
     async def _status_handler(self, _: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self._status(), indent=2, default=str),
                             content_type="application/json")
+
+    async def _mesh_view_handler(self, request: web.Request) -> web.Response:
+        view = self._mesh_view(request.query) if self._mesh_view is not None else None
+        if view is None:
+            return web.Response(status=404, text="no mesh view published here\n")
+        return web.Response(text=json.dumps(view), content_type="application/json")
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -77,8 +77,12 @@ class XdsClientTls:
 
 def render_bootstrap(node_id: str, xds_host: str, xds_port: int, admin_port: int,
                      cluster: str = "msm-gateway", *, delta: bool = True, trim_stats: bool = True,
-                     gateway_token: str | None = None, xds_tls: XdsClientTls | None = None) -> str:
+                     gateway_token: str | None = None, xds_tls: XdsClientTls | None = None,
+                     more_xds: tuple[tuple[str, int], ...] = ()) -> str:
     """The YAML bootstrap of a gateway that takes all its configuration from msm over ADS.
+
+    ``more_xds``: other control-plane replicas (host, port) the ADS stream may go to when the
+    first is away (every replica serves the same routes).
 
     With ``gateway_token`` the ADS stream carries it (gRPC initial metadata): an xDS server
     started with the same token serves no stream without it. The file then holds a secret.
@@ -94,7 +98,10 @@ def render_bootstrap(node_id: str, xds_host: str, xds_port: int, admin_port: int
         xds_transport_socket=(f"    transport_socket: {json.dumps(xds_tls.transport_socket())}"
                               if xds_tls is not None else ""),
         node_id=node_id, cluster=cluster, admin_port=int(admin_port),
-        xds_host=xds_host, xds_port=int(xds_port),
+        xds_endpoints="\n".join(
+            "        - endpoint:\n            address:\n"
+            f"              socket_address: {{ address: {json.dumps(h)}, port_value: {int(p)} }}"
+            for h, p in ((xds_host, xds_port), *more_xds)),
         ads_api_type="DELTA_GRPC" if delta else "GRPC",
         xds_cluster_type="STATIC" if _is_ip(xds_host) else "STRICT_DNS",
         stats_config=f"stats_config: {json.dumps(stats)}" if stats else "",

@@ -65,6 +65,46 @@ METHOD_INFOS = {
 }
 
 
+PVC_WALK_LIMIT = 100_000
+_PVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def pvc_model_path(model_path: str, mount_root: Path) -> Path:
+    """``pvc://<pvc>/<path>`` as the file or folder under ``<mount_root>/<pvc>``.
+
+    The PVC rule of a runtime pod: the path, with every symlink followed, stays inside its PVC's
+    mount; anything else (another scheme, a bare path, ``..``, a symlink out) is a ValueError.
+    """
+    scheme, sep, rest = model_path.partition("://")
+    if not sep or scheme != "pvc":
+        raise ValueError(f"model path {model_path!r}: a runtime pod reads models from PVCs only "
+                         "(storage parameters type pvc, or storageUri pvc://<pvc>/<path>)")
+    name, _, rel = rest.partition("/")
+    if not _PVC_NAME.fullmatch(name):
+        raise ValueError(f"model path {model_path!r}: {name!r} is not a PVC name")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError(f"model path {model_path!r}: the path inside the PVC must name a file or "
+                         "folder, without '..'")
+    base = (mount_root / name).resolve()
+    target = base.joinpath(*parts).resolve()
+
+    def inside(p: Path) -> bool:
+        return p == base or base in p.parents
+
+    if not inside(target):
+        raise ValueError(f"model path {model_path!r} leads to {target}, outside the PVC {name} "
+                         f"mounted at {mount_root / name}")
+    if target.is_dir():  # a symlink inside a model folder must not lead out either
+        for n, p in enumerate(target.rglob("*")):
+            if n >= PVC_WALK_LIMIT:
+                raise ValueError(f"model path {model_path!r}: more than {PVC_WALK_LIMIT} entries")
+            if p.is_symlink() and not inside(p.resolve()):
+                raise ValueError(f"model path {model_path!r}: {p.relative_to(base)} leads to {p.resolve()}, "
+                                 f"outside the PVC {name}")
+    return target
+
+
 @dataclass
 class AdapterConfig:
     """How the adapter reaches MLServer and what it reports in runtimeStatus."""
@@ -85,6 +125,8 @@ class AdapterConfig:
     implementations: dict[str, str] = field(default_factory=dict)
     mlserver_log: Path | None = None
     """MLServer's log file, if this adapter can read it: load errors then quote its exception line."""
+    pvc_mount_root: Path | None = None
+    """In a pod: where the PVCs are mounted (``<root>/<pvc>``); then only ``pvc://`` paths load."""
 
     def capacity(self) -> int:
         """Bytes for models: ``capacity_bytes``, else container memory request - buffer."""
@@ -369,6 +411,12 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         tmp.write_text(json.dumps(settings, indent=2))
         os.replace(tmp, d / SETTINGS_FILE)
 
+    def _model_path(self, model_path: str) -> Path:
+        """Where the model is on this pod's (or machine's) file system; ValueError if off limits."""
+        if self.config.pvc_mount_root is not None:
+            return pvc_model_path(model_path, self.config.pvc_mount_root)
+        return Path(os.path.abspath(model_path))
+
     def _remove_model_dir(self, model_id: str) -> None:
         shutil.rmtree(self.models_dir / model_id, ignore_errors=True)
 
@@ -384,7 +432,10 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not request.modelPath:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model {model_id}: no modelPath")
-        model_path = Path(await asyncio.to_thread(os.path.abspath, request.modelPath))
+        try:
+            model_path = await asyncio.to_thread(self._model_path, request.modelPath)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model {model_id}: {e}")
         if not await asyncio.to_thread(model_path.exists):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"model {model_id}: model path {request.modelPath} does not exist")
@@ -460,7 +511,11 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
     async def predictModelSize(self, request: pb.PredictModelSizeRequest,
                                context: grpc.aio.ServicerContext) -> pb.PredictModelSizeResponse:
         key = parse_model_key(request.modelKey)
-        size = await asyncio.to_thread(self.estimate_size, request.modelPath, key)
+        try:
+            path = str(await asyncio.to_thread(self._model_path, request.modelPath))
+        except ValueError:  # loadModel says why; the size is the default meanwhile
+            return pb.PredictModelSizeResponse(sizeInBytes=self.config.default_model_size_bytes)
+        size = await asyncio.to_thread(self.estimate_size, path, key)
         return pb.PredictModelSizeResponse(sizeInBytes=size)
 
     async def modelSize(self, request: pb.ModelSizeRequest,
@@ -570,7 +625,7 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m placement.adapters.mlserver",
+    p = argparse.ArgumentParser(prog="msm adapter",
                                 description="msm's mmesh.ModelRuntime adapter for one MLServer")
     p.add_argument("--port", type=int, default=_env_int("ADAPTER_PORT", 8085),
                    help="gRPC port (grpcEndpoint)")
@@ -596,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLServer implementation of a model format (repeatable)")
     p.add_argument("--mlserver-log", type=Path, default=None,
                    help="MLServer's log file (local mesh): load errors then quote its exception line")
+    p.add_argument("--pvc-mount-root", type=Path, default=None,
+                   help="in a pod: where the PVCs are mounted (<root>/<pvc name>); model paths must then "
+                        "be pvc://<pvc>/<path> and stay inside their PVC")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -616,7 +674,7 @@ def config_from_args(args: argparse.Namespace) -> AdapterConfig:
         default_model_size_bytes=args.default_model_size_bytes,
         model_size_multiplier=args.model_size_multiplier,
         limit_model_concurrency=args.limit_model_concurrency, implementations=impls,
-        mlserver_log=args.mlserver_log)
+        mlserver_log=args.mlserver_log, pvc_mount_root=args.pvc_mount_root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,8 @@ class InstanceHealth:
         self._on_up, self._on_down = on_up, on_down
         self.interval = interval
         self._clock = clock
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
         registry = registry if registry is not None else CollectorRegistry()
         self._up_gauge = Gauge("msm_runtime_instances_up", "Runtime instances in placement",
                                registry=registry)
@@ -72,19 +73,55 @@ class InstanceHealth:
         await asyncio.gather(*(self._check(t) for t in self.instances.values()))
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop(t), name=f"runtime-health:{iid}")
-                       for iid, t in self.instances.items()]
+        self._started = True
+        for iid, t in self.instances.items():
+            self._tasks[iid] = asyncio.create_task(self._loop(t), name=f"runtime-health:{iid}")
+
+    def add(self, info: InstanceInfo, client: RuntimeClient) -> None:
+        """A new instance (a runtime pod that became ready): checked from now on."""
+        if info.id in self.instances:
+            raise ValueError(f"instance {info.id} is already tracked")
+        t = self.instances[info.id] = TrackedInstance(info, client)
+        if self._started:
+            self._tasks[info.id] = asyncio.create_task(self._first_then_loop(t),
+                                                       name=f"runtime-health:{info.id}")
+
+    async def remove(self, instance_id: str) -> None:
+        """An instance that is gone (its pod deleted): out of placement now, its client closed."""
+        t = self.instances.pop(instance_id, None)
+        if t is None:
+            return
+        task = self._tasks.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if t.up:
+            self._down(t, "removed")
+        await t.client.close()
+
+    async def readopt(self) -> None:
+        """Report every instance up again, with what it holds now (a new leader adopts them all);
+        an instance that does not answer is reported when it next does."""
+        for t in self.instances.values():
+            t.up = False
+        await self.check_all()
 
     async def stop(self) -> None:
         """Stop checking (the clients stay open for calls still in flight; see :meth:`close`)."""
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = {}
+        self._started = False
 
     async def close(self) -> None:
         for t in self.instances.values():
             await t.client.close()
+
+    async def _first_then_loop(self, t: TrackedInstance) -> None:
+        await self._check(t)
+        await self._loop(t)
 
     async def _loop(self, t: TrackedInstance) -> None:
         while True:

@@ -150,3 +150,7 @@ class StatusWriter:
 
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
+
+    def forget_all(self) -> None:
+        """Write every status again (a new leader does not trust what it wrote before)."""
+        self._written.clear()

@@ -37,7 +37,10 @@ def default_tools_dir() -> Path:
     return cache / "current" / "bin"
 
 
-def missing_tools(bin_dir: Path, names: tuple[str, ...] = ("etcd", "kube-apiserver", "kubectl")) -> list[str]:
+TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+def missing_tools(bin_dir: Path, names: tuple[str, ...] = TOOLS) -> list[str]:
     return [n for n in names if not os.access(bin_dir / n, os.X_OK)]
 
 
@@ -152,6 +155,36 @@ class ApiServer:
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"{name} not ready within {self.start_timeout:.0f}s; "
                            f"see {self.state_dir}/{name}.log")
+
+    async def start_controllers(self) -> None:
+        """kube-controller-manager and kube-scheduler (Deployments, ReplicaSets, scheduling, garbage
+        collection, EndpointSlices, PV binding): what a cluster runs beside its API server."""
+        missing = missing_tools(self.bin_dir, ("kube-controller-manager", "kube-scheduler"))
+        if missing:
+            raise FileNotFoundError(f"{', '.join(missing)} not in {self.bin_dir}: run `make tools`")
+        kubeconfig = self.state_dir / "kubeconfig"
+        try:
+            port = free_port(self.host)
+            await self._spawn("kube-controller-manager", [
+                str(self.bin_dir / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+                "--authentication-skip-lookup",
+                f"--bind-address={self.host}", f"--secure-port={port}", "--leader-elect=false",
+                f"--service-account-private-key-file={self.state_dir / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}", f"--cert-dir={self.state_dir / 'certs-kcm'}",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller"])
+            await self._wait("kube-controller-manager", f"https://{self.host}:{port}/healthz", ssl_ctx=False)
+            port = free_port(self.host)
+            await self._spawn("kube-scheduler", [
+                str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+                "--authentication-skip-lookup",
+                f"--bind-address={self.host}", f"--secure-port={port}", "--leader-elect=false",
+                f"--cert-dir={self.state_dir / 'certs-scheduler'}"])
+            await self._wait("kube-scheduler", f"https://{self.host}:{port}/healthz", ssl_ctx=False)
+        except BaseException:
+            await self.stop()
+            raise
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]

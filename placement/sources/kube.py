@@ -68,22 +68,116 @@ def document_of(kind: Kind, obj: dict[str, Any]) -> Document:
     return Document(f"{kind.kind} {where}", 0, body, created=str(meta.get("creationTimestamp") or ""))
 
 
-class KubeSource:
+class ListWatch:
+    """One list-then-watch loop on a thread of its own, for any list call of the ``kubernetes`` client.
+
+    ``list_once()`` returns (items as dicts, resourceVersion); ``watch_call`` with ``watch_args``
+    is what ``watch.Watch().stream`` calls. Events and re-lists are handed to the event loop with
+    ``post`` (``on_event(type, obj)``, ``on_relist(items)``); a watch that ends resumes from the
+    last version seen, and 410 Gone lists again.
+    """
+
+    def __init__(self, name: str, list_once: Callable[[], tuple[list[dict[str, Any]], str]],
+                 watch_call: Callable[..., Any], watch_args: tuple[Any, ...], watch_kwargs: dict[str, Any],
+                 post: Callable[..., None], on_event: Callable[[str, dict[str, Any]], None],
+                 on_relist: Callable[[list[dict[str, Any]]], None], stop: threading.Event,
+                 timeout_s: int) -> None:
+        self.name = name
+        self.list_once, self.watch_call = list_once, watch_call
+        self.watch_args, self.watch_kwargs = watch_args, watch_kwargs
+        self.post, self.on_event, self.on_relist = post, on_event, on_relist
+        self.stop_event, self.timeout_s = stop, timeout_s
+        self.watch = watch.Watch()
+        self.thread: threading.Thread | None = None
+
+    def start(self, version: str) -> None:
+        self.thread = threading.Thread(target=self._run, args=(version,), name=f"watch-{self.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.watch.stop()
+
+    def _run(self, version: str) -> None:
+        while not self.stop_event.is_set():
+            try:
+                events = self.watch.stream(self.watch_call, *self.watch_args, resource_version=version,
+                                           allow_watch_bookmarks=True, timeout_seconds=self.timeout_s,
+                                           **self.watch_kwargs)
+                for event in events:
+                    # (with deserialize=False the client cannot read an ERROR event such as 410 Gone)
+                    obj = event.get("raw_object") or {}
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self.post(self.on_event, event["type"], obj)
+            except ApiException as e:
+                if self.stop_event.is_set():
+                    return
+                if e.status != 410:
+                    log.warning("watch of %s failed (%s); watching again", self.name, e.reason)
+                    self.stop_event.wait(1.0)
+                    continue
+                log.info("watch of %s expired (410 Gone: compacted); listing again", self.name)
+                try:
+                    items, version = self.list_once()
+                except Exception as e2:  # the API server may be away: try again
+                    log.warning("listing %s failed: %s", self.name, e2)
+                    self.stop_event.wait(1.0)
+                    continue
+                self.post(self.on_relist, items)
+            except Exception as e:  # a broken connection, or stop() closing it
+                if self.stop_event.is_set():
+                    return
+                log.warning("watch of %s broke (%s); watching again from %s", self.name, e, version)
+                self.stop_event.wait(1.0)
+
+
+class Informer:
+    """Lists and watches: the shared part of the Kubernetes sources (threads, hand-over, stop)."""
+
+    def __init__(self, api: client.ApiClient, watch_timeout_s: int) -> None:
+        self.api = api
+        self.watch_timeout_s = watch_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._watches: list[ListWatch] = []
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _watch(self, name: str, list_once: Callable[[], tuple[list[dict[str, Any]], str]],
+               watch_call: Callable[..., Any], watch_args: tuple[Any, ...], watch_kwargs: dict[str, Any],
+               on_event: Callable[[str, dict[str, Any]], None],
+               on_relist: Callable[[list[dict[str, Any]]], None], version: str) -> None:
+        w = ListWatch(name, list_once, watch_call, watch_args, watch_kwargs, self._post, on_event, on_relist,
+                      self._stop, self.watch_timeout_s)
+        self._watches.append(w)
+        w.start(version)
+
+    async def _stop_watches(self) -> None:
+        self._stop.set()
+        for w in self._watches:
+            w.stop()
+        with contextlib.suppress(Exception):  # unblocks the watch threads' reads
+            self.api.rest_client.pool_manager.clear()
+        for w in self._watches:
+            if w.thread is not None:
+                await asyncio.to_thread(w.thread.join, 10)
+
+
+class KubeSource(Informer):
     """Lists and watches the KServe kinds; calls ``on_change`` with each new desired state."""
 
     def __init__(self, api: client.ApiClient, on_change: OnChange | None = None, *,
                  watch_timeout_s: int = 60) -> None:
-        self.api = api
+        super().__init__(api, watch_timeout_s)
         self.custom = client.CustomObjectsApi(api)
         self.on_change = on_change
-        self.watch_timeout_s = watch_timeout_s
         self.objects: dict[Key, dict[str, Any]] = {}
         self.state = DesiredState()
         self.relists: dict[str, int] = {k.kind: 0 for k in KINDS}  # 410 Gone recoveries, per kind
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._watches: list[watch.Watch] = []
-        self._threads: list[threading.Thread] = []
         self._changed = asyncio.Event()
         self._deliver: asyncio.Task[None] | None = None
 
@@ -97,69 +191,27 @@ class KubeSource:
             self._replace(kind, items)
         await self._resolve_and_deliver()
         for kind in KINDS:
-            t = threading.Thread(target=self._watch, args=(kind, versions[kind.kind]),
-                                 name=f"watch-{kind.plural}", daemon=True)
-            self._threads.append(t)
-            t.start()
+            self._watch(kind.plural, lambda k=kind: self._list(k), self.custom.list_cluster_custom_object,
+                        (GROUP, kind.version, kind.plural), {},
+                        lambda event, obj, k=kind: self._apply(k, event, obj),
+                        lambda items, k=kind: self._relisted(k, items), versions[kind.kind])
         self._deliver = asyncio.create_task(self._deliver_loop(), name="kube-source")
         return self.state
 
     async def stop(self) -> None:
-        self._stop.set()
-        for w in self._watches:
-            w.stop()
-        with contextlib.suppress(Exception):  # unblocks the watch threads' reads
-            self.api.rest_client.pool_manager.clear()
-        for t in self._threads:
-            await asyncio.to_thread(t.join, 10)
+        await self._stop_watches()
         if self._deliver is not None:
             self._deliver.cancel()
             await asyncio.gather(self._deliver, return_exceptions=True)
+
+    def objects_of(self, kind: str) -> list[dict[str, Any]]:
+        """The API objects of ``kind`` as last seen (for status and runtime workloads)."""
+        return [obj for key, obj in sorted(self.objects.items()) if key[0] == kind]
 
     # -- API calls (threads) --------------------------------------------------------------------
     def _list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
         r = self.custom.list_cluster_custom_object(GROUP, kind.version, kind.plural)
         return list(r.get("items") or []), r["metadata"]["resourceVersion"]
-
-    def _watch(self, kind: Kind, version: str) -> None:
-        w = watch.Watch()
-        self._watches.append(w)
-        while not self._stop.is_set():
-            try:
-                events = w.stream(self.custom.list_cluster_custom_object, GROUP, kind.version, kind.plural,
-                                  resource_version=version, allow_watch_bookmarks=True,
-                                  timeout_seconds=self.watch_timeout_s)
-                for event in events:
-                    # (with deserialize=False the client cannot read an ERROR event such as 410 Gone)
-                    obj = event.get("raw_object") or {}
-                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        self._post(self._apply, kind, event["type"], obj)
-            except ApiException as e:
-                if self._stop.is_set():
-                    return
-                if e.status != 410:
-                    log.warning("watch of %s failed (%s); watching again", kind.plural, e.reason)
-                    self._stop.wait(1.0)
-                    continue
-                log.info("watch of %s expired (410 Gone: compacted); listing again", kind.plural)
-                try:
-                    items, version = self._list(kind)
-                except Exception as e2:  # the API server may be away: try again
-                    log.warning("listing %s failed: %s", kind.plural, e2)
-                    self._stop.wait(1.0)
-                    continue
-                self._post(self._relisted, kind, items)
-            except Exception as e:  # a broken connection, or stop() closing it
-                if self._stop.is_set():
-                    return
-                log.warning("watch of %s broke (%s); watching again from %s", kind.plural, e, version)
-                self._stop.wait(1.0)
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(fn, *args)
 
     # -- state (event loop) ---------------------------------------------------------------------
     def _apply(self, kind: Kind, event: str, obj: dict[str, Any]) -> None:
@@ -202,3 +254,4 @@ class KubeSource:
         self.state = new
         if self.on_change is not None:
             await self.on_change(new)
+

@@ -114,3 +114,32 @@ async def test_one_hung_instance_does_not_delay_the_checks_of_another() -> None:
     finally:
         clients["i0"].hang.set()
         await health.stop()
+
+
+async def test_instances_join_and_leave_while_checking_runs() -> None:
+    health, _, events, _ = make("i0")
+    health.interval = 0.01
+    await health.check_all()
+    health.start()
+    try:
+        late = Client("i1")
+        health.add(InstanceInfo("i1", "rt", "127.0.0.2", 1, 2, 100), late)
+        for _ in range(100):  # a new instance is checked at once, not after a full period
+            if ("up", "i1") in events:
+                break
+            await asyncio.sleep(0.01)
+        assert ("up", "i1") in events
+        calls = late.calls
+        await health.remove("i1")  # its pod is gone: out of placement now, checks stop
+        assert events[-1] == ("down", "i1") and "i1" not in health.instances
+        await asyncio.sleep(0.05)
+        assert late.calls == calls
+        await health.remove("i1")  # twice is harmless
+        try:
+            health.add(InstanceInfo("i0", "rt", "127.0.0.1", 1, 2, 100), Client("i0"))
+        except ValueError as e:
+            assert "already tracked" in str(e)
+        else:
+            raise AssertionError("a second instance with the same id was accepted")
+    finally:
+        await health.stop()

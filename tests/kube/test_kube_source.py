@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_client, install_kserve_crds, require_tools
+from kube_env import api_client, install_kserve_crds, require_tools
 from kubernetes import client
 
 from placement.local.apiserver import ApiServer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CRDS, api_client
+from kube_env import CRDS, api_client
 from kubernetes import client
 
 from placement.engine.model_types import LoadFailure, ModelStatus

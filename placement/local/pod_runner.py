@@ -1,0 +1,498 @@
+"""The dev cluster's kubelet stand-in: runs the runtime pods bound to its node as local processes.
+
+It is the one part of the dev cluster that is not Kubernetes' own (etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler are): Deployments, ReplicaSets, scheduling, owner
+references and EndpointSlices all happen as in any cluster; this runner then does what a
+kubelet does for the pods the scheduler bound to its node:
+
+- registers its Node (Ready, with capacity) and renews the node's Lease;
+- gives each pod an address of its own on loopback (``127.0.10.x``), so container ports stay
+  those of the manifest, and stands in for the pod's network namespace by rewriting the
+  loopback and any-addresses (``127.0.0.1``, ``localhost``, ``0.0.0.0``) in the containers'
+  env and args to that address;
+- stands in for mounts with a per-pod root folder: every volume mount is a symlink at its
+  mount path under it, and absolute paths in env and args that fall under it are rewritten;
+  ``emptyDir`` is a folder of the pod, a PVC is the ``hostPath`` of the PV it is bound to;
+- runs a container's image only if it knows how to run it here: MLServer images as
+  ``mlserver start $MLSERVER_MODELS_DIR`` from msm's Python environment, msm images as their
+  ``msm ...`` command. Anything else waits with reason ``ImageNotRunnable`` and says why;
+- probes readiness (``httpGet``, ``tcpSocket``) and reports pod status as a kubelet does:
+  phase, ``podIP``, conditions, container statuses, restarts (``restartPolicy: Always``);
+- on deletion stops the containers (SIGTERM, then SIGKILL after the grace period, at most
+  ``MAX_GRACE_S``) and removes the pod.
+
+Pods are listed every ``poll_s`` (a handful of pods; a watch would buy nothing here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+log = logging.getLogger("msm.pod_runner")
+
+NODE_NAME = "msm-dev-node"
+MAX_GRACE_S = 10.0
+LOOPBACK_TOKENS = re.compile(r"\b(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
+FIRST_POD_IP = ipaddress.ip_address("127.0.10.1")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _image_name(container: dict[str, Any]) -> str:
+    """The last part of a container image's repository, without tag or digest (``mlserver``)."""
+    return str(container.get("image") or "").split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+
+
+def how_to_run(container: dict[str, Any], python: str = sys.executable) -> list[str] | str:
+    """The local command line of a container, or why its image cannot run here."""
+    image = str(container.get("image") or "")
+    last = _image_name(container)
+    command = [str(x) for x in container.get("command") or ()] + [str(x) for x in container.get("args") or ()]
+    if last == "mlserver":
+        bin_dir = Path(python).parent
+        mlserver = shutil.which("mlserver", path=str(bin_dir)) or shutil.which("mlserver")
+        base = [mlserver] if mlserver else [python, "-m", "mlserver.cli.main"]
+        return [*base, "start", "$(MLSERVER_MODELS_DIR)"]  # the image's own command
+    if last == "msm":
+        if not command or command[0] != "msm":
+            return f"image {image}: the runner runs msm images with an `msm ...` command only"
+        return [python, "-m", "msm.cli", *command[1:]]
+    return (f"image {image}: the dev cluster's pod runner runs MLServer and msm images only, as local "
+            "processes from msm's Python environment")
+
+
+def rewrite(value: str, pod_ip: str, rootfs: Path, roots: set[str]) -> str:
+    """A container's env value or argument as seen from outside its pod (addresses, paths)."""
+    value = LOOPBACK_TOKENS.sub(pod_ip, value)
+    if value.startswith("/"):
+        first = value.split("/", 2)[1]
+        if first in roots:
+            return str(rootfs) + value
+    return value
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` references, as Kubernetes expands them in command, args and env."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+@dataclass
+class Container:
+    name: str
+    spec: dict[str, Any]
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    restarts: int = 0
+    started_at: str | None = None
+    waiting: tuple[str, str] | None = None  # reason, message
+    next_start: float = 0.0
+    next_probe: float = 0.0
+    probe_failures: int = 0
+    probe_successes: int = 0
+    log: BinaryIO | None = None
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    dir: Path
+    containers: list[Container] = field(default_factory=list)
+    reported: Any = None
+    started: str = field(default_factory=_now)
+    deleting: bool = False
+    spec: dict[str, Any] = field(default_factory=dict)
+    probe_task: asyncio.Task[None] | None = None
+
+
+class PodRunner:
+    """Runs the pods bound to node ``node``; ``await start()``, ``await stop()``."""
+
+    def __init__(self, api: client.ApiClient, state_dir: Path, *, node: str = NODE_NAME,
+                 poll_s: float = 0.5, python: str = sys.executable) -> None:
+        self.core = client.CoreV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.state_dir = state_dir
+        self.node = node
+        self.poll_s = poll_s
+        self.python = python
+        self.pods: dict[str, Pod] = {}  # uid -> pod
+        self._task: asyncio.Task[None] | None = None
+        self._deletions: set[asyncio.Task[None]] = set()
+        self._used_ips: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._register_node)
+        self._task = asyncio.create_task(self._run(), name="pod-runner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._deletions, return_exceptions=True)
+        await asyncio.gather(*(self._stop_pod(p, grace=5.0) for p in list(self.pods.values())),
+                             return_exceptions=True)
+        self.pods.clear()
+
+    # -- the node --------------------------------------------------------------------------------
+    def _node_status(self) -> dict[str, Any]:
+        now = _now()
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "msm's pod runner is posting ready status", "lastHeartbeatTime": now,
+                 "lastTransitionTime": now}
+        return {"conditions": [ready], "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                                                     {"type": "Hostname", "address": self.node}],
+                "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                "nodeInfo": {"kubeletVersion": "msm-pod-runner", "architecture": "amd64",
+                             "operatingSystem": "linux", "bootID": "", "containerRuntimeVersion": "local://",
+                             "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "osImage": "",
+                             "systemUUID": ""}}
+
+    def _register_node(self) -> None:
+        body = {"metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node,
+                                                            "kubernetes.io/os": "linux"}}}
+        with contextlib.suppress(ApiException):
+            self.core.create_node(body)
+        self.core.patch_node_status(self.node, {"status": self._node_status()})
+        self._renew_lease()
+
+    def _renew_lease(self) -> None:
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": 40, "renewTime": _micro_now()}
+        try:
+            self.coord.patch_namespaced_lease(self.node, "kube-node-lease", {"spec": spec})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.coord.create_namespaced_lease("kube-node-lease", {
+                "metadata": {"name": self.node, "namespace": "kube-node-lease"}, "spec": spec})
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        while True:
+            try:
+                if loop.time() - last_beat > 10:
+                    await asyncio.to_thread(self._heartbeat)
+                    last_beat = loop.time()
+                await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the API server restarting, say: next round
+                log.exception("pod runner round failed")
+            await asyncio.sleep(self.poll_s)
+
+    def _heartbeat(self) -> None:
+        self.core.patch_node_status(self.node, {"status": self._node_status()})
+        self._renew_lease()
+
+    async def _sync(self) -> None:
+        listed = await asyncio.to_thread(self.core.list_pod_for_all_namespaces,
+                                         field_selector=f"spec.nodeName={self.node}")
+        seen = set()
+        for obj in listed.items:
+            uid = obj.metadata.uid
+            seen.add(uid)
+            pod = self.pods.get(uid)
+            if obj.metadata.deletion_timestamp is not None:
+                if pod is None or not pod.deleting:
+                    task = asyncio.create_task(self._delete(obj, pod), name=f"delete:{obj.metadata.name}")
+                    self._deletions.add(task)
+                    task.add_done_callback(self._deleted)
+                    if pod is not None:
+                        pod.deleting = True
+                continue
+            if pod is None:
+                if obj.status.phase in ("Succeeded", "Failed"):
+                    continue
+                pod = self._admit(obj)
+            await self._supervise(pod)
+            await self._report(pod)
+        for uid in [u for u in self.pods if u not in seen]:  # gone from the API (force-deleted)
+            await self._stop_pod(self.pods.pop(uid), grace=0.0)
+
+    # -- pods ------------------------------------------------------------------------------------
+    def _next_ip(self) -> str:
+        ip = FIRST_POD_IP
+        while str(ip) in self._used_ips:
+            ip += 1
+        self._used_ips.add(str(ip))
+        return str(ip)
+
+    def _admit(self, obj: Any) -> Pod:
+        spec = self.core.api_client.sanitize_for_serialization(obj.spec)
+        ns, name = obj.metadata.namespace, obj.metadata.name
+        pod = Pod(ns, name, obj.metadata.uid, self._next_ip(), self.state_dir / "pods" / f"{ns}_{name}")
+        pod.containers = [Container(c["name"], c) for c in spec.get("containers") or ()]
+        pod.spec = spec
+        self.pods[pod.uid] = pod
+        log.info("pod %s/%s admitted on %s", ns, name, pod.ip)
+        try:
+            self._prepare_rootfs(pod, spec)
+        except (OSError, ValueError, ApiException) as e:
+            msg = e.reason if isinstance(e, ApiException) else str(e)
+            for c in pod.containers:
+                c.waiting = ("CreateContainerConfigError", f"volumes: {msg}")
+        pod.probe_task = asyncio.create_task(self._probe_loop(pod), name=f"probe:{ns}/{name}")
+        return pod
+
+    def _volume_source(self, pod: Pod, vol: dict[str, Any]) -> Path:
+        if "emptyDir" in vol:
+            path = pod.dir / "volumes" / vol["name"]
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        if "persistentVolumeClaim" in vol:
+            claim = vol["persistentVolumeClaim"]["claimName"]
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, pod.namespace)
+            if not pvc.spec.volume_name:
+                raise ValueError(f"PVC {claim} is not bound to a volume")
+            pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+            if pv.spec.host_path is None:
+                raise ValueError(f"PV {pv.metadata.name} of PVC {claim} is not a hostPath volume")
+            return Path(pv.spec.host_path.path)
+        raise ValueError(f"volume {vol.get('name')}: only emptyDir and persistentVolumeClaim run here")
+
+    def _prepare_rootfs(self, pod: Pod, spec: dict[str, Any]) -> None:
+        rootfs = pod.dir / "rootfs"
+        shutil.rmtree(rootfs, ignore_errors=True)
+        rootfs.mkdir(parents=True)
+        sources = {v["name"]: self._volume_source(pod, v) for v in spec.get("volumes") or ()}
+        for c in spec.get("containers") or ():
+            for m in c.get("volumeMounts") or ():
+                if m["name"] not in sources:
+                    raise ValueError(f"container {c['name']} mounts unknown volume {m['name']}")
+                rel = Path(m["mountPath"].lstrip("/"))
+                if ".." in rel.parts or not rel.parts:
+                    raise ValueError(f"mountPath {m['mountPath']}")
+                link = rootfs / rel
+                if link.is_symlink() or link.exists():
+                    continue  # the same mount in another container
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(sources[m["name"]], target_is_directory=True)
+
+    def _env(self, pod: Pod, c: Container) -> dict[str, str]:
+        rootfs = pod.dir / "rootfs"
+        roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["HOSTNAME"] = pod.name
+        fields = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "status.podIP": pod.ip,
+                  "metadata.uid": pod.uid, "spec.nodeName": self.node}
+        if _image_name(c.spec) == "mlserver":
+            # MLServer's parallel inference workers die at start with the uvloop of msm's
+            # environment; the runner runs MLServer in one process, as the local mesh does
+            env["MLSERVER_PARALLEL_WORKERS"] = "0"
+        for e in c.spec.get("env") or ():
+            if "value" in e:
+                env[e["name"]] = rewrite(expand(str(e["value"]), env), pod.ip, rootfs, roots)
+            elif (e.get("valueFrom") or {}).get("fieldRef"):
+                env[e["name"]] = fields.get(e["valueFrom"]["fieldRef"].get("fieldPath"), "")
+        return env
+
+    async def _start_container(self, pod: Pod, c: Container) -> None:
+        how = how_to_run(c.spec, self.python)
+        if isinstance(how, str):
+            c.waiting = ("ImageNotRunnable", how)
+            return
+        env = self._env(pod, c)
+        rootfs = pod.dir / "rootfs"
+        roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()
+        cmd = [rewrite(expand(a, env), pod.ip, rootfs, roots) for a in how]
+        workdir = pod.dir / "containers" / c.name
+        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        if c.log is None:
+            c.log = await asyncio.to_thread(open, workdir / "log", "ab")
+        c.proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=workdir, stdout=c.log,
+                                                      stderr=c.log, stdin=asyncio.subprocess.DEVNULL,
+                                                      start_new_session=True)
+        c.started_at, c.waiting, c.ready = _now(), None, False
+        log.info("pod %s/%s: container %s started (pid %d)", pod.namespace, pod.name, c.name, c.proc.pid)
+
+    async def _supervise(self, pod: Pod) -> None:
+        loop = asyncio.get_running_loop()
+        for c in pod.containers:
+            if c.waiting is not None and c.waiting[0] in ("ImageNotRunnable", "CreateContainerConfigError"):
+                continue
+            if c.proc is None:
+                await self._start_container(pod, c)
+            elif c.proc.returncode is not None:
+                if c.next_start == 0.0:  # back off 1 s, 2 s, 4 s ... at most 60 s, as a kubelet does
+                    c.next_start = loop.time() + min(60.0, 2.0 ** min(c.restarts, 6))
+                    c.ready = False
+                    c.waiting = ("CrashLoopBackOff", f"exited with code {c.proc.returncode}; see "
+                                 f"{pod.dir / 'containers' / c.name / 'log'}")
+                    log.warning("pod %s/%s: container %s exited (%s)", pod.namespace, pod.name, c.name,
+                                c.proc.returncode)
+                elif loop.time() >= c.next_start:
+                    c.restarts += 1
+                    c.next_start = 0.0
+                    await _kill_group(c.proc, 0.0)
+                    await self._start_container(pod, c)
+
+    async def _probe_loop(self, pod: Pod) -> None:
+        """Readiness as a kubelet probes it: every ``periodSeconds``, ``failureThreshold`` failures
+        in a row to become unready, ``successThreshold`` successes to become ready again."""
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                for c in pod.containers:
+                    probe = c.spec.get("readinessProbe") or {}
+                    if loop.time() < c.next_probe:
+                        continue
+                    c.next_probe = loop.time() + max(1, int(probe.get("periodSeconds") or 10))
+                    running = c.proc is not None and c.proc.returncode is None
+                    if not running:
+                        c.ready, c.probe_failures, c.probe_successes = False, 0, 0
+                        continue
+                    if await self._probe(session, pod, c):
+                        c.probe_failures = 0
+                        c.probe_successes += 1
+                        if c.probe_successes >= int(probe.get("successThreshold") or 1):
+                            c.ready = True
+                    else:
+                        c.probe_successes = 0
+                        c.probe_failures += 1
+                        if c.probe_failures >= int(probe.get("failureThreshold") or 3):
+                            c.ready = False
+                await asyncio.sleep(0.5)
+
+    async def _probe(self, session: aiohttp.ClientSession, pod: Pod, c: Container) -> bool:
+        probe = c.spec.get("readinessProbe")
+        if not probe:
+            return True
+        ports = {p.get("name"): p.get("containerPort") for p in c.spec.get("ports") or ()}
+        timeout = max(1, int(probe.get("timeoutSeconds") or 1))
+
+        def port_of(value: Any) -> int:
+            return int(ports.get(value, value)) if not isinstance(value, int) else value
+
+        try:
+            if "httpGet" in probe:
+                g = probe["httpGet"]
+                url = f"http://{pod.ip}:{port_of(g['port'])}{g.get('path') or '/'}"
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                    return 200 <= r.status < 400
+            if "tcpSocket" in probe or "grpc" in probe:
+                port = port_of((probe.get("tcpSocket") or probe.get("grpc"))["port"])
+                _, writer = await asyncio.wait_for(asyncio.open_connection(pod.ip, port), timeout)
+                writer.close()
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return False
+        return True
+
+    def _status(self, pod: Pod) -> dict[str, Any]:
+        statuses = []
+        for c in pod.containers:
+            state: dict[str, Any]
+            if c.waiting is not None:
+                state = {"waiting": {"reason": c.waiting[0], "message": c.waiting[1]}}
+            elif c.proc is not None and c.proc.returncode is None:
+                state = {"running": {"startedAt": c.started_at}}
+            else:
+                state = {"waiting": {"reason": "ContainerCreating"}}
+            statuses.append({"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
+                             "ready": c.ready, "started": c.proc is not None and c.proc.returncode is None,
+                             "restartCount": c.restarts, "state": state})
+        all_ready = all(c.ready for c in pod.containers)
+        running = any(c.proc is not None for c in pod.containers)
+        stuck = next((c.waiting for c in pod.containers if c.waiting and c.waiting[0] in
+                      ("ImageNotRunnable", "CreateContainerConfigError")), None)
+        cond = "True" if all_ready else "False"
+        conditions = [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+                      {"type": "ContainersReady", "status": cond}, {"type": "Ready", "status": cond}]
+        if stuck is not None:
+            for cnd in conditions[2:]:
+                cnd.update(reason=stuck[0], message=stuck[1])
+        return {"phase": "Running" if running else "Pending", "hostIP": "127.0.0.1", "podIP": pod.ip,
+                "podIPs": [{"ip": pod.ip}], "startTime": pod.started, "conditions": conditions,
+                "containerStatuses": statuses}
+
+    async def _report(self, pod: Pod) -> None:
+        status = self._status(pod)
+        if status == pod.reported:
+            return
+        now = _now()
+        for cnd in status["conditions"]:
+            cnd["lastTransitionTime"] = now
+        body = {"status": status}
+        try:
+            await asyncio.to_thread(self.core.patch_namespaced_pod_status, pod.name, pod.namespace, body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return
+        for cnd in status["conditions"]:
+            cnd.pop("lastTransitionTime")
+        pod.reported = status
+
+    async def _delete(self, obj: Any, pod: Pod | None) -> None:
+        grace = min(MAX_GRACE_S, float(obj.spec.termination_grace_period_seconds or 30))
+        if pod is not None:
+            await self._stop_pod(pod, grace)
+            self.pods.pop(pod.uid, None)
+        with contextlib.suppress(ApiException):  # the kubelet's last word: the pod is gone
+            await asyncio.to_thread(self.core.delete_namespaced_pod, obj.metadata.name,
+                                    obj.metadata.namespace, grace_period_seconds=0,
+                                    body=client.V1DeleteOptions(preconditions={"uid": obj.metadata.uid}))
+        log.info("pod %s/%s stopped and removed", obj.metadata.namespace, obj.metadata.name)
+
+    def _deleted(self, task: asyncio.Task[None]) -> None:
+        self._deletions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping a deleted pod failed: %s", task.exception())
+
+    async def _stop_pod(self, pod: Pod, grace: float) -> None:
+        if pod.probe_task is not None:
+            pod.probe_task.cancel()
+            await asyncio.gather(pod.probe_task, return_exceptions=True)
+        await asyncio.gather(*(_kill_group(c.proc, grace) for c in pod.containers if c.proc is not None))
+        for c in pod.containers:
+            if c.log is not None:
+                c.log.close()
+                c.log = None
+        self._used_ips.discard(pod.ip)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL after ``grace`` seconds (and its leftovers anyway)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), max(grace, 1.0))
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+

@@ -1,0 +1,39 @@
+"""Every name msm gives Kubernetes objects of its own: labels, annotations, ports, paths.
+
+The runtime workloads (placement.kube.workloads) write them, the runtime-pod source
+(placement.sources.pods) and the dev cluster's pod runner read them: one spelling for all.
+"""
+
+from __future__ import annotations
+
+#: The field manager of msm's server-side applies (``kubectl get -o yaml --show-managed-fields``).
+FIELD_MANAGER = "msm"
+#: A runtime pod's runtime (the ServingRuntime's name); the pods msm places models on carry it.
+LABEL_RUNTIME = "serving.msm.io/runtime"
+#: ModelMesh's labels on its runtime Deployments and pods, kept so existing selectors still work.
+LABEL_MODELMESH_SERVICE = "modelmesh-service"
+MODELMESH_SERVICE = "modelmesh-serving"
+LABEL_APP_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+#: On a runtime pod: JSON of what placement needs to know of it (ports, capacity, timeouts).
+ANNOTATION_INSTANCE = "serving.msm.io/runtime-instance"
+#: msm's adapter sidecar in a runtime pod, and the port of its mmesh.ModelRuntime SPI.
+ADAPTER_CONTAINER = "msm-adapter"
+ADAPTER_PORT = 8085
+#: Where a runtime pod's containers see the PVCs of their models: ``/pvc_mounts/<pvc name>``.
+PVC_MOUNT_ROOT = "/pvc_mounts"
+#: The volume MLServer and the adapter share for MLServer's model repository.
+MODELS_VOLUME = "models-dir"
+MODELS_MOUNT = "/models"
+#: The Lease the control-plane replicas elect their leader with.
+LEADER_LEASE = "msm-controller-leader"
+
+
+def runtime_deployment_name(runtime: str) -> str:
+    """A runtime's Deployment, named as ModelMesh names it (``modelmesh-serving-mlserver-1.x``)."""
+    return f"{MODELMESH_SERVICE}-{runtime}"
+
+
+def runtime_service_name(runtime: str) -> str:
+    """A runtime's Service: the Deployment's name with dots as dashes (a Service name is a DNS label)."""
+    return runtime_deployment_name(runtime).replace(".", "-")

@@ -1,0 +1,321 @@
+"""The article on the dev cluster: `msm dev-cluster up` (real etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler; deploy/ applied with kubectl; msm with its
+ServiceAccount's RBAC; Envoy; the pod runner), then the article's requests with the real kubectl.
+
+One cluster for the module; each test leaves no InferenceService behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+from kube_env import require_tools
+
+from placement.local.ports import free_port
+from placement.local.samples import ensure_sample_models
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(400)]
+ROOT = Path(__file__).resolve().parents[2]
+NS = "modelmesh-serving"
+ARTICLE_ISVC = ROOT / "examples" / "quickstart" / "sklearn-mnist.yaml"
+DIGIT_8 = (ROOT / "examples" / "quickstart" / "digit-8.json").read_bytes()
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    rest_port: int
+    admin_port: int
+    kubectl_bin: Path
+    proc: subprocess.Popen | None = None
+
+    def kubectl(self, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(self.kubectl_bin), f"--kubeconfig={self.state_dir / 'kubeconfig'}", *argv],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode:
+            raise AssertionError(f"kubectl {' '.join(argv)}: {r.stdout}{r.stderr}")
+        return r
+
+    def apply(self, doc: dict) -> None:
+        r = subprocess.run([str(self.kubectl_bin), f"--kubeconfig={self.state_dir / 'kubeconfig'}", "apply",
+                            "-f", "-"], input=yaml.safe_dump(doc), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    def isvc(self, name: str) -> dict:
+        return json.loads(self.kubectl("get", "isvc", name, "-n", NS, "-o", "json").stdout)
+
+    def infer_url(self, model: str) -> str:
+        return f"http://127.0.0.1:{self.rest_port}/v2/models/{model}/infer"
+
+    def admin_ports(self) -> list[int]:
+        """Every control-plane replica's admin port, as `msm dev-cluster up` printed them."""
+        text = (self.state_dir.parent / f"{self.state_dir.name}.log").read_text()
+        return sorted({int(m) for m in re.findall(r"status http://127\.0\.0\.1:(\d+)/status", text)})
+
+    async def status(self) -> dict:
+        """The leading replica's /status (placement lives there)."""
+        for port in self.admin_ports():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
+                    st = await r.json()
+                if st.get("role") == "leader":
+                    return st
+        raise AssertionError("no control-plane replica leads")
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "Ctrl-C stops everything." in text:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"msm dev-cluster up exited {proc.returncode}:\n{text}")
+        time.sleep(0.2)
+    raise AssertionError(f"msm dev-cluster up not ready within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    bin_dir = require_tools()
+    models = tmp_path_factory.mktemp("pvc")
+    ensure_sample_models(models, with_xgboost=False)
+    state = tmp_path_factory.mktemp("dev-cluster")
+    c = Cluster(state, free_port(), free_port(), bin_dir / "kubectl")
+    cmd = [sys.executable, "-m", "msm.cli", "dev-cluster", "up", "--state-dir", str(state),
+           "--pvc", f"my-models-pvc={models}", "--rest-port", str(c.rest_port),
+           "--grpc-port", str(free_port()), "--xds-port", str(free_port()), "--admin-port", str(c.admin_port)]
+    log = state.parent / f"{state.name}.log"
+    with open(log, "wb") as out:
+        c.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        _wait_ready(c.proc, log, 120)
+        yield c
+    finally:
+        os.killpg(c.proc.pid, signal.SIGINT)
+        try:
+            c.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
+
+
+class Traffic:
+    """Steady requests to one model (every ``period`` s) counting failures, until stopped."""
+
+    def __init__(self, url: str, period: float = 0.05) -> None:
+        self.url, self.period = url, period
+        self.ok = 0
+        self.failed: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.post(self.url, data=DIGIT_8, timeout=aiohttp.ClientTimeout(total=30)) as r:
+                        body = await r.text()
+                        if r.status == 200 and '"8"' in body:
+                            self.ok += 1
+                        else:
+                            self.failed.append(f"{r.status} {body[:200]}")
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    self.failed.append(repr(e))
+                await asyncio.sleep(self.period)
+
+    async def __aenter__(self) -> Traffic:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def until(pred, timeout: float = 90, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(pred):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def infer(url: str) -> tuple[int, str]:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession() as s, s.post(url, data=DIGIT_8, timeout=timeout) as r:
+        return r.status, await r.text()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def article(cluster: Cluster) -> AsyncIterator[dict]:
+    doc = yaml.safe_load(ARTICLE_ISVC.read_text())
+    cluster.kubectl("apply", "-f", str(ARTICLE_ISVC))
+    yield doc
+    cluster.kubectl("delete", "isvc", "--all", "-n", NS, "--wait=true")
+
+
+async def test_the_articles_inferenceservice_serves_rolls_and_goes(cluster: Cluster, article: dict) -> None:
+    # the article, as written: kubectl apply, kubectl wait, curl
+    cluster.kubectl("wait", "--for=condition=Ready", "isvc/sklearn-mnist", "-n", NS, "--timeout=120s")
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))
+    assert status == 200, body
+    assert json.loads(body)["outputs"][0]["contents"]["int64Contents"] == ["8"]
+    await until(lambda: cluster.isvc("sklearn-mnist")["status"]["modelStatus"]["states"]["activeModelState"]
+                == "Loaded", what="status Loaded")
+    st = cluster.isvc("sklearn-mnist")["status"]
+    assert st["modelStatus"]["copies"]["totalCopies"] >= 1
+    assert st["modelStatus"]["transitionStatus"] == "UpToDate"
+    get = cluster.kubectl("get", "isvc", "-n", NS).stdout
+    assert "sklearn-mnist" in get and "True" in get  # READY, as the article shows it
+    # the runtime ran as ModelMesh runs it: a Deployment of pods with the adapter sidecar
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", NS, "-l", "serving.msm.io/runtime=mlserver-1.x",
+                                      "-o", "json").stdout)["items"]
+    assert len(pods) == 2
+    assert all({c["name"] for c in p["spec"]["containers"]} == {"mlserver", "msm-adapter"} for p in pods)
+
+    # a new path is a new revision: it rolls under traffic, no request fails, status shows it
+    first_revision = (await cluster.status())["models"]["sklearn-mnist"]["active_revision"]
+    rolled = yaml.safe_load(ARTICLE_ISVC.read_text())
+    rolled["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
+    seen_states = set()
+    async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
+        await asyncio.sleep(1)
+        cluster.apply(rolled)
+
+        def rolled_out() -> bool:
+            s = cluster.isvc("sklearn-mnist")["status"]
+            seen_states.add(s["modelStatus"]["transitionStatus"])
+            return s.get("observedGeneration") == 2 and s["modelStatus"]["transitionStatus"] == "UpToDate"
+
+        await until(rolled_out, what="the new revision rolled out")
+        await asyncio.sleep(2)
+    assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+    model = (await cluster.status())["models"]["sklearn-mnist"]
+    assert model["active_revision"] != first_revision and model["ready_copies"] >= 1
+
+    # deleted: routes gone, model unloaded from every runtime pod
+    cluster.kubectl("delete", "isvc", "sklearn-mnist", "-n", NS)
+
+    async def gone() -> bool:
+        st = await cluster.status()
+        held = [m for inst in st["instances"].values() for m in inst.get("loaded", {})]
+        return "sklearn-mnist" not in st["models"] and not held
+
+    deadline = time.monotonic() + 60
+    while not await gone():
+        assert time.monotonic() < deadline, await cluster.status()
+        await asyncio.sleep(0.5)
+    status, _ = await infer(cluster.infer_url("sklearn-mnist"))
+    assert status == 404
+
+
+async def test_a_runtime_pod_deleted_under_traffic(cluster: Cluster) -> None:
+    two = yaml.safe_load(ARTICLE_ISVC.read_text())
+    two["metadata"]["name"] = "mnist-two"
+    two["spec"]["predictor"]["minReplicas"] = 2
+    one = yaml.safe_load(ARTICLE_ISVC.read_text())
+    one["metadata"]["name"] = "mnist-one"
+    one["spec"]["predictor"]["minReplicas"] = 1
+    one["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-forest.joblib"
+    cluster.apply(two)
+    cluster.apply(one)
+    try:
+        def copies(name: str) -> int:
+            s = cluster.isvc(name).get("status") or {}
+            return (s.get("modelStatus") or {}).get("copies", {}).get("totalCopies", 0)
+
+        await until(lambda: copies("mnist-two") == 2 and copies("mnist-one") == 1, what="2 + 1 copies")
+        where = (await cluster.status())["models"]["mnist-one"]["revisions"]
+        [pod_of_one] = [i for phases in where.values() for i, ph in phases.items() if ph == "ready"]
+        victim = pod_of_one.rsplit(".", 1)[0]
+        async with Traffic(cluster.infer_url("mnist-two")) as traffic:
+            await asyncio.sleep(1)
+            cluster.kubectl("delete", "pod", victim, "-n", NS, "--wait=false")
+            # copies drop, then recover: the single copy reloads on the other pod, the Deployment
+            # makes a new pod, placement fills it
+            await until(lambda: copies("mnist-two") < 2, timeout=30, what="copies drop")
+            await until(lambda: copies("mnist-two") == 2 and copies("mnist-one") == 1, what="copies recover")
+        assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+        status, body = await infer(cluster.infer_url("mnist-one"))
+        assert status == 200, body
+        now = (await cluster.status())["models"]["mnist-one"]["revisions"]
+        assert pod_of_one not in {i for phases in now.values() for i in phases}
+    finally:
+        cluster.kubectl("delete", "isvc", "mnist-two", "mnist-one", "-n", NS, "--wait=true")
+
+
+def _pid_of(state_dir: Path, identity: str) -> int:
+    """The control-plane process of the dev cluster in ``state_dir`` that runs as ``identity``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kube-control-plane" in argv and identity.encode() in argv and \
+                str(state_dir / "kubeconfig-msm").encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no control-plane process runs as {identity}")
+
+
+async def test_the_leader_killed_under_traffic(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(ARTICLE_ISVC))
+    try:
+        def loaded() -> bool:
+            s = cluster.isvc("sklearn-mnist").get("status") or {}
+            return (s.get("modelStatus") or {}).get("states", {}).get("activeModelState") == "Loaded"
+
+        cluster.kubectl("wait", "--for=condition=Ready", "isvc/sklearn-mnist", "-n", NS, "--timeout=60s")
+        status, body = await infer(cluster.infer_url("sklearn-mnist"))
+        assert status == 200, body
+        await until(loaded, what="Loaded")
+
+        def holder() -> str:
+            lease = json.loads(cluster.kubectl("get", "lease", "msm-controller-leader", "-n", NS,
+                                               "-o", "json").stdout)
+            return lease["spec"].get("holderIdentity") or ""
+
+        old = holder()
+        assert old.startswith("msm-controller-")
+        async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
+            await asyncio.sleep(1)
+            os.kill(_pid_of(cluster.state_dir, old), signal.SIGKILL)
+            killed = time.monotonic()
+            await until(lambda: holder() not in ("", old), timeout=40, what="a new leader")
+            took = time.monotonic() - killed
+            await asyncio.sleep(2)
+        assert took < 15 + 5, took  # the lease duration, and a retry period or two
+        assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+        new = holder()
+        st = await cluster.status()
+        assert st["leader"]["this"] == new
+        roles = {}
+        for port in cluster.admin_ports():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    roles[port] = re.search(r"^msm_leader (\S+)$", await r.text(), re.M).group(1)
+        assert sorted(roles.values()) == ["0.0", "1.0"]  # one leads, the other follows
+        assert st["counters"]["loads"] == 0  # it adopted the copy: nothing reloaded
+        assert st["models"]["sklearn-mnist"]["ready_copies"] >= 1
+    finally:
+        cluster.kubectl("delete", "isvc", "sklearn-mnist", "-n", NS, "--wait=true")
+

@@ -1,0 +1,205 @@
+"""The pure parts of Kubernetes mode: runtime workloads from a ServingRuntime, instances from
+runtime pods, the PVC rule of a runtime pod, and how the dev cluster's pod runner runs a container."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from placement.adapters.mlserver import pvc_model_path
+from placement.kube.workloads import desired_workloads, pvcs_of, runtime_workloads
+from placement.local.pod_runner import how_to_run, rewrite
+from placement.manifests.kserve import Document, resolve
+from placement.manifests.kube_names import ANNOTATION_INSTANCE, LABEL_RUNTIME
+from placement.sources.kube import KINDS, document_of
+from placement.sources.pods import instance_of_pod
+
+FIXTURES = Path(__file__).resolve().parents[1] / "manifests" / "fixtures"
+NS = "modelmesh-serving"
+
+
+def objects() -> tuple[dict, dict]:
+    sr = yaml.safe_load((FIXTURES / "mlserver-runtime.yaml").read_text())
+    sr["metadata"].update(namespace=NS, uid="uid-sr-1")
+    isvc = yaml.safe_load((FIXTURES / "article-sklearn-mnist.yaml").read_text())
+    return sr, isvc
+
+
+def state(sr: dict, *isvcs: dict):
+    kinds = {k.kind: k for k in KINDS}
+    docs: list[Document] = [document_of(kinds["ServingRuntime"], sr)]
+    docs += [document_of(kinds["InferenceService"], i) for i in isvcs]
+    return resolve(docs, None)
+
+
+def test_a_runtime_in_use_is_a_deployment_with_the_adapter_and_its_pvcs_and_a_service() -> None:
+    sr, isvc = objects()
+    st = state(sr, isvc)
+    assert not st.errors, st.errors
+    dep, svc = desired_workloads(st.models, st.runtimes, {(NS, "mlserver-1.x"): sr}, adapter_image="msm:test")
+    assert dep["metadata"]["name"] == "modelmesh-serving-mlserver-1.x"
+    assert svc["metadata"]["name"] == "modelmesh-serving-mlserver-1-x"  # a Service name has no dots
+    assert dep["spec"]["replicas"] == st.runtimes["mlserver-1.x"].replicas
+    for obj in (dep, svc):
+        [owner] = obj["metadata"]["ownerReferences"]
+        assert owner["uid"] == "uid-sr-1" and owner["kind"] == "ServingRuntime" and owner["controller"]
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["labels"][LABEL_RUNTIME] == "mlserver-1.x"
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    mlserver, adapter = pod["spec"]["containers"]
+    assert mlserver["image"] == "seldonio/mlserver:1.7.1" and adapter["image"] == "msm:test"
+    env = {e["name"]: e["value"] for e in mlserver["env"]}
+    assert env["MLSERVER_HOST"] == "0.0.0.0"  # the gateway reaches MLServer directly
+    assert env["MLSERVER_HTTP_PORT"] == "8002" and env["MLSERVER_GRPC_PORT"] == "8001"
+    assert [e["name"] for e in mlserver["env"]].count("MLSERVER_HOST") == 1
+    mounts = {m["mountPath"]: m for m in adapter["volumeMounts"]}
+    assert mounts["/pvc_mounts/my-models-pvc"]["readOnly"] is True
+    assert {m["mountPath"] for m in mlserver["volumeMounts"]} == set(mounts)
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert vols["pvc-my-models-pvc"]["persistentVolumeClaim"] == {"claimName": "my-models-pvc",
+                                                                  "readOnly": True}
+    args = adapter["args"]
+    assert args[args.index("--pvc-mount-root") + 1] == "/pvc_mounts"
+    assert args[args.index("--mlserver-rest-url") + 1] == "http://127.0.0.1:8002"
+    facts = json.loads(pod["metadata"]["annotations"][ANNOTATION_INSTANCE])
+    assert facts["restPort"] == 8002 and facts["grpcPort"] == 8001 and facts["adapterPort"] == 8085
+    assert facts["memBufferBytes"] == 134217728
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_a_runtime_no_model_uses_scales_to_zero_and_replicas_can_be_set() -> None:
+    sr, isvc = objects()
+    st = state(sr)
+    dep, _ = desired_workloads(st.models, st.runtimes, {(NS, "mlserver-1.x"): sr}, adapter_image="m")
+    assert dep["spec"]["replicas"] == 0
+    st = state(sr, isvc)
+    dep, _ = desired_workloads(st.models, st.runtimes, {(NS, "mlserver-1.x"): sr}, adapter_image="m",
+                               replicas=3)
+    assert dep["spec"]["replicas"] == 3
+
+
+def test_pvcs_of_models() -> None:
+    sr, isvc = objects()
+    uri = json.loads(json.dumps(isvc))
+    uri["metadata"]["name"] = "by-uri"
+    uri["spec"]["predictor"]["model"].pop("storage")
+    uri["spec"]["predictor"]["model"]["storageUri"] = "pvc://other-pvc/m.joblib"
+    st = state(sr, isvc, uri)
+    assert pvcs_of(st.models.values()) == ["my-models-pvc", "other-pvc"]
+    dep, _ = runtime_workloads(sr, st.runtimes["mlserver-1.x"], namespace=NS, replicas=1,
+                               pvcs=pvcs_of(st.models.values()), adapter_image="m")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in dep["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == ["my-models-pvc", "other-pvc"]
+
+
+def pod(ready: bool = True, **facts) -> dict:
+    base = {"restPort": 8002, "grpcPort": 8001, "adapterPort": 8085, "capacityBytes": 1000,
+            "memBufferBytes": 10, "loadTimeoutMs": 5000, "maxLoadingConcurrency": 2}
+    return {"metadata": {"name": "rt-abc", "namespace": NS, "labels": {LABEL_RUNTIME: "mlserver-1.x"},
+                         "annotations": {ANNOTATION_INSTANCE: json.dumps({**base, **facts})}},
+            "status": {"phase": "Running", "podIP": "10.0.0.7",
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_a_ready_runtime_pod_is_an_instance_with_its_facts() -> None:
+    inst = instance_of_pod(pod())
+    assert inst is not None
+    assert inst.info.id == f"rt-abc.{NS}" and inst.info.runtime == "mlserver-1.x"
+    assert (inst.info.address, inst.info.rest_port, inst.info.grpc_port) == ("10.0.0.7", 8002, 8001)
+    assert inst.info.capacity_bytes == 1000 and inst.info.unload_headroom_bytes == 10
+    assert inst.info.max_concurrent_loads == 2
+    assert inst.spi_address == "10.0.0.7:8085" and inst.load_timeout_s == 5.0
+
+
+def test_a_pod_that_is_not_ready_or_going_is_no_instance() -> None:
+    assert instance_of_pod(pod(ready=False)) is None
+    going = pod()
+    going["metadata"]["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    assert instance_of_pod(going) is None
+    pending = pod()
+    pending["status"]["phase"] = "Pending"
+    assert instance_of_pod(pending) is None
+
+
+@pytest.mark.parametrize("facts", [{"restPort": "8002"}, {"grpcPort": 70000}, {"capacityBytes": -1},
+                                   {"adapterPort": True}])
+def test_a_pod_whose_facts_are_wrong_is_refused_with_why(facts: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(facts))):
+        instance_of_pod(pod(**facts))
+
+
+def test_a_pod_with_a_bad_address_or_no_annotation_is_refused() -> None:
+    bad = pod()
+    bad["status"]["podIP"] = "10.0.0.7; rm -rf /"
+    with pytest.raises(ValueError):
+        instance_of_pod(bad)
+    bare = pod()
+    bare["metadata"]["annotations"] = {}
+    with pytest.raises(ValueError, match=ANNOTATION_INSTANCE):
+        instance_of_pod(bare)
+
+
+def test_the_pvc_rule_of_a_runtime_pod(tmp_path: Path) -> None:
+    root = tmp_path / "pvc_mounts"
+    (root / "models" / "sub").mkdir(parents=True)
+    (root / "models" / "m.joblib").write_bytes(b"x")
+    (root / "other").mkdir()
+    (root / "other" / "secret").write_text("s")
+    assert pvc_model_path("pvc://models/m.joblib", root) == (root / "models" / "m.joblib").resolve()
+    assert pvc_model_path("pvc://models/sub/", root) == (root / "models" / "sub").resolve()
+    for bad, why in [("pvc://models/../other/secret", "'..'"), ("pvc://models/", "must name"),
+                     ("s3://bucket/m", "PVCs only"), ("/etc/passwd", "PVCs only"),
+                     ("pvc://Bad_Name/m", "not a PVC name")]:
+        with pytest.raises(ValueError, match=why):
+            pvc_model_path(bad, root)
+    (root / "models" / "link").symlink_to(root / "other" / "secret")
+    with pytest.raises(ValueError, match="outside the PVC models"):
+        pvc_model_path("pvc://models/link", root)
+    (root / "models" / "sub" / "escape").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="outside the PVC models"):
+        pvc_model_path("pvc://models/sub", root)
+
+
+def test_the_pod_runner_runs_mlserver_and_msm_images_only() -> None:
+    mlserver = how_to_run({"image": "seldonio/mlserver:1.7.1"}, "/venv/bin/python")
+    assert isinstance(mlserver, list) and mlserver[-2:] == ["start", "$(MLSERVER_MODELS_DIR)"]
+    msm = how_to_run({"image": "registry.example/msm:0.1.0", "command": ["msm", "adapter"], "args": ["--x"]},
+                     "/venv/bin/python")
+    assert msm == ["/venv/bin/python", "-m", "msm.cli", "adapter", "--x"]
+    assert "`msm ...` command only" in how_to_run({"image": "msm:1", "command": ["sh", "-c", "x"]})
+    assert "MLServer and msm images only" in how_to_run({"image": "nvcr.io/nvidia/tritonserver:23.05"})
+
+
+def test_the_pod_runner_rewrites_addresses_and_mount_paths(tmp_path: Path) -> None:
+    roots = {"models", "pvc_mounts"}
+    assert rewrite("http://127.0.0.1:8002", "127.0.10.3", tmp_path, roots) == "http://127.0.10.3:8002"
+    assert rewrite("0.0.0.0", "127.0.10.3", tmp_path, roots) == "127.0.10.3"
+    assert rewrite("localhost:8001", "127.0.10.3", tmp_path, roots) == "127.0.10.3:8001"
+    assert rewrite("/models/_m/", "ip", tmp_path, roots) == f"{tmp_path}/models/_m/"
+    assert rewrite("/etc/passwd", "ip", tmp_path, roots) == "/etc/passwd"  # not a mount: left alone
+    assert rewrite("relative/models", "ip", tmp_path, roots) == "relative/models"
+
+
+def test_a_cluster_runtime_runs_in_each_namespace_that_has_its_models() -> None:
+    sr, isvc = objects()
+    csr = json.loads(json.dumps(sr))
+    csr["kind"] = "ClusterServingRuntime"
+    csr["metadata"] = {"name": "mlserver-1.x", "uid": "uid-csr"}
+    other = json.loads(json.dumps(isvc))
+    other["metadata"].update(name="team-b-model", namespace="team-b")
+    kinds = {k.kind: k for k in KINDS}
+    st = resolve([document_of(kinds["ClusterServingRuntime"], csr),
+                  document_of(kinds["InferenceService"], isvc),
+                  document_of(kinds["InferenceService"], other)], None)
+    assert not st.errors, st.errors
+    objs = desired_workloads(st.models, st.runtimes, {("", "mlserver-1.x"): csr}, adapter_image="m")
+    deployments = {o["metadata"]["namespace"]: o for o in objs if o["kind"] == "Deployment"}
+    assert set(deployments) == {NS, "team-b"}
+    for dep in deployments.values():
+        [owner] = dep["metadata"]["ownerReferences"]
+        assert owner["kind"] == "ClusterServingRuntime" and owner["uid"] == "uid-csr"
+        assert dep["spec"]["replicas"] > 0
