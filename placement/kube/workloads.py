@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from placement.manifests.desired_state import ResolvedModel, RuntimeSpec
+from placement.manifests.desired_state import ResolvedModel, RuntimeSpec, runtime_pool
 from placement.manifests.kube_names import (
     ADAPTER_CONTAINER,
     ADAPTER_PORT,
@@ -170,21 +170,26 @@ def desired_workloads(state_models: Mapping[str, ResolvedModel], runtimes: Mappi
                       replicas: int | None = None) -> list[dict[str, Any]]:
     """Every runtime workload object: a Deployment and a Service per ServingRuntime, and per
     namespace with models for a ClusterServingRuntime (``runtime_objects`` by (namespace, name),
-    namespace "" for cluster-scoped)."""
-    by_runtime: dict[str, list[ResolvedModel]] = {}
+    namespace "" for cluster-scoped). Models name their runtime pool ``<namespace>/<runtime>``."""
+    by_pool: dict[str, list[ResolvedModel]] = {}
     for m in state_models.values():
-        by_runtime.setdefault(m.runtime, []).append(m)
+        by_pool.setdefault(m.runtime, []).append(m)
+    namespaced = {(rt.namespace, rt.name) for rt in runtimes.values() if rt.namespace}
     out: list[dict[str, Any]] = []
-    for name, rt in sorted(runtimes.items()):
+    for rt in sorted(runtimes.values(), key=lambda r: (r.namespace or "", r.name)):
         if rt.server_type != "mlserver":
             continue  # only MLServer has msm's adapter today
-        obj = runtime_objects.get((rt.namespace or "", name))
+        obj = runtime_objects.get((rt.namespace or "", rt.name))
         if obj is None:
             continue
-        models = by_runtime.get(name, [])
-        namespaces = [rt.namespace] if rt.namespace else sorted({m.namespace for m in models})
+        if rt.namespace:
+            namespaces = [rt.namespace]
+        else:  # a cluster runtime runs where its models are, unless a namespace has its own of that name
+            namespaces = sorted({m.namespace for pool, ms in by_pool.items() for m in ms
+                                 if pool == runtime_pool(m.namespace, rt.name)
+                                 and (m.namespace, rt.name) not in namespaced})
         for ns in namespaces:
-            mine = [m for m in models if m.namespace == ns]
+            mine = by_pool.get(runtime_pool(ns, rt.name), [])
             count = (replicas if replicas is not None else rt.replicas) if mine else 0
             out.extend(runtime_workloads(obj, rt, namespace=ns, replicas=count, pvcs=pvcs_of(mine),
                                          adapter_image=adapter_image))

@@ -72,6 +72,12 @@ class RuntimeSpec:
         return max(0, self.memory_limit_bytes - (self.mem_buffer_bytes or 0))
 
 
+def runtime_pool(namespace: str, runtime: str) -> str:
+    """Kubernetes mode: the instances of ``runtime`` in ``namespace`` (models of one namespace
+    go to the runtime pods of that namespace): ``<namespace>/<runtime>``."""
+    return f"{namespace}/{runtime}"
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """An InferenceService predictor, bound to a runtime and a storage location."""

@@ -28,6 +28,7 @@ from placement.manifests.desired_state import (
     ResolvedModel,
     RuntimeSpec,
     SupportedFormat,
+    runtime_pool,
 )
 from placement.manifests.local_config import (
     DEFAULT_NAMESPACE,
@@ -431,7 +432,8 @@ def revision_id(name: str, fmt: str, version: str | None, runtime: str, storage_
 
 
 def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
-                  local_config: LocalConfig | None = None) -> ResolvedModel:
+                  local_config: LocalConfig | None = None, *,
+                  namespaced_runtimes: bool = False) -> ResolvedModel:
     """One validated InferenceService document -> :class:`ResolvedModel`; raises ResolveError."""
     body = doc.body
     meta = body["metadata"]
@@ -453,7 +455,7 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
         name=meta["name"],
         namespace=namespace,
         revision_id=revision_id(meta["name"], fmt, version, rt.name, storage.spec, storage.location),
-        runtime=rt.name,
+        runtime=runtime_pool(namespace, rt.name) if namespaced_runtimes else rt.name,
         model_type=fmt,
         storage_path=storage.location,
         canary_percent=_int(pred.get("canaryTrafficPercent")),
@@ -479,7 +481,8 @@ def model_key(namespace: str, name: str) -> str:
 
 
 def resolve(documents: Iterable[Document], local_config: LocalConfig | None = None,
-            incumbents: Mapping[str, ResolvedModel] | None = None) -> DesiredState:
+            incumbents: Mapping[str, ResolvedModel] | None = None, *,
+            namespaced_runtimes: bool = False) -> DesiredState:
     """Documents -> :class:`DesiredState` (pure but for local model file look-ups).
 
     Invalid documents, duplicates and models with no usable runtime or storage are left out and
@@ -493,6 +496,11 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
     document that claims a serving model's name (another file, another namespace) is refused
     with a message naming both, and the serving model is untouched. Without an incumbent, the
     file that sorts first wins.
+
+    ``namespaced_runtimes`` (Kubernetes mode): runtimes are per namespace, as ModelMesh runs them:
+    a model's runtime is the pool ``<its namespace>/<runtime name>`` (a ClusterServingRuntime too:
+    its pods run in each namespace with models), so two namespaces may each have their own
+    ``mlserver-1.x``. Without it (the local mesh) runtime names are unique.
     """
     errors: dict[str, str] = {}
     seen: dict[tuple[str, str | None, str], Document] = {}
@@ -534,14 +542,15 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
     for rt in sorted(all_runtimes, key=lambda r: (r.cluster_scoped, r.namespace or "", r.name)):
         if rt.disabled:
             continue
-        if rt.name in runtimes:
-            other = runtimes[rt.name]
+        key = runtime_pool(rt.namespace, rt.name) if namespaced_runtimes and rt.namespace else rt.name
+        if key in runtimes:
+            other = runtimes[key]
             _add_error(errors, rt.source.split(" doc ")[0],
                        f"{rt.source} {rt.kind}/{rt.name}: a runtime named {rt.name} is already defined "
                        f"({other.source}); msm needs runtime names to be unique; ignored")
             all_runtimes.remove(rt)
             continue
-        runtimes[rt.name] = rt
+        runtimes[key] = rt
 
     models: dict[str, ResolvedModel] = {}
     claimed: dict[str, Document] = {}  # model name -> the document that has it (even if it fails)
@@ -555,7 +564,7 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
                        f"which stays in use; this one (namespace {ns}) is ignored while that one exists")
             continue
         try:
-            m = resolve_model(doc, all_runtimes, local_config)
+            m = resolve_model(doc, all_runtimes, local_config, namespaced_runtimes=namespaced_runtimes)
         except (ResolveError, StorageError) as e:
             _add_error(errors, model_key(ns, doc.name or ""), f"{doc.where}: {e}")
             continue

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from kubernetes import client, watch
@@ -248,7 +249,8 @@ class KubeSource(Informer):
     async def _resolve_and_deliver(self) -> None:
         kinds = {k.kind: k for k in KINDS}
         documents = [document_of(kinds[key[0]], obj) for key, obj in sorted(self.objects.items())]
-        new = await asyncio.to_thread(resolve, documents, None, self.state.models)
+        new = await asyncio.to_thread(partial(resolve, documents, None, self.state.models,
+                                              namespaced_runtimes=True))
         if new == self.state:
             return
         self.state = new

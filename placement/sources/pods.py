@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client
 
 from placement.engine.model_types import InstanceInfo
+from placement.manifests.desired_state import runtime_pool
 from placement.manifests.kube_names import ADAPTER_PORT, ANNOTATION_INSTANCE, LABEL_RUNTIME
 from placement.sources.kube import Informer
 
@@ -72,7 +73,9 @@ def instance_of_pod(pod: dict[str, Any]) -> PodInstance | None:
     if not isinstance(facts, dict):
         raise ValueError(f"{ANNOTATION_INSTANCE} is not a JSON object")
     info = InstanceInfo(
-        id=f"{meta.get('name')}.{meta.get('namespace')}", runtime=str(runtime), address=ip,
+        id=f"{meta.get('name')}.{meta.get('namespace')}", runtime=runtime_pool(str(meta.get("namespace")),
+                                                                               str(runtime)),
+        address=ip,
         rest_port=_port(facts, "restPort"), grpc_port=_port(facts, "grpcPort"),
         capacity_bytes=_count(facts, "capacityBytes", 1 << 30),
         max_concurrent_loads=max(1, _count(facts, "maxLoadingConcurrency", 1)),

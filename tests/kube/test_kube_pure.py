@@ -28,11 +28,11 @@ def objects() -> tuple[dict, dict]:
     return sr, isvc
 
 
-def state(sr: dict, *isvcs: dict):
+def state(*objs: dict):
+    """The desired state of API objects, as the Kubernetes source resolves them."""
     kinds = {k.kind: k for k in KINDS}
-    docs: list[Document] = [document_of(kinds["ServingRuntime"], sr)]
-    docs += [document_of(kinds["InferenceService"], i) for i in isvcs]
-    return resolve(docs, None)
+    docs: list[Document] = [document_of(kinds[o["kind"]], o) for o in objs]
+    return resolve(docs, None, namespaced_runtimes=True)
 
 
 def test_a_runtime_in_use_is_a_deployment_with_the_adapter_and_its_pvcs_and_a_service() -> None:
@@ -42,7 +42,7 @@ def test_a_runtime_in_use_is_a_deployment_with_the_adapter_and_its_pvcs_and_a_se
     dep, svc = desired_workloads(st.models, st.runtimes, {(NS, "mlserver-1.x"): sr}, adapter_image="msm:test")
     assert dep["metadata"]["name"] == "modelmesh-serving-mlserver-1.x"
     assert svc["metadata"]["name"] == "modelmesh-serving-mlserver-1-x"  # a Service name has no dots
-    assert dep["spec"]["replicas"] == st.runtimes["mlserver-1.x"].replicas
+    assert dep["spec"]["replicas"] == st.runtimes[f"{NS}/mlserver-1.x"].replicas
     for obj in (dep, svc):
         [owner] = obj["metadata"]["ownerReferences"]
         assert owner["uid"] == "uid-sr-1" and owner["kind"] == "ServingRuntime" and owner["controller"]
@@ -89,7 +89,7 @@ def test_pvcs_of_models() -> None:
     uri["spec"]["predictor"]["model"]["storageUri"] = "pvc://other-pvc/m.joblib"
     st = state(sr, isvc, uri)
     assert pvcs_of(st.models.values()) == ["my-models-pvc", "other-pvc"]
-    dep, _ = runtime_workloads(sr, st.runtimes["mlserver-1.x"], namespace=NS, replicas=1,
+    dep, _ = runtime_workloads(sr, st.runtimes[f"{NS}/mlserver-1.x"], namespace=NS, replicas=1,
                                pvcs=pvcs_of(st.models.values()), adapter_image="m")
     claims = [v["persistentVolumeClaim"]["claimName"] for v in dep["spec"]["template"]["spec"]["volumes"]
               if "persistentVolumeClaim" in v]
@@ -108,7 +108,7 @@ def pod(ready: bool = True, **facts) -> dict:
 def test_a_ready_runtime_pod_is_an_instance_with_its_facts() -> None:
     inst = instance_of_pod(pod())
     assert inst is not None
-    assert inst.info.id == f"rt-abc.{NS}" and inst.info.runtime == "mlserver-1.x"
+    assert inst.info.id == f"rt-abc.{NS}" and inst.info.runtime == f"{NS}/mlserver-1.x"
     assert (inst.info.address, inst.info.rest_port, inst.info.grpc_port) == ("10.0.0.7", 8002, 8001)
     assert inst.info.capacity_bytes == 1000 and inst.info.unload_headroom_bytes == 10
     assert inst.info.max_concurrent_loads == 2
@@ -194,7 +194,7 @@ def test_a_cluster_runtime_runs_in_each_namespace_that_has_its_models() -> None:
     kinds = {k.kind: k for k in KINDS}
     st = resolve([document_of(kinds["ClusterServingRuntime"], csr),
                   document_of(kinds["InferenceService"], isvc),
-                  document_of(kinds["InferenceService"], other)], None)
+                  document_of(kinds["InferenceService"], other)], None, namespaced_runtimes=True)
     assert not st.errors, st.errors
     objs = desired_workloads(st.models, st.runtimes, {("", "mlserver-1.x"): csr}, adapter_image="m")
     deployments = {o["metadata"]["namespace"]: o for o in objs if o["kind"] == "Deployment"}
@@ -203,3 +203,24 @@ def test_a_cluster_runtime_runs_in_each_namespace_that_has_its_models() -> None:
         [owner] = dep["metadata"]["ownerReferences"]
         assert owner["kind"] == "ClusterServingRuntime" and owner["uid"] == "uid-csr"
         assert dep["spec"]["replicas"] > 0
+
+
+def test_two_namespaces_each_have_their_own_runtime_of_the_same_name() -> None:
+    sr_a, isvc_a = objects()
+    sr_b = json.loads(json.dumps(sr_a))
+    sr_b["metadata"].update(namespace="team-b", uid="uid-sr-b")
+    isvc_b = json.loads(json.dumps(isvc_a))
+    isvc_b["metadata"].update(name="b-model", namespace="team-b")
+    st = state(sr_a, isvc_a, sr_b, isvc_b)
+    assert not st.errors, st.errors  # the same runtime name in two namespaces is fine
+    assert st.models["sklearn-mnist"].runtime == f"{NS}/mlserver-1.x"
+    assert st.models["b-model"].runtime == "team-b/mlserver-1.x"
+    objects_by_key = {(NS, "mlserver-1.x"): sr_a, ("team-b", "mlserver-1.x"): sr_b}
+    objs = desired_workloads(st.models, st.runtimes, objects_by_key, adapter_image="m")
+    deps = {o["metadata"]["namespace"]: o for o in objs if o["kind"] == "Deployment"}
+    assert set(deps) == {NS, "team-b"} and all(d["spec"]["replicas"] > 0 for d in deps.values())
+    assert deps["team-b"]["metadata"]["ownerReferences"][0]["uid"] == "uid-sr-b"
+    # the pods of each namespace are a pool of their own: models never go to another's pods
+    b_pod = pod()
+    b_pod["metadata"]["namespace"] = "team-b"
+    assert instance_of_pod(b_pod).info.runtime == st.models["b-model"].runtime

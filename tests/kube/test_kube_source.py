@@ -66,7 +66,7 @@ async def test_the_article_objects_become_desired_state_and_follow_edits(apiserv
         try:
             first = await source.start()
             m = first.models["sklearn-mnist"]
-            assert (m.namespace, m.runtime) == (NS, "mlserver-1.x")
+            assert (m.namespace, m.runtime) == (NS, f"{NS}/mlserver-1.x")  # a pool per namespace
             assert m.storage_path == "pvc://my-models-pvc/mnist-svm.joblib"
             assert m.source == f"InferenceService {NS}/sklearn-mnist" and not first.errors
             # an edit of the storage path: a new revision
