@@ -226,6 +226,13 @@ async def test_the_articles_inferenceservice_serves_rolls_and_goes(cluster: Clus
     status, _ = await infer(cluster.infer_url("sklearn-mnist"))
     assert status == 404
 
+    def replicas() -> int:
+        dep = json.loads(cluster.kubectl("get", "deployment", "modelmesh-serving-mlserver-1.x", "-n", NS,
+                                         "-o", "json").stdout)
+        return dep["spec"]["replicas"]
+
+    await until(lambda: replicas() == 0, timeout=30, what="the runtime scaled to zero")  # no model uses it
+
 
 async def test_a_runtime_pod_deleted_under_traffic(cluster: Cluster) -> None:
     two = yaml.safe_load(ARTICLE_ISVC.read_text())
