@@ -191,18 +191,16 @@ async def test_the_articles_inferenceservice_serves_rolls_and_goes(cluster: Clus
     assert len(pods) == 2
     assert all({c["name"] for c in p["spec"]["containers"]} == {"mlserver", "msm-adapter"} for p in pods)
 
-    # a new path is a new revision: it rolls under traffic, no request fails, status shows it
+    # a new path is a new revision: it rolls under traffic, no request fails, status follows
     first_revision = (await cluster.status())["models"]["sklearn-mnist"]["active_revision"]
     rolled = yaml.safe_load(ARTICLE_ISVC.read_text())
     rolled["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
-    seen_states = set()
     async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
         await asyncio.sleep(1)
         cluster.apply(rolled)
 
         def rolled_out() -> bool:
             s = cluster.isvc("sklearn-mnist")["status"]
-            seen_states.add(s["modelStatus"]["transitionStatus"])
             return s.get("observedGeneration") == 2 and s["modelStatus"]["transitionStatus"] == "UpToDate"
 
         await until(rolled_out, what="the new revision rolled out")
@@ -210,6 +208,28 @@ async def test_the_articles_inferenceservice_serves_rolls_and_goes(cluster: Clus
     assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
     model = (await cluster.status())["models"]["sklearn-mnist"]
     assert model["active_revision"] != first_revision and model["ready_copies"] >= 1
+    serving = model["active_revision"]
+
+    # a revision that cannot load: status shows the blocked transition and why; the one that
+    # serves keeps serving, no request fails
+    broken = yaml.safe_load(ARTICLE_ISVC.read_text())
+    broken["spec"]["predictor"]["model"]["storage"]["path"] = "no-such-model.joblib"
+    async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
+        cluster.apply(broken)
+
+        def blocked() -> bool:
+            s = cluster.isvc("sklearn-mnist")["status"]
+            return (s.get("observedGeneration") == 3
+                    and s["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad")
+
+        await until(blocked, what="BlockedByFailedLoad")
+        await asyncio.sleep(1)
+    assert traffic.failed == [] and traffic.ok > 10, (traffic.ok, traffic.failed[:5])
+    st = cluster.isvc("sklearn-mnist")["status"]
+    assert st["modelStatus"]["states"] == {"activeModelState": "Loaded", "targetModelState": "FailedToLoad"}
+    assert "no-such-model.joblib" in st["modelStatus"]["lastFailureInfo"]["message"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"  # it still serves
+    assert (await cluster.status())["models"]["sklearn-mnist"]["active_revision"] == serving
 
     # deleted: routes gone, model unloaded from every runtime pod
     cluster.kubectl("delete", "isvc", "sklearn-mnist", "-n", NS)
