@@ -29,7 +29,7 @@ STAMP=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   STAMP+=" -X $pkg.gitVersion=$K8S -X $pkg.gitMajor=$MAJOR -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
 done
-say "building$missing (Kubernetes $K8S) into $OUT; the first build takes about 14 minutes on 2 cores"
+say "building$missing (Kubernetes $K8S) into $OUT; the first build takes 5-10 minutes on 2 cores"
 started=$(date +%s)
 for c in $missing; do
   case $c in
