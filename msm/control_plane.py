@@ -133,13 +133,7 @@ class ControlPlane:
         assert self.controller is not None
         st = self.controller.status()
         self.health.annotate(st["instances"])
-        st["gateway"] = {
-            "rest_port": self.options.rest_port, "grpc_port": self.options.grpc_port,
-            "xds_port": self.stack.xds_port, "snapshot_version": self.stack.version,
-            "clients": self.stack.clients_status(),
-            "activator": {"rest_port": self.activator.rest_port, "grpc_port": self.activator.grpc_port,
-                          "activations": self.activator.activations},
-        }
+        st["gateway"] = self.stack.gateway_status(self.activator)
         return st
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import signal
@@ -32,6 +31,7 @@ from msm.xds_stack import write_gateway_token
 from placement.local.apiserver import ApiServer, default_tools_dir, missing_tools
 from placement.local.pod_runner import PodRunner
 from placement.local.ports import free_port, port_in_use
+from placement.local.processes import stop_process_group
 from placement.manifests.kube_names import MODELMESH_SERVICE
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
@@ -298,17 +298,8 @@ class ControlPlaneProcess:
         raise TimeoutError(f"{self.name} did not become healthy within 60s; see {self.log_path}")
 
     async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self.proc is not None:
+            await stop_process_group(self.proc, 10.0)
 
 
 def run_dev_cluster(args: argparse.Namespace) -> int:

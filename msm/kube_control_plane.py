@@ -345,13 +345,7 @@ class KubeControlPlane:
             st["leader"] = {"identity": self.elector.leader, "admin": self.elector.leader_admin,
                             "this": self.identity, "leaderships_won": self.elector.transitions,
                             "following_version": self.followed}
-        st["gateway"] = {
-            "rest_port": self.options.rest_port, "grpc_port": self.options.grpc_port,
-            "xds_port": self.stack.xds_port, "snapshot_version": self.stack.version,
-            "clients": self.stack.clients_status(),
-            "activator": {"rest_port": self.activator.rest_port, "grpc_port": self.activator.grpc_port,
-                          "activations": self.activator.activations},
-        }
+        st["gateway"] = self.stack.gateway_status(self.activator)
         st["kubernetes"] = {"workload_errors": dict(self.workloads.errors),
                             "pod_problems": dict(self.pods.problems),
                             "status_writes": self.status_writer.writes}

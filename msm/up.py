@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import signal
 import sys
 import time
@@ -25,6 +24,7 @@ import aiohttp
 
 from msm.xds_stack import write_gateway_token
 from placement.local.ports import free_port, port_in_use
+from placement.local.processes import stop_process_group
 from placement.local.runtime_process import RuntimeReplica, local_mesh_notes, write_instances_file
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
@@ -320,17 +320,8 @@ class LocalMesh:
             await self._start_control_plane()
 
     async def _stop_control_plane(self) -> None:
-        cp = self.control_plane
-        if cp is not None and cp.returncode is None:
-            try:
-                os.killpg(cp.pid, signal.SIGTERM)
-                await asyncio.wait_for(cp.wait(), 10)
-            except (ProcessLookupError, TimeoutError):
-                try:
-                    os.killpg(cp.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await cp.wait()
+        if self.control_plane is not None:
+            await stop_process_group(self.control_plane, 10.0)
 
     async def _stop(self) -> None:
         _say("stopping")

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -25,6 +25,9 @@ from xds_server.publisher import SnapshotPublisher
 from xds_server.server import ServerTls, XdsServer
 from xds_server.translate import GatewayOptions
 from xds_server.view_codec import view_to_dict
+
+if TYPE_CHECKING:
+    from placement.control.activator import Activator
 
 #: A follower that has not polled for this long no longer counts (it is gone, or leads itself).
 FOLLOWER_TTL_S = 3.0
@@ -146,6 +149,15 @@ class XdsStack:
         return gateways > 0 or not self.expect_gateway
 
     # -- status ------------------------------------------------------------------------------------
+    def gateway_status(self, activator: Activator) -> dict[str, Any]:
+        """The ``gateway`` part of a control plane's /status: ports, snapshot, clients, activator."""
+        return {
+            "rest_port": self.options.rest_port, "grpc_port": self.options.grpc_port,
+            "xds_port": self.xds_port, "snapshot_version": self.version, "clients": self.clients_status(),
+            "activator": {"rest_port": activator.rest_port, "grpc_port": activator.grpc_port,
+                          "activations": activator.activations},
+        }
+
     def clients_status(self) -> list[dict[str, Any]]:
         """Each connected xDS client, and whether it holds the current snapshot."""
         version = self.publisher.version

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from placement.local.ports import free_port
+from placement.local.processes import stop_process_group
 
 #: Where `make tools` puts the binaries unless MSM_TOOLS_DIR says otherwise.
 TOOLS_ENV = "MSM_TOOLS_DIR"
@@ -192,15 +192,7 @@ class ApiServer:
     async def stop(self) -> None:
         """The API server first (it talks to etcd on its way out), then etcd."""
         for proc in reversed(self._procs):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
+            await stop_process_group(proc, 15.0)
         self._procs.clear()
         for f in self._logs:
             f.close()

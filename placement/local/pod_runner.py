@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,8 @@ from typing import Any, BinaryIO
 import aiohttp
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from placement.local.processes import stop_process_group
 
 log = logging.getLogger("msm.pod_runner")
 
@@ -353,7 +354,7 @@ class PodRunner:
                 elif loop.time() >= c.next_start:
                     c.restarts += 1
                     c.next_start = 0.0
-                    await _kill_group(c.proc, 0.0)
+                    await stop_process_group(c.proc, 0.0)
                     await self._start_container(pod, c)
 
     async def _probe_loop(self, pod: Pod) -> None:
@@ -473,26 +474,10 @@ class PodRunner:
         if pod.probe_task is not None:
             pod.probe_task.cancel()
             await asyncio.gather(pod.probe_task, return_exceptions=True)
-        await asyncio.gather(*(_kill_group(c.proc, grace) for c in pod.containers if c.proc is not None))
+        procs = [c.proc for c in pod.containers if c.proc is not None]
+        await asyncio.gather(*(stop_process_group(p, grace) for p in procs))
         for c in pod.containers:
             if c.log is not None:
                 c.log.close()
                 c.log = None
         self._used_ips.discard(pod.ip)
-
-
-async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM the process group, SIGKILL after ``grace`` seconds (and its leftovers anyway)."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-        try:
-            await asyncio.wait_for(proc.wait(), max(grace, 1.0))
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-

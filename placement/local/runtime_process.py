@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import aiohttp
 from placement.control.runtime_client import RuntimeClient
 from placement.engine.model_types import InstanceInfo
 from placement.local.ports import free_port
+from placement.local.processes import stop_process_group
 
 DEFAULT_CAPACITY_BYTES = 1 << 30
 OWNED_ENV = ("MLSERVER_HTTP_PORT", "MLSERVER_GRPC_PORT", "MLSERVER_METRICS_PORT", "MLSERVER_HOST",
@@ -329,7 +329,7 @@ class RuntimeReplica:
         """Stop the adapter, then MLServer (SIGTERM to each process group, SIGKILL after ``timeout``)."""
         for proc in (self._adapter, self._mlserver):
             if proc is not None:
-                await _stop_process_group(proc, timeout)
+                await stop_process_group(proc, timeout)
         self._adapter = self._mlserver = None
         for f in self._logs:
             f.close()
@@ -354,22 +354,6 @@ class RuntimeReplica:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-async def _stop_process_group(proc: asyncio.subprocess.Process, timeout: float) -> None:
-    """SIGTERM the process's group (it leads one: start_new_session), wait, then SIGKILL."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    # Children that outlived their leader (e.g. MLServer's parallel workers).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
