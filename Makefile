@@ -26,9 +26,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# Real etcd, kube-apiserver, controller-manager, scheduler and kubectl for the Kubernetes tests,
-# built once from their Go modules at pinned versions (scripts/tools/) into ~/.cache/msm-tools;
-# prints where they are.
+# Real etcd, kube-apiserver, controller-manager, scheduler and kubectl (scripts/tools/), and
+# Istio's istioctl, pilot-discovery and pilot-agent (scripts/tools-istio/), built once from their
+# Go modules at pinned versions into ~/.cache/msm-tools; prints where they are.
 tools:
 	bash scripts/build-tools.sh
 

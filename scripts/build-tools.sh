@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the pinned test tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl: scripts/tools/) into a cache outside the tree, once; prints the folder that holds
-# them. Exit 3: no Go toolchain here.
+# Builds the pinned test tools into a cache outside the tree, once; prints the folder that holds
+# them. Kubernetes (scripts/tools/): etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl. Istio (scripts/tools-istio/, a module of its own): istioctl, pilot-discovery (istiod),
+# pilot-agent. Exit 3: no Go toolchain here.
 set -euo pipefail
 cd "$(dirname "$0")/tools"
 say() { echo "msm tools: $*"; }
@@ -10,9 +11,11 @@ if ! command -v go >/dev/null 2>&1; then
   exit 3
 fi
 CACHE=${MSM_TOOLS_CACHE:-$HOME/.cache/msm-tools}
-KEY=$(cat go.mod go.sum tools.go cmd/etcd/main.go ../build-tools.sh | sha256sum | cut -c1-16)
+ISTIO_DIR=$(cd ../tools-istio && pwd)
+KEY=$(cat go.mod go.sum tools.go cmd/etcd/main.go ../build-tools.sh "$ISTIO_DIR"/go.mod "$ISTIO_DIR"/go.sum \
+  "$ISTIO_DIR"/tools.go | sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY/bin
-COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl"
+COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl istioctl pilot-discovery pilot-agent"
 missing=""
 for c in $COMPONENTS; do [ -x "$OUT/$c" ] || missing="$missing $c"; done
 if [ -z "$missing" ]; then
@@ -29,7 +32,16 @@ STAMP=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   STAMP+=" -X $pkg.gitVersion=$K8S -X $pkg.gitMajor=$MAJOR -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
 done
-say "building$missing (Kubernetes $K8S) into $OUT; the first build takes 5-10 minutes on 2 cores"
+# Istio's own build stamps its version: istioctl and istiod compare theirs
+ISTIO=$(cd "$ISTIO_DIR" && go list -m -f '{{.Version}}' istio.io/istio)
+(cd "$ISTIO_DIR" && go mod download istio.io/istio)
+ISTIO_VERSION="$(cat "$GOMODCACHE/istio.io/istio@$ISTIO/VERSION" 2>/dev/null || echo 0.0)-dev"
+ISTIO_STAMP=""
+for v in "buildVersion=$ISTIO_VERSION" "buildGitRevision=${ISTIO##*-}" "buildStatus=Clean" "buildTag=$ISTIO_VERSION" \
+    "buildHub=docker.io/istio"; do
+  ISTIO_STAMP+=" -X istio.io/istio/pkg/version.$v"
+done
+say "building$missing (Kubernetes $K8S, Istio $ISTIO_VERSION at $ISTIO) into $OUT; the first build takes about 10 minutes on 2 cores"
 started=$(date +%s)
 for c in $missing; do
   case $c in
@@ -38,10 +50,15 @@ for c in $missing; do
     kubectl) pkg=k8s.io/kubernetes/cmd/kubectl; ld="-s -w $STAMP" ;;
     kube-controller-manager) pkg=k8s.io/kubernetes/cmd/kube-controller-manager; ld="-s -w $STAMP" ;;
     kube-scheduler) pkg=k8s.io/kubernetes/cmd/kube-scheduler; ld="-s -w $STAMP" ;;
+    istioctl) pkg=istio.io/istio/istioctl/cmd/istioctl; ld="-s -w $ISTIO_STAMP" ;;
+    pilot-discovery|pilot-agent) pkg=istio.io/istio/pilot/cmd/$c; ld="-s -w $ISTIO_STAMP" ;;
   esac
   t=$(date +%s)
   say "  $c ..."
-  go build -trimpath -ldflags="$ld" -o "$OUT/$c.tmp" "$pkg"
+  case $c in
+    istioctl|pilot-*) (cd "$ISTIO_DIR" && go build -trimpath -ldflags="$ld" -o "$OUT/$c.tmp" "$pkg") ;;
+    *) go build -trimpath -ldflags="$ld" -o "$OUT/$c.tmp" "$pkg" ;;
+  esac
   mv "$OUT/$c.tmp" "$OUT/$c"
   say "  $c built in $(( $(date +%s) - t ))s"
 done

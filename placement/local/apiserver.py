@@ -38,6 +38,8 @@ def default_tools_dir() -> Path:
 
 
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+#: Istio's programs, from scripts/tools-istio (built by the same `make tools`).
+ISTIO_TOOLS = ("istioctl", "pilot-discovery", "pilot-agent")
 
 
 def missing_tools(bin_dir: Path, names: tuple[str, ...] = TOOLS) -> list[str]:
