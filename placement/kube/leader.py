@@ -57,6 +57,7 @@ class LeaseElector:
         self._observed: tuple[Any, float] | None = None  # (holder, renewTime), when first seen
         self._last_renew = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[bool] | None = None  # the API call of the current round
         self.changed = asyncio.Event()  # set whenever leader / leader_admin change
         self._leader_changed = False
 
@@ -68,6 +69,10 @@ class LeaseElector:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._inflight is not None:
+            # a renewal already sent goes on in its thread: let it land, or the release below
+            # would carry a stale resourceVersion and be refused, leaving the Lease to expire
+            await asyncio.gather(self._inflight, return_exceptions=True)
         if self.leading:
             self.leading = False
             await self.on_stopped_leading()
@@ -77,7 +82,8 @@ class LeaseElector:
     async def _run(self) -> None:
         while True:
             try:
-                won = await asyncio.to_thread(self._try_acquire_or_renew)
+                self._inflight = asyncio.ensure_future(asyncio.to_thread(self._try_acquire_or_renew))
+                won = await asyncio.shield(self._inflight)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the API server away: as a failed renewal
@@ -160,12 +166,19 @@ class LeaseElector:
         return True
 
     def _release(self) -> None:
-        lease = self.coord.read_namespaced_lease(self.name, self.namespace)
-        if lease.spec.holder_identity != self.identity:
+        for _ in range(3):  # a write that raced ours (409) is read again
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec.holder_identity != self.identity:
+                return
+            body = {"metadata": {"name": self.name, "namespace": self.namespace,
+                                 "resourceVersion": lease.metadata.resource_version},
+                    "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now(),
+                             "leaseTransitions": lease.spec.lease_transitions or 0}}
+            try:
+                self.coord.replace_namespaced_lease(self.name, self.namespace, body)
+            except ApiException as e:
+                if e.status == 409:
+                    continue
+                raise
+            log.info("%s released the Lease", self.identity)
             return
-        body = {"metadata": {"name": self.name, "namespace": self.namespace,
-                             "resourceVersion": lease.metadata.resource_version},
-                "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now(),
-                         "leaseTransitions": lease.spec.lease_transitions or 0}}
-        self.coord.replace_namespaced_lease(self.name, self.namespace, body)
-        log.info("%s released the Lease", self.identity)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 import time
 
 import pytest
@@ -148,3 +149,26 @@ async def test_the_leader_says_routes_are_in_only_when_its_followers_gateways_ho
     assert stack.everyone_holds(v2) and "g" not in stack.followers
     stack.serve_view = False  # a follower's stack answers no one
     assert stack.mesh_view_json({"replica": "h"}) is None and "h" not in stack.followers
+
+
+async def test_a_leader_stopped_while_renewing_still_releases_the_lease(apiserver: ApiServer) -> None:
+    with api_client(apiserver) as api:
+        namespace(api)
+        a = Candidate(api, "a", "inflight")
+        real = a.elector._try_acquire_or_renew
+        renewing = threading.Event()
+
+        def slow_round() -> bool:  # each round's API call takes a while, as on a busy API server
+            renewing.set()
+            time.sleep(0.5)
+            return real()
+
+        a.elector._try_acquire_or_renew = slow_round  # type: ignore[method-assign]
+        await a.elector.start()
+        await until(lambda: a.elector.leading, 10)
+        renewing.clear()
+        await until(renewing.is_set, 5)  # a renewal is in flight now
+        await a.elector.stop()
+        await asyncio.sleep(1.0)  # had the renewal landed after the release, it would hold the Lease again
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("inflight", NS)
+        assert not lease.spec.holder_identity and lease.spec.lease_duration_seconds == 1
