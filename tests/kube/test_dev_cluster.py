@@ -330,7 +330,9 @@ async def test_the_leader_killed_under_traffic(cluster: Cluster) -> None:
             await until(lambda: holder() not in ("", old), timeout=40, what="a new leader")
             took = time.monotonic() - killed
             await asyncio.sleep(2)
-        assert took < 15 + 5, took  # the lease duration, and a retry period or two
+        # the lease (15 s) since the last renewal as the follower saw it, plus its retry period (2 s)
+        # and the test's own polling of kubectl
+        assert took < 15 + 2 * 2 + 3, took
         assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
         new = holder()
         st = await cluster.status()
