@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from msm.running import wait_healthy
 from msm.xds_stack import write_gateway_token
 from placement.local.apiserver import ApiServer, default_tools_dir, missing_tools
 from placement.local.pod_runner import PodRunner
@@ -284,18 +284,7 @@ class ControlPlaneProcess:
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         finally:
             log.close()  # the child has its own copy
-        url = f"http://127.0.0.1:{self.admin_port}/healthz"
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"{self.name} did not become healthy within 60s; see {self.log_path}")
+        await wait_healthy(self.proc, self.admin_port, self.name, self.log_path)
 
     async def stop(self) -> None:
         if self.proc is not None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
 
 
 async def run_until_signalled(start: Callable[[], Awaitable[None]],
@@ -20,3 +25,21 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]],
     finally:
         await stop()
     return 0
+
+
+async def wait_healthy(proc: asyncio.subprocess.Process, admin_port: int, what: str, log_path: Path,
+                       timeout: float = 60.0) -> None:
+    """Until the control plane ``proc`` answers /healthz on ``admin_port``; RuntimeError if it
+    exits first, TimeoutError after ``timeout`` (both name ``what`` and its log)."""
+    url = f"http://127.0.0.1:{admin_port}/healthz"
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{what} exited ({proc.returncode}); see {log_path}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{what} did not become healthy within {timeout:.0f}s; see {log_path}")

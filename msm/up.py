@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from msm.running import wait_healthy
 from msm.xds_stack import write_gateway_token
 from placement.local.ports import free_port, port_in_use
 from placement.local.processes import stop_process_group
@@ -182,23 +183,10 @@ class LocalMesh:
             self._cp_log = await asyncio.to_thread(open, self.state_dir / "control-plane.log", "ab")
         self.control_plane = await asyncio.create_subprocess_exec(
             *self._control_plane_cmd(), stdout=self._cp_log, stderr=self._cp_log, start_new_session=True)
-        url = f"http://127.0.0.1:{self.args.admin_port}/healthz"
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.control_plane.returncode is not None:
-                    raise RuntimeError(f"control plane exited ({self.control_plane.returncode}); "
-                                       f"see {self.state_dir / 'control-plane.log'}")
-                try:
-                    async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                        if r.status == 200:
-                            _say(f"control plane ready: xDS 127.0.0.1:{self.args.xds_port}, "
-                                 f"status http://127.0.0.1:{self.args.admin_port}/status")
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.2)
-        raise TimeoutError("control plane did not become healthy within 60s")
+        await wait_healthy(self.control_plane, self.args.admin_port, "control plane",
+                           self.state_dir / "control-plane.log")
+        _say(f"control plane ready: xDS 127.0.0.1:{self.args.xds_port}, "
+             f"status http://127.0.0.1:{self.args.admin_port}/status")
 
     async def _start_envoy(self) -> None:
         bootstrap = self.state_dir / "envoy-bootstrap.yaml"

@@ -58,8 +58,6 @@ class LeaseElector:
         self._last_renew = 0.0
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[bool] | None = None  # the API call of the current round
-        self.changed = asyncio.Event()  # set whenever leader / leader_admin change
-        self._leader_changed = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="leader-election")
@@ -89,9 +87,6 @@ class LeaseElector:
             except Exception as e:  # the API server away: as a failed renewal
                 log.warning("leader election: %s", e)
                 won = False
-            if self._leader_changed:
-                self._leader_changed = False
-                self.changed.set()
             now = self.clock()
             if won:
                 self._last_renew = now
@@ -123,9 +118,7 @@ class LeaseElector:
         spec = lease.spec
         ann = (lease.metadata.annotations or {}).get(ANNOTATION_LEADER_ADMIN)
         holder = spec.holder_identity or None
-        if (holder, ann) != (self.leader, self.leader_admin):
-            self.leader, self.leader_admin = holder, ann
-            self._leader_changed = True  # (a thread: the event is set on the loop)
+        self.leader, self.leader_admin = holder, ann
         record = (spec.holder_identity, spec.renew_time, spec.lease_duration_seconds)
         if self._observed is None or self._observed[0] != record:
             self._observed = (record, self.clock())

@@ -298,9 +298,7 @@ class PodRunner:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(sources[m["name"]], target_is_directory=True)
 
-    def _env(self, pod: Pod, c: Container) -> dict[str, str]:
-        rootfs = pod.dir / "rootfs"
-        roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()
+    def _env(self, pod: Pod, c: Container, rootfs: Path, roots: set[str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")}
         env["PYTHONUNBUFFERED"] = "1"
         env["HOSTNAME"] = pod.name
@@ -322,9 +320,9 @@ class PodRunner:
         if isinstance(how, str):
             c.waiting = ("ImageNotRunnable", how)
             return
-        env = self._env(pod, c)
         rootfs = pod.dir / "rootfs"
-        roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()
+        roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()  # top folders of mounts
+        env = self._env(pod, c, rootfs, roots)
         cmd = [rewrite(expand(a, env), pod.ip, rootfs, roots) for a in how]
         workdir = pod.dir / "containers" / c.name
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
