@@ -224,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (15)")
     p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (10)")
     p.add_argument("--retry-period", type=float, default=2.0, help="seconds (2)")
+    p.add_argument("--istio-gateway", action="append", default=[], metavar="NAMESPACE/SERVICEACCOUNT",
+                   help="serve the Istio ingress gateway running as this ServiceAccount (repeatable; "
+                        "istio/model-gateway.yaml's is istio-system/msm-model-gateway-service-account)")
+    p.add_argument("--istio-xds-port", type=int, default=15012,
+                   help="TLS xDS port for Istio gateways' agents (15012)")
+    p.add_argument("--istio-rest-port", type=int, default=DEFAULT_REST_PORT,
+                   help="the Istio gateway's REST listener: its Service's targetPort (8008)")
+    p.add_argument("--istio-grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                   help="the Istio gateway's gRPC listener (8033)")
+    p.add_argument("--istio-upstream-tls", action=argparse.BooleanOptionalAction, default=False,
+                   help="the Istio gateway reaches runtime pods over Istio mTLS (SDS secrets default/ROOTCA)")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_kube_control_plane)
 

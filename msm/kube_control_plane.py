@@ -29,6 +29,7 @@ import datetime
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -48,18 +49,40 @@ from placement.engine.model_types import EngineConfig, InstanceInfo
 from placement.kube.leader import LeaseElector
 from placement.kube.status import Gateway, StatusWriter, isvc_status
 from placement.kube.workloads import WorkloadApplier, desired_workloads
+from placement.kube.xds_security import XdsSecurity, make_serving_cert, service_account
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.kserve import model_key
-from placement.manifests.kube_names import LEADER_LEASE
+from placement.manifests.kube_names import LEADER_LEASE, XDS_SECURE_PORT, xds_service_names
 from placement.sources.kube import KubeSource
 from placement.sources.pods import PodInstance, RuntimePods
+from xds_server.auth import BearerTokens
+from xds_server.gateway_kind import ISTIO_GATEWAY
 from xds_server.mesh_view import ActivatorEndpoint
+from xds_server.server import ServerTls
 from xds_server.translate import GatewayOptions
+from xds_server.translate.options import UpstreamTls
 from xds_server.view_codec import view_from_dict
 
 log = logging.getLogger("msm.kube_control_plane")
 
 DEFAULT_ADAPTER_IMAGE = "msm:0.1.0"
+
+
+@dataclass(frozen=True)
+class IstioGateways:
+    """Istio ingress gateways msm configures: who they are, and how they listen and reach runtimes."""
+
+    service_accounts: tuple[str, ...]  # NAMESPACE/NAME of each gateway's ServiceAccount
+    namespace: str  # msm's own (its xDS Service's and CA Secret's)
+    options: GatewayOptions  # the istio-gateway kind's listeners and clusters
+    secure_port: int = XDS_SECURE_PORT
+
+    @property
+    def gateway_namespaces(self) -> list[str]:
+        return sorted({sa.partition("/")[0] for sa in self.service_accounts})
+
+    def allowed_usernames(self) -> list[str]:
+        return [service_account(sa) for sa in self.service_accounts]
 
 
 class KubeControlPlane:
@@ -73,7 +96,7 @@ class KubeControlPlane:
                  health_interval: float = 1.0, inventory_interval: float = 5.0,
                  watch_timeout_s: int = 60, lease_namespace: str | None = None, identity: str = "",
                  lease_s: float = 15.0, renew_deadline_s: float = 10.0, retry_s: float = 2.0,
-                 follow_interval: float = 0.5) -> None:
+                 follow_interval: float = 0.5, istio: IstioGateways | None = None) -> None:
         self.api = api
         self.options = options
         self.gateway = gateway
@@ -82,7 +105,13 @@ class KubeControlPlane:
         self.advertise_address = advertise_address
         self.status_interval = status_interval
         self.inventory_interval = inventory_interval
-        self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
+        self.istio = istio
+        self.stack = XdsStack(options, self.status, gateway_token=gateway_token,
+                              kinds={ISTIO_GATEWAY: istio.options} if istio is not None else None,
+                              expect_gateway=istio is not None)
+        self.xds_security = (XdsSecurity(api, istio.namespace, istio.gateway_namespaces)
+                             if istio is not None else None)
+        self.root_cert_problems: list[str] = []
         self.engine_config = engine_config
         self.engine: Engine | None = None  # the leader's; a new one each time this replica leads
         self.activator = Activator(self._ensure_ready, gateway_address, options.rest_port, options.grpc_port)
@@ -121,10 +150,14 @@ class KubeControlPlane:
         await self._sync_pods()
         await self.health.check_all()
         await self.stack.start_xds(xds_host, xds_port)
+        if self.istio is not None:
+            await self._start_secure_xds(xds_host)
         self.health.start()
         if self.stats is not None:
             self.stats.start()
         self._tasks = [asyncio.create_task(self._pods_loop(), name="runtime-pods")]
+        if self.istio is not None:
+            self._tasks.append(asyncio.create_task(self._root_cert_loop(), name="xds-root-cert"))
         admin = await self.stack.start_admin(admin_port, admin_host)
         if self.elector is None:
             await self._lead()
@@ -135,6 +168,34 @@ class KubeControlPlane:
             self._tasks.append(asyncio.create_task(self._follow_loop(), name="follow-leader"))
         log.info("control plane %s up: xDS %s:%s, %d runtime pods, %d models desired", self.identity,
                  xds_host, self.stack.xds_port, len(self.health.instances), len(self.source.state.models))
+
+    async def _start_secure_xds(self, host: str) -> None:
+        """The TLS port Istio gateways' agents connect to (see placement/kube/xds_security.py)."""
+        assert self.istio is not None and self.xds_security is not None
+        ca_cert, ca_key = await self.xds_security.ca()
+        self._ca_cert = ca_cert
+        chain, key = await asyncio.to_thread(
+            make_serving_cert, ca_cert, ca_key, xds_service_names(self.istio.namespace),
+            datetime.datetime.now(datetime.UTC))
+        auth = BearerTokens(self.xds_security.review, self.istio.allowed_usernames())
+        port = await self.stack.start_secure_xds(host, self.istio.secure_port, ServerTls(chain, key), auth)
+        self.secure_xds_port = port
+        log.info("xDS for Istio gateways on %s:%d (TLS as %s; tokens of %s)", host, port,
+                 xds_service_names(self.istio.namespace)[0], ", ".join(self.istio.service_accounts))
+
+    async def _root_cert_loop(self) -> None:
+        """Keep the CA's certificate in each gateway namespace (it may be made after msm starts)."""
+        assert self.xds_security is not None
+        while True:
+            try:
+                problems = await self.xds_security.publish_root(self._ca_cert)
+            except Exception as e:  # the API server away: try again
+                problems = [str(e)]
+            if problems != self.root_cert_problems:
+                for p in problems:
+                    log.warning("publishing the xDS root certificate: %s", p)
+            self.root_cert_problems = problems
+            await asyncio.sleep(5.0 if problems else 60.0)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -346,6 +407,10 @@ class KubeControlPlane:
                             "this": self.identity, "leaderships_won": self.elector.transitions,
                             "following_version": self.followed}
         st["gateway"] = self.stack.gateway_status(self.activator)
+        if self.istio is not None:
+            st["istio"] = {"secure_xds_port": getattr(self, "secure_xds_port", None),
+                           "service_accounts": list(self.istio.service_accounts),
+                           "root_cert_problems": list(self.root_cert_problems)}
         st["kubernetes"] = {"workload_errors": dict(self.workloads.errors),
                             "pod_problems": dict(self.pods.problems),
                             "status_writes": self.status_writer.writes}
@@ -368,6 +433,21 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
     except (OSError, ValueError, config.ConfigException) as e:
         log.error("%s", e)
         return 1
+    istio = None
+    if args.istio_gateway:
+        try:
+            for sa in args.istio_gateway:
+                service_account(sa)
+        except ValueError as e:
+            log.error("--istio-gateway: %s", e)
+            api.close()
+            return 2
+        istio = IstioGateways(
+            tuple(args.istio_gateway), args.lease_namespace,
+            replace(options, listen_address="0.0.0.0", rest_port=args.istio_rest_port,
+                    grpc_port=args.istio_grpc_port,
+                    upstream_tls=UpstreamTls() if args.istio_upstream_tls else None),
+            secure_port=args.istio_xds_port)
     try:
         cp = KubeControlPlane(
             api, options, gateway=Gateway(args.gateway_host, options.rest_port, options.grpc_port),
@@ -375,7 +455,8 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
             runtime_replicas=args.runtime_replicas, advertise_address=args.advertise_address,
             gateway_address=args.gateway_address,
             lease_namespace=args.lease_namespace if args.leader_elect else None, identity=args.identity,
-            lease_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_s=args.retry_period)
+            lease_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_s=args.retry_period,
+            istio=istio)
     except ValueError as e:
         log.error("%s", e)
         api.close()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from xds_server.admin_http import AdminServer
+from xds_server.auth import Authenticator
 from xds_server.cache import SnapshotCache
 from xds_server.mesh_view import MeshView
 from xds_server.publisher import SnapshotPublisher
@@ -54,13 +55,15 @@ def write_gateway_token(path: Path) -> str:
 
 class XdsStack:
     def __init__(self, options: GatewayOptions, status: Callable[[], dict[str, Any]], *,
-                 gateway_token: str | None = None) -> None:
+                 gateway_token: str | None = None, kinds: Mapping[str, GatewayOptions] | None = None,
+                 expect_gateway: bool = False) -> None:
         self.options = options
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
         self.xds = XdsServer(self.cache, registry=self.registry, gateway_token=gateway_token)
-        self.expect_gateway = gateway_token is not None
-        self.publisher = SnapshotPublisher(self.cache, options, self.registry)
+        # a gateway of its own (token, or Istio gateways to serve): one must hold a version for it to count
+        self.expect_gateway = gateway_token is not None or expect_gateway
+        self.publisher = SnapshotPublisher(self.cache, options, self.registry, kinds)
         self.admin = AdminServer(self.registry, status, self.mesh_view_json)
         self.xds_port: int | None = None
         self.last_view: MeshView | None = None
@@ -72,6 +75,10 @@ class XdsStack:
     async def start_xds(self, host: str, port: int, tls: ServerTls | None = None) -> int:
         self.xds_port = await self.xds.start(host, port, tls=tls)
         return self.xds_port
+
+    async def start_secure_xds(self, host: str, port: int, tls: ServerTls, auth: Authenticator) -> int:
+        """One more xDS port, with TLS and its own authentication (Istio gateways' agents)."""
+        return await self.xds.start(host, port, tls=tls, auth=auth)
 
     async def start_admin(self, port: int, host: str = "127.0.0.1") -> int:
         return await self.admin.start(host, port)

@@ -22,9 +22,7 @@ from google.protobuf.message import Message
 
 from xds_server import resource_types as rt
 from xds_server.assets import envoy_asset
-
-#: gRPC metadata that carries the gateway token on an ADS stream (see XdsServer).
-GATEWAY_TOKEN_HEADER = "x-msm-gateway-token"
+from xds_server.auth import GATEWAY_TOKEN_HEADER
 
 # Per-cluster stats of the translated upstream clusters cost most of a cluster's memory in Envoy;
 # routing, retries and outlier detection do not need them. Route stats keep upstream_rq_total

@@ -38,7 +38,8 @@ class DeltaStream(Stream):
         if first:
             ts.known = dict(req.initial_resource_versions)
             # what it holds and the current snapshot has too: needed to keep old hosts while routes move
-            current = self.cache.current.get(ts.type_url) if self.cache.current is not None else {}
+            snap = self.cache.current_for(self.kind)
+            current = snap.get(ts.type_url) if snap is not None else {}
             ts.held = {n: r for n, r in current.items() if ts.known.get(n) == r.version}
             ts.wildcard = not sub  # legacy wildcard: an empty first subscription
         if "*" in sub:

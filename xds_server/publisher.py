@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from xds_server.cache import SnapshotCache
+from xds_server.gateway_kind import DEFAULT_KIND
 from xds_server.mesh_view import MeshView
 from xds_server.snapshot import Snapshot
 from xds_server.translate import GatewayOptions
@@ -22,16 +24,20 @@ class SnapshotPublisher:
 
     Translation and serialisation of a large view take tens to hundreds of milliseconds, so they
     run in a worker thread; publications are serialised so versions never go backwards.
+
+    ``kinds`` adds gateway kinds beside the default one (``gateway_kind.py``), each with its own
+    options: every view is translated once per kind, and the snapshots are published together.
     """
 
     def __init__(self, cache: SnapshotCache, options: GatewayOptions,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 kinds: Mapping[str, GatewayOptions] | None = None) -> None:
         self._cache = cache
         self._options = options
         self._lock = asyncio.Lock()
         self._last_view: MeshView | None = None
-        self._translator = IncrementalTranslator(options)
-        self._previous: Snapshot | None = None
+        self._builders = {DEFAULT_KIND: _Builder(options)}
+        self._builders.update({k: _Builder(o) for k, o in (kinds or {}).items() if k != DEFAULT_KIND})
         self.version: str | None = None
         self._translate_seconds = Histogram(
             "msm_snapshot_build_seconds", "Time to translate a mesh view and build its snapshot",
@@ -48,18 +54,31 @@ class SnapshotPublisher:
             if self._last_view is not None and view == self._last_view and self.version is not None:
                 return self.version
             started = time.perf_counter()
-            snapshot = await asyncio.to_thread(self._build, view)
+            built = await asyncio.to_thread(self._build, view)
             elapsed = time.perf_counter() - started
             self._translate_seconds.observe(elapsed)
-            self._cache.publish(snapshot)
+            snapshot = built.pop(DEFAULT_KIND)
+            self._cache.publish(snapshot, built)
             self._last_view = view
             self.version = snapshot.version
             log.info("published snapshot %s: %d models in %.1f ms",
                      snapshot.version, len(view.models), elapsed * 1000)
             return snapshot.version
 
-    def _build(self, view: MeshView) -> Snapshot:
+    def _build(self, view: MeshView) -> dict[str, Snapshot]:
         # runs in a worker thread; publications are serialised by the lock, so no race on the caches
+        return {kind: builder.build(view) for kind, builder in self._builders.items()}
+
+
+class _Builder:
+    """One gateway kind's translator and its last snapshot (patched when the view allows)."""
+
+    def __init__(self, options: GatewayOptions) -> None:
+        self._options = options
+        self._translator = IncrementalTranslator(options)
+        self._previous: Snapshot | None = None
+
+    def build(self, view: MeshView) -> Snapshot:
         try:
             if self._previous is None or not self._translator.incremental:
                 snapshot = Snapshot.build(self._translator.translate(view), previous=self._previous)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -21,7 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from xds_server import resource_types as rt
-from xds_server.bootstrap import GATEWAY_TOKEN_HEADER
+from xds_server.auth import Authenticator, GatewayToken
 from xds_server.cache import SnapshotCache
 from xds_server.delta import DeltaStream
 from xds_server.metrics import XdsMetrics
@@ -69,26 +68,33 @@ class ServerTls:
 class XdsServer:
     """Serves the cache's current snapshot to every Envoy that connects over ADS.
 
-    With ``gateway_token``, a stream must carry that token in its gRPC metadata
-    (``x-msm-gateway-token``, put there by a bootstrap rendered with the same token); any other
-    is refused with UNAUTHENTICATED before it reads anything. A client is then known for what it
-    proved (the token), not for the node id it claims.
+    Each listening port has its authenticator (``auth.py``); by default the ``gateway_token``:
+    a stream must carry that token in its gRPC metadata (``x-msm-gateway-token``, put there by a
+    bootstrap rendered with the same token). A stream that proves nothing is refused with
+    UNAUTHENTICATED before it reads anything. A client is then known for what it proved, not for
+    the node id it claims.
     """
 
     def __init__(self, cache: SnapshotCache, registry: CollectorRegistry | None = None, *,
                  gateway_token: str | None = None) -> None:
         self.cache = cache
-        self._token = gateway_token.encode() if gateway_token is not None else None
+        self._default_auth = GatewayToken(gateway_token) if gateway_token is not None else None
         self.metrics = XdsMetrics(registry)
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._streams: dict[int, Stream] = {}
         self._progress = asyncio.Event()
         self.port: int | None = None
         cache.on_publish(self._published)
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 18000, tls: ServerTls | None = None) -> int:
-        """Listen on ``host:port`` (0 picks a free port), with ``tls`` if given; returns the port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 18000, tls: ServerTls | None = None,
+                    auth: Authenticator | None = None) -> int:
+        """Listen on ``host:port`` (0 picks a free port), with ``tls`` if given; returns the port.
+
+        May be called again for more ports (say a TLS port for Istio gateways beside the plain
+        one), each with its own ``auth`` (default: the gateway token, if the server has one).
+        """
+        auth = auth if auth is not None else self._default_auth
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
@@ -96,10 +102,12 @@ class XdsServer:
         ])
         handlers = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._sotw, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                self._handler(self._sotw, auth),
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                 response_serializer=_identity),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._delta, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                self._handler(self._delta, auth),
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
                 response_serializer=_identity),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
@@ -113,7 +121,9 @@ class XdsServer:
         if bound == 0:
             raise OSError(f"xDS server cannot listen on {host}:{port}")
         await server.start()
-        self._server, self.port = server, bound
+        self._servers.append(server)
+        if self.port is None:
+            self.port = bound
         log.info("xDS (ADS, SotW and delta) listening on %s:%d%s", host, bound,
                  "" if tls is None else " (TLS, client certificates required)" if tls.client_ca else " (TLS)")
         return bound
@@ -121,39 +131,45 @@ class XdsServer:
     async def stop(self, grace: float = 0.5) -> None:
         for s in list(self._streams.values()):
             s.close()
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        servers, self._servers = self._servers, []
+        await asyncio.gather(*(s.stop(grace) for s in servers))
+
+    @staticmethod
+    def _handler(method: Any, auth: Authenticator | None) -> Any:
+        async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+            async for out in method(requests, context, auth):
+                yield out
+        return handle
 
     # -- streams ----------------------------------------------------------------------------
-    async def _sotw(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+    async def _sotw(self, requests: AsyncIterator[Any], context: Context,
+                    auth: Authenticator | None) -> AsyncIterator[bytes]:
         stream = SotwStream(self.cache, self.metrics, context.peer(), self._notify)
-        stream.authenticated = await self._authenticate(stream, context)
+        stream.authenticated = await self._authenticate(stream, context, auth)
         self._on_done(context, stream)
         async for out in self._serve(stream, requests):
             yield out
 
-    async def _delta(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+    async def _delta(self, requests: AsyncIterator[Any], context: Context,
+                     auth: Authenticator | None) -> AsyncIterator[bytes]:
         stream = DeltaStream(self.cache, self.metrics, context.peer(), self._notify)
-        stream.authenticated = await self._authenticate(stream, context)
+        stream.authenticated = await self._authenticate(stream, context, auth)
         self._on_done(context, stream)
         async for out in self._serve(stream, requests):
             yield out
 
-    async def _authenticate(self, stream: AdsStream, context: Context) -> str:
-        """What the client proved: its certificate's identity (mTLS), the gateway token, both, or
-        ``""`` when nothing is required."""
+    async def _authenticate(self, stream: AdsStream, context: Context, auth: Authenticator | None) -> str:
+        """What the client proved: its certificate's identity (mTLS), what ``auth`` accepted, both,
+        or ``""`` when nothing is required."""
         proofs = [f"mTLS {peer}"] if (peer := _peer_identity(context)) else []
-        if self._token is None:
+        if auth is None:
             return ", ".join(proofs)
-        for key, value in context.invocation_metadata() or ():
-            if key == GATEWAY_TOKEN_HEADER:
-                given = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(given, self._token):
-                    return ", ".join([*proofs, "gateway token"])
+        proved = await auth.authenticate(tuple(context.invocation_metadata() or ()))
+        if proved is not None:
+            return ", ".join([*proofs, proved])
         self.metrics.refused.labels(stream.variant).inc()
-        log.warning("%s stream from %s refused: no valid gateway token", stream.variant, stream.peer)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this xDS server serves msm's gateways only")
+        log.warning("%s stream from %s refused: %s", stream.variant, stream.peer, auth.refusal)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, auth.refusal)
         raise AssertionError("unreachable")  # abort raises
 
     def _on_done(self, context: Context, stream: AdsStream) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from xds_server import resource_types as rt
 from xds_server.cache import SnapshotCache
+from xds_server.gateway_kind import DEFAULT_KIND, kind_of
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Resource, Snapshot
 
@@ -156,6 +157,7 @@ class Stream:
         self.peer = peer
         self.node_id = ""
         self.cluster = ""
+        self.kind = DEFAULT_KIND  # which of a publication's snapshots it gets (gateway_kind.py)
         self.connected_at = time.time()
         self.authenticated = ""  # what the client proved (the server sets it); "" when nothing was asked
         self.types: dict[str, TypeState] = {}
@@ -189,7 +191,13 @@ class Stream:
         if not self.node_id and node is not None and node.id:
             self.node_id = node.id[:256]  # a claim, shown in status and logs: bounded
             self.cluster = node.cluster[:256]
-            log.info("%s stream %d from %s (%s)", self.variant, self.id, self.node_id, self.peer)
+            kind = kind_of(node)
+            if kind != self.kind:  # nothing was sent yet: follow this kind's snapshots from the start
+                self.kind = kind
+                self.target, self.target_seq, self._route_candidates = None, 0, []
+                self.route_snapshot, self.route_seq = None, 0
+            log.info("%s stream %d from %s (%s, %s)", self.variant, self.id, self.node_id, self.kind,
+                     self.peer)
 
     def _resolve(self, ts: TypeState, nonce: str, error: Any | None) -> bool:
         """Match an ACK/NACK to the response in flight; False when the nonce is stale."""
@@ -231,7 +239,7 @@ class Stream:
             self.cache.unwatch(self._wake)
 
     def _follow_cache(self) -> None:
-        snap = self.cache.current
+        snap = self.cache.current_for(self.kind)
         if snap is None or self.cache.seq == self.target_seq:
             return
         self.target, self.target_seq = snap, self.cache.seq
@@ -432,8 +440,8 @@ class Stream:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "node_id": self.node_id, "cluster": self.cluster, "variant": self.variant, "peer": self.peer,
-            "authenticated": self.authenticated, "connected_at": self.connected_at,
+            "node_id": self.node_id, "cluster": self.cluster, "variant": self.variant, "kind": self.kind,
+            "peer": self.peer, "authenticated": self.authenticated, "connected_at": self.connected_at,
             "types": {
                 rt.short(t): {
                     "acked_version": ts.acked_version, "resources": len(ts.known),

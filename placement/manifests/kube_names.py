@@ -37,3 +37,22 @@ def runtime_deployment_name(runtime: str) -> str:
 def runtime_service_name(runtime: str) -> str:
     """A runtime's Service: the Deployment's name with dots as dashes (a Service name is a DNS label)."""
     return runtime_deployment_name(runtime).replace(".", "-")
+
+
+#: msm's xDS Service (deploy/): gateways find msm at ``<XDS_SERVICE>.<namespace>.svc``.
+XDS_SERVICE = "msm-xds"
+#: The TLS port for Istio gateways' agents (Istio's own secure xDS port is 15012 too).
+XDS_SECURE_PORT = 15012
+#: The Secret holding the CA msm signs its xDS serving certificates with (msm's namespace).
+XDS_CA_SECRET = "msm-xds-ca"
+#: The ConfigMap with that CA's certificate, in each Istio gateway's namespace; the gateway's
+#: agent trusts it for the xDS connection (``XDS_ROOT_CA``, see istio/model-gateway.yaml).
+XDS_ROOT_CONFIGMAP = "msm-xds-root-cert"
+XDS_ROOT_CERT_KEY = "root-cert.pem"
+#: The audience of the token an Istio agent sends its discovery server (the chart's ``istio-ca``).
+ISTIO_TOKEN_AUDIENCE = "istio-ca"
+
+
+def xds_service_names(namespace: str) -> list[str]:
+    """The DNS names msm's xDS Service answers to: its serving certificate's SANs."""
+    return [f"{XDS_SERVICE}.{namespace}.svc", f"{XDS_SERVICE}.{namespace}.svc.cluster.local"]

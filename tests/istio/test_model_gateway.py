@@ -11,6 +11,13 @@ import pytest
 import yaml
 
 from placement.local.apiserver import ISTIO_TOOLS, default_tools_dir, missing_tools
+from placement.manifests.kube_names import (
+    XDS_ROOT_CERT_KEY,
+    XDS_ROOT_CONFIGMAP,
+    XDS_SECURE_PORT,
+    XDS_SERVICE,
+    xds_service_names,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "istio" / "model-gateway.yaml"
@@ -38,27 +45,41 @@ def one(docs: list[dict], kind: str, name: str) -> dict:
     return found
 
 
-def msm_xds_address() -> tuple[str, int]:
-    """Where deploy/ serves msm's xDS: the Service msm-xds, its namespace and port."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "base" / "services.yaml").read_text()) if d]
-    svc = one(docs, "Service", "msm-xds")
-    ns = yaml.safe_load((ROOT / "deploy" / "base" / "namespace.yaml").read_text())["metadata"]["name"]
-    [port] = [p["port"] for p in svc["spec"]["ports"]]
-    return f"{svc['metadata'].get('namespace', ns)}", port
+@pytest.fixture(scope="module")
+def deploy_istio() -> list[dict]:
+    kubectl = default_tools_dir() / "kubectl"
+    r = subprocess.run([str(kubectl), "kustomize", str(ROOT / "deploy" / "istio")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
 
 
 def test_the_model_gateway_takes_its_configuration_from_msm_and_its_certificates_from_istiod(
-        rendered: list[dict]) -> None:
+        rendered: list[dict], deploy_istio: list[dict]) -> None:
     dep = one(rendered, "Deployment", "msm-model-gateway")
     pod = dep["spec"]["template"]
     proxy_config = yaml.safe_load(pod["metadata"]["annotations"]["proxy.istio.io/config"])
-    ns, port = msm_xds_address()
-    assert proxy_config == {"discoveryAddress": f"msm-xds.{ns}.svc:{port}"}  # deploy/'s Service
+    # deploy/istio's Service, its TLS port: the name is what the agent checks msm's certificate for
+    svc = one(deploy_istio, "Service", XDS_SERVICE)
+    [port] = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc-xds-tls"]
+    assert port == XDS_SECURE_PORT
+    host = f"{XDS_SERVICE}.{svc['metadata']['namespace']}.svc"
+    assert host in xds_service_names(svc["metadata"]["namespace"])
+    assert proxy_config == {"discoveryAddress": f"{host}:{port}"}
     [agent] = pod["spec"]["containers"]
     assert agent["args"][:2] == ["proxy", "router"]  # pilot-agent running Envoy as a gateway
     env = {e["name"]: e.get("value") for e in agent["env"]}
     assert "istiod" in env["CA_ADDR"]  # certificates still come from istiod
     assert {8008, 8033} <= {p["containerPort"] for p in agent["ports"]}
+
+    # it trusts msm's CA for xDS: the ConfigMap msm publishes, mounted where XDS_ROOT_CA points
+    [vol] = [v for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") == XDS_ROOT_CONFIGMAP]
+    [mount] = [m for m in agent["volumeMounts"] if m["name"] == vol["name"]]
+    assert env["XDS_ROOT_CA"] == f"{mount['mountPath']}/{XDS_ROOT_CERT_KEY}"
+    # and msm serves the gateway's ServiceAccount, in the namespace msm publishes the CA to
+    [c] = one(deploy_istio, "Deployment", "msm-controller")["spec"]["template"]["spec"]["containers"]
+    flag = c["command"][c["command"].index("--istio-gateway") + 1]
+    assert flag == f"{dep['metadata']['namespace']}/{pod['spec']['serviceAccountName']}"
 
 
 def test_the_model_gateway_service_exposes_rest_and_grpc_by_name(rendered: list[dict]) -> None:

@@ -92,8 +92,17 @@ def one(objs: list[dict], kind: str, name: str) -> dict:
 # -- the build -------------------------------------------------------------------------------------
 
 
+ISTIO_OBJECTS = sorted([
+    *BASE_OBJECTS,
+    ("ClusterRole", None, "msm-controller-istio"), ("ClusterRoleBinding", None, "msm-controller-istio"),
+    ("Role", NS, "msm-xds-ca"), ("RoleBinding", NS, "msm-xds-ca"),
+    ("Role", "istio-system", "msm-xds-root-cert"), ("RoleBinding", "istio-system", "msm-xds-root-cert"),
+], key=str)
+
+
 @pytest.mark.parametrize(("path", "expected"), [
     ("deploy", sorted(BASE_OBJECTS + CRD_OBJECTS, key=str)),
+    ("deploy/istio", ISTIO_OBJECTS),
     ("deploy/base", BASE_OBJECTS),
     ("deploy/crds", CRD_OBJECTS),
 ])
@@ -152,6 +161,29 @@ def test_the_base_objects_are_what_docs_deploy_md_says() -> None:
 
     quickstart = yaml.safe_load((ROOT / "examples" / "quickstart" / "mlserver-runtime.yaml").read_text())
     assert one(objs, "ServingRuntime", "mlserver-1.x")["spec"] == quickstart["spec"]
+
+
+def test_deploy_istio_is_the_base_plus_the_secure_xds_port_and_the_gateway_flag() -> None:
+    base, istio = build(DEPLOY / "base"), build(DEPLOY / "istio")
+    [c0] = one(base, "Deployment", "msm-controller")["spec"]["template"]["spec"]["containers"]
+    [c] = one(istio, "Deployment", "msm-controller")["spec"]["template"]["spec"]["containers"]
+    gateway_sa = "istio-system/msm-model-gateway-service-account"
+    assert c["command"] == [*c0["command"], "--istio-gateway", gateway_sa]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"xds": 18000, "admin": 18001,
+                                                                   "xds-tls": 15012}
+    ports = {p["name"]: p for p in one(istio, "Service", "msm-xds")["spec"]["ports"]}
+    assert ports["grpc-xds-tls"] == {"name": "grpc-xds-tls", "port": 15012, "targetPort": "xds-tls",
+                                     "appProtocol": "grpc"}
+    assert rules(one(istio, "ClusterRole", "msm-controller-istio")) == [
+        ("authentication.k8s.io", ("tokenreviews",), ("create",))]
+    for name, ns in (("msm-xds-ca", NS), ("msm-xds-root-cert", "istio-system")):
+        role, binding = one(istio, "Role", name), one(istio, "RoleBinding", name)
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == ns
+        assert binding["roleRef"] == {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "msm-controller", "namespace": NS}]
+        # reads and updates only the one object; create cannot be limited by name in RBAC
+        assert [r.get("resourceNames") for r in role["rules"]] == [[name], None]
+        assert role["rules"][1]["verbs"] == ["create"]
 
 
 def test_the_crds_are_the_ones_msm_ships() -> None:
@@ -271,6 +303,46 @@ CANNOT = [
     ("delete", "inferenceservices.serving.kserve.io", "-A"),
     ("create", "leases.coordination.k8s.io", "-n", "default"),
 ]
+
+
+ISTIO_CAN = [
+    ("create", "tokenreviews.authentication.k8s.io"),
+    ("get", "secrets/msm-xds-ca", "-n", NS),
+    ("create", "secrets", "-n", NS),
+    ("update", "configmaps/msm-xds-root-cert", "-n", "istio-system"),
+    ("create", "configmaps", "-n", "istio-system"),
+]
+ISTIO_CANNOT = [
+    ("get", "secrets/istio-ca-secret", "-n", "istio-system"),
+    ("get", "secrets/other", "-n", NS),
+    ("list", "secrets", "-n", NS),
+    ("get", "configmaps/istio", "-n", "istio-system"),
+    ("update", "configmaps/msm-xds-root-cert", "-n", NS),
+    ("create", "tokenrequests", "-A"),
+]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_api_server_enforces_the_istio_rbac(cluster: Path) -> None:
+    out = await run("create", "namespace", "istio-system", kubeconfig=cluster)
+    assert out.returncode == 0 or "AlreadyExists" in out.stderr, out.stderr
+    rbac = [o for o in build(DEPLOY / "istio") if o["kind"] in RBAC_KINDS]
+    out = await run("apply", "--server-side", "-f", "-", kubeconfig=cluster, stdin=yaml.safe_dump_all(rbac))
+    assert out.returncode == 0, out.stderr
+
+    async def can_i(*check: str) -> subprocess.CompletedProcess[str]:
+        return await run("auth", "can-i", *check, f"--as={SA}", kubeconfig=cluster)
+
+    deadline = time.monotonic() + 30
+    while (await can_i(*ISTIO_CAN[0])).returncode != 0:
+        assert time.monotonic() < deadline, "the ClusterRoleBinding never took effect"
+        await asyncio.sleep(0.2)
+    for check in ISTIO_CAN:
+        out = await can_i(*check)
+        assert (out.returncode, out.stdout.strip()) == (0, "yes"), (check, out.stderr)
+    for check in ISTIO_CANNOT:
+        out = await can_i(*check)
+        assert (out.returncode, out.stdout.strip()) == (1, "no"), (check, out.stderr)
 
 
 @pytest.mark.asyncio(loop_scope="session")
