@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--istio-grpc-port", type=int, default=DEFAULT_GRPC_PORT,
                    help="the Istio gateway's gRPC listener (8033)")
     p.add_argument("--istio-upstream-tls", action=argparse.BooleanOptionalAction, default=False,
-                   help="the Istio gateway reaches runtime pods over Istio mTLS (SDS secrets default/ROOTCA)")
+                   help="the Istio gateway reaches runtime pods over Istio mTLS (SDS secrets default/ROOTCA; "
+                        "the runtime's identity must be of its namespace in the trust domain)")
+    p.add_argument("--istio-trust-domain", default="cluster.local", help="the mesh's trust domain")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_kube_control_plane)
 

@@ -39,7 +39,7 @@ from kubernetes.client.rest import ApiException
 from msm.running import wait_healthy
 from msm.xds_stack import write_gateway_token
 from placement.local.apiserver import ApiServer, default_tools_dir, missing_tools
-from placement.local.pod_runner import PodRunner
+from placement.local.pod_runner import MeshStandIn, PodRunner
 from placement.local.pod_volumes import resource_field
 from placement.local.ports import free_port, port_in_use
 from placement.local.processes import stop_process_group
@@ -151,8 +151,11 @@ class DevCluster:
             for svc, ips in ((f"istiod.{ISTIO_NS}", [ISTIOD_IP]),
                              (f"msm-xds.{NAMESPACE}", [cp.xds_host for cp in self.control_planes])):
                 hosts[f"{svc}.svc"] = hosts[f"{svc}.svc.cluster.local"] = ips
+        # runtime pods require Istio mTLS from the gateway: a sidecar stand-in in front of each
+        mesh = MeshStandIn(frozenset(), (f"spiffe://cluster.local/ns/{ISTIO_NS}/sa/{GATEWAY}-service-account",)
+                           ) if self.istio else None
         self.runner = PodRunner(self.client, self.state_dir / "node", hosts=hosts,
-                                tools_dir=self.api.bin_dir)
+                                tools_dir=self.api.bin_dir, mesh=mesh)
         await self.runner.start()
         _say(f"pod runner up (node {self.runner.node}; pods get addresses from 127.0.10.1)")
         if self.istio:
@@ -242,7 +245,8 @@ class DevCluster:
                    "--lease-namespace", NAMESPACE]
             if self.istio:  # the Istio gateway is the gateway: its listeners on the dev cluster's ports
                 cmd += ["--istio-gateway", GATEWAY_SA, "--istio-rest-port", str(a.rest_port),
-                        "--istio-grpc-port", str(a.grpc_port), "--envoy-admin-url", ISTIO_ENVOY_ADMIN]
+                        "--istio-grpc-port", str(a.grpc_port), "--envoy-admin-url", ISTIO_ENVOY_ADMIN,
+                        "--istio-upstream-tls"]
             else:
                 cmd += ["--gateway-token-file", str(self.token_file),
                         "--envoy-admin-url", f"http://127.0.0.1:{self.envoy_admin_port}"]

@@ -15,6 +15,9 @@ kubelet does for the pods the scheduler bound to its node:
   ``emptyDir`` is a folder of the pod, a PVC is the ``hostPath`` of the PV it is bound to;
   ``configMap``, ``secret``, ``downwardAPI`` and ``projected`` volumes (ServiceAccount tokens bound
   to the pod) are written from the API as a kubelet writes them (``pod_volumes.py``);
+- with ``mesh`` (the dev cluster with Istio), runs an Istio sidecar stand-in in front of each
+  runtime pod (``mesh_sidecar.py``): mutual TLS with istiod-issued certificates on the inference
+  ports; the pod's own containers then see a loopback address of their own as ``localhost``;
 - writes the pod's ``/etc/hosts`` as a kubelet does, plus the cluster names given to it (Services
   whose backends run as processes here, e.g. istiod and msm's xDS); where ``unshare -m`` works,
   each container runs in a mount namespace of its own that sees that file as ``/etc/hosts``;
@@ -38,6 +41,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -54,6 +58,7 @@ from kubernetes.client.rest import ApiException
 
 from placement.local.pod_volumes import API_KINDS, VolumeWriter, field_value, resource_field
 from placement.local.processes import stop_process_group
+from placement.manifests.kube_names import ANNOTATION_INSTANCE, LABEL_RUNTIME
 from xds_server.envoy_process import envoy_binary
 
 log = logging.getLogger("msm.pod_runner")
@@ -66,6 +71,23 @@ ISTIO_BOOTSTRAP_TEMPLATE = "var/lib/istio/envoy/envoy_bootstrap_tmpl.json"
 MAX_GRACE_S = 10.0
 LOOPBACK_TOKENS = re.compile(r"\b(127\.0\.0\.1|localhost|0\.0\.0\.0)\b")
 FIRST_POD_IP = ipaddress.ip_address("127.0.10.1")
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m placement...` finds msm
+POD_IPS = 250  # 127.0.10.1 - 127.0.10.250 (and their 127.0.11.x twins)
+#: A meshed pod's own "localhost" (its app listens there, behind the sidecar stand-in).
+FIRST_LOCAL_IP = ipaddress.ip_address("127.0.11.1")
+
+
+@dataclass(frozen=True)
+class MeshStandIn:
+    """Runtime pods of ``namespaces`` get an Istio sidecar stand-in: STRICT mTLS on their inference
+    ports for clients with an ``allow``ed SPIFFE identity, certificates from istiod at ``ca_addr``."""
+
+    namespaces: frozenset[str]  # empty: every namespace
+    allow: tuple[str, ...]
+    trust_domain: str = "cluster.local"
+    ca_addr: str = "istiod.istio-system.svc:15012"
+    root_configmap: str = "istio-ca-root-cert"
+    audience: str = "istio-ca"
 
 
 def _now() -> str:
@@ -172,6 +194,9 @@ class Pod:
     deleting: bool = False
     spec: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    local_ip: str | None = None  # meshed: the app's own loopback address, behind the sidecar stand-in
+    sidecar: asyncio.subprocess.Process | None = None
+    sidecar_args: list[str] = field(default_factory=list)
     probe_task: asyncio.Task[None] | None = None
 
 
@@ -180,8 +205,10 @@ class PodRunner:
 
     def __init__(self, api: client.ApiClient, state_dir: Path, *, node: str = NODE_NAME,
                  poll_s: float = 0.5, python: str = sys.executable,
-                 hosts: Mapping[str, Sequence[str]] | None = None, tools_dir: Path | None = None) -> None:
+                 hosts: Mapping[str, Sequence[str]] | None = None, tools_dir: Path | None = None,
+                 mesh: MeshStandIn | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.mesh = mesh
         self.volumes = VolumeWriter(api)
         self.hosts = dict(hosts or {})  # cluster name -> addresses, for every pod's /etc/hosts
         self.tools_dir = tools_dir
@@ -195,6 +222,7 @@ class PodRunner:
         self._task: asyncio.Task[None] | None = None
         self._deletions: set[asyncio.Task[None]] = set()
         self._used_ips: set[str] = set()
+        self._ip_cursor = -1
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -295,11 +323,16 @@ class PodRunner:
 
     # -- pods ------------------------------------------------------------------------------------
     def _next_ip(self) -> str:
-        ip = FIRST_POD_IP
-        while str(ip) in self._used_ips:
-            ip += 1
-        self._used_ips.add(str(ip))
-        return str(ip)
+        """The next free address after the last one given, wrapping (as IPAM does): an address is
+        not given again at once, so a gateway still holding a deleted pod's endpoint reaches
+        nothing rather than the pod that came next."""
+        for _ in range(POD_IPS):
+            self._ip_cursor = (self._ip_cursor + 1) % POD_IPS
+            ip = str(FIRST_POD_IP + self._ip_cursor)
+            if ip not in self._used_ips:
+                self._used_ips.add(ip)
+                return ip
+        raise RuntimeError(f"all {POD_IPS} pod addresses are in use")
 
     async def _admit(self, obj: Any) -> Pod:
         ser = self.core.api_client.sanitize_for_serialization
@@ -309,15 +342,65 @@ class PodRunner:
         pod.containers = [Container(c["name"], c) for c in spec.get("containers") or ()]
         pod.spec, pod.meta = spec, meta
         self.pods[pod.uid] = pod
-        log.info("pod %s/%s admitted on %s", ns, name, pod.ip)
+        if self._meshed(pod):
+            pod.local_ip = str(FIRST_LOCAL_IP + (int(ipaddress.ip_address(pod.ip)) - int(FIRST_POD_IP)))
+        log.info("pod %s/%s admitted on %s%s", ns, name, pod.ip,
+                 f" (its app on {pod.local_ip}, behind the mesh sidecar stand-in)" if pod.local_ip else "")
         try:
             await asyncio.to_thread(self._prepare_rootfs, pod, spec)
+            if pod.local_ip is not None:
+                await asyncio.to_thread(self._prepare_sidecar, pod)
+                await self._start_sidecar(pod)
         except (OSError, ValueError, ApiException) as e:
             msg = e.reason if isinstance(e, ApiException) else str(e)
             for c in pod.containers:
                 c.waiting = ("CreateContainerConfigError", f"volumes: {msg}")
         pod.probe_task = asyncio.create_task(self._probe_loop(pod), name=f"probe:{ns}/{name}")
         return pod
+
+    def _meshed(self, pod: Pod) -> bool:
+        return (self.mesh is not None and self.private_mounts
+                and (not self.mesh.namespaces or pod.namespace in self.mesh.namespaces)
+                and LABEL_RUNTIME in (pod.meta.get("labels") or {}))
+
+    def _prepare_sidecar(self, pod: Pod) -> None:
+        """The stand-in's inputs, as an agent has them: the pod's istio-ca token, the mesh root."""
+        assert self.mesh is not None and pod.local_ip is not None
+        folder = pod.dir / "mesh-sidecar"
+        folder.mkdir(parents=True, exist_ok=True)
+        sa = str(pod.spec.get("serviceAccountName") or "default")
+        token = self.core.create_namespaced_service_account_token(sa, pod.namespace, {"spec": {
+            "audiences": [self.mesh.audience], "expirationSeconds": 24 * 3600,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name, "uid": pod.uid}}})
+        (folder / "istio-token").write_text(token.status.token)
+        root = self.core.read_namespaced_config_map(self.mesh.root_configmap, pod.namespace)
+        (folder / "root-cert.pem").write_text((root.data or {})["root-cert.pem"])
+        facts = json.loads((pod.meta.get("annotations") or {}).get(ANNOTATION_INSTANCE) or "{}")
+        inference = {int(facts[k]) for k in ("restPort", "grpcPort") if k in facts}
+        ports = {int(p["containerPort"]) for c in pod.containers for p in c.spec.get("ports") or ()}
+        args = ["--pod-ip", pod.ip, "--local-ip", pod.local_ip,
+                "--spiffe-id", f"spiffe://{self.mesh.trust_domain}/ns/{pod.namespace}/sa/{sa}",
+                "--ca-addr", self.mesh.ca_addr, "--root-cert", str(folder / "root-cert.pem"),
+                "--token", str(folder / "istio-token")]
+        for port in sorted(inference):
+            args += ["--mtls-port", str(port)]
+        for port in sorted(ports - inference):
+            args += ["--plain-port", str(port)]
+        for who in self.mesh.allow:
+            args += ["--allow", who]
+        pod.sidecar_args = args
+
+    async def _start_sidecar(self, pod: Pod) -> None:
+        folder = pod.dir / "mesh-sidecar"
+        cmd = [self.python, "-m", "placement.local.mesh_sidecar", *pod.sidecar_args]
+        cmd = private_mounts(pod.dir / "hosts", None, cmd)  # resolves istiod's name as the pod does
+        out = await asyncio.to_thread(open, folder / "log", "ab")
+        try:
+            pod.sidecar = await asyncio.create_subprocess_exec(
+                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                cwd=SOURCE_ROOT)
+        finally:
+            out.close()
 
     def _volume_source(self, pod: Pod, vol: dict[str, Any]) -> Path:
         if "emptyDir" in vol or any(k in vol for k in API_KINDS):
@@ -402,7 +485,7 @@ class PodRunner:
             env["MLSERVER_PARALLEL_WORKERS"] = "0"
         for e in c.spec.get("env") or ():
             if "value" in e:
-                env[e["name"]] = rewrite(expand(str(e["value"]), env), pod.ip, rootfs, roots)
+                env[e["name"]] = rewrite(expand(str(e["value"]), env), pod.local_ip or pod.ip, rootfs, roots)
             elif (e.get("valueFrom") or {}).get("fieldRef"):
                 path = e["valueFrom"]["fieldRef"].get("fieldPath", "")
                 env[e["name"]] = field_value(pod.meta, fields, path)
@@ -429,7 +512,7 @@ class PodRunner:
         rootfs = pod.dir / "rootfs"
         roots = {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()  # top folders of mounts
         env = self._env(pod, c, rootfs, roots)
-        cmd = [rewrite(expand(a, env), pod.ip, rootfs, roots) for a in how]
+        cmd = [rewrite(expand(a, env), pod.local_ip or pod.ip, rootfs, roots) for a in how]
         workdir = pod.dir / "containers" / c.name
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         if c.log is None:
@@ -445,6 +528,10 @@ class PodRunner:
 
     async def _supervise(self, pod: Pod) -> None:
         loop = asyncio.get_running_loop()
+        if pod.sidecar is not None and pod.sidecar.returncode is not None:
+            log.warning("pod %s/%s: the mesh sidecar stand-in exited (%s); restarting it", pod.namespace,
+                        pod.name, pod.sidecar.returncode)
+            await self._start_sidecar(pod)
         for c in pod.containers:
             if c.waiting is not None and c.waiting[0] == "ImageNotRunnable":
                 continue
@@ -514,6 +601,8 @@ class PodRunner:
             return True
         ports = {p.get("name"): p.get("containerPort") for p in c.spec.get("ports") or ()}
         timeout = max(1, int(probe.get("timeoutSeconds") or 1))
+        # a meshed pod's app is probed where it listens, as Istio's agent probes it for the kubelet
+        target = pod.local_ip or pod.ip
 
         def port_of(value: Any) -> int:
             return int(ports.get(value, value)) if not isinstance(value, int) else value
@@ -521,12 +610,12 @@ class PodRunner:
         try:
             if "httpGet" in probe:
                 g = probe["httpGet"]
-                url = f"http://{pod.ip}:{port_of(g['port'])}{g.get('path') or '/'}"
+                url = f"http://{target}:{port_of(g['port'])}{g.get('path') or '/'}"
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                     return 200 <= r.status < 400
             if "tcpSocket" in probe or "grpc" in probe:
                 port = port_of((probe.get("tcpSocket") or probe.get("grpc"))["port"])
-                _, writer = await asyncio.wait_for(asyncio.open_connection(pod.ip, port), timeout)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
                 writer.close()
                 return True
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
@@ -600,6 +689,8 @@ class PodRunner:
             await asyncio.gather(pod.probe_task, return_exceptions=True)
         procs = [c.proc for c in pod.containers if c.proc is not None]
         await asyncio.gather(*(stop_process_group(p, grace) for p in procs))
+        if pod.sidecar is not None:  # last, as Istio's agent drains after the app
+            await stop_process_group(pod.sidecar, 2.0)
         for c in pod.containers:
             if c.log is not None:
                 c.log.close()

@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import signal
+import ssl
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -113,6 +115,71 @@ async def test_the_gateway_is_istios_own_configured_by_msm(cluster: Cluster, art
     assert gw["variant"] == "delta"
 
 
+def runtime_pods(cluster: Cluster) -> list[dict]:
+    return json.loads(cluster.kubectl("get", "pods", "-n", NS, "-l", "serving.msm.io/runtime=mlserver-1.x",
+                                      "-o", "json").stdout)["items"]
+
+
+def client_context(cert: tuple[bytes, bytes] | None, root: bytes) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=root.decode())
+    ctx.check_hostname = False  # Istio checks the SPIFFE identity, not a host name
+    if cert is not None:
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "c.pem").write_bytes(cert[0])
+            Path(d, "k.pem").write_bytes(cert[1])
+            ctx.load_cert_chain(Path(d, "c.pem"), Path(d, "k.pem"))
+    return ctx
+
+
+async def tls_probe(ip: str, port: int, cert: tuple[bytes, bytes] | None, root: bytes) -> str:
+    """What a client gets from a runtime pod's inference port: "served", or how it was refused."""
+    ctx = await asyncio.to_thread(client_context, cert, root)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port, ssl=ctx), 10)
+        writer.write(f"GET /v2/health/ready HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return "served" if data.startswith(b"HTTP/1.1 200") else f"closed ({len(data)} bytes)"
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as e:
+        return f"refused: {type(e).__name__}"
+
+
+async def test_the_gateway_reaches_runtime_pods_over_istio_mtls(cluster: Cluster, article: None) -> None:
+    from placement.local.mesh_sidecar import fetch_certificate
+
+    status, body = await infer(cluster.infer_url("sklearn-mnist"))  # a copy loaded: its runtime is routed
+    assert status == 200, body
+    # the gateway's runtime clusters: TLS with the agent's SDS secrets, for the namespace's identities
+    dump = json.loads(await admin("/config_dump?resource=dynamic_active_clusters"))
+    runtime = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"].startswith("rt_")]
+    assert runtime
+    for c in runtime:
+        ctx = c["transport_socket"]["typed_config"]["common_tls_context"]
+        assert [s["name"] for s in ctx["tls_certificate_sds_secret_configs"]] == ["default"]
+        combined = ctx["combined_validation_context"]
+        assert combined["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+        assert combined["default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {
+            "prefix": f"spiffe://cluster.local/ns/{NS}/sa/"}
+    secrets = json.loads(await admin("/config_dump?resource=dynamic_active_secrets"))
+    # served by the agent, from istiod
+    assert {s["name"] for s in secrets["configs"]} == {"default", "ROOTCA"}
+
+    # and the runtime pods require it: plaintext is refused, so is a mesh certificate of another identity
+    pod = runtime_pods(cluster)[0]
+    facts = json.loads(pod["metadata"]["annotations"]["serving.msm.io/runtime-instance"])
+    ip, port = pod["status"]["podIP"], facts["restPort"]
+    root = cluster.kubectl("get", "configmap", "istio-ca-root-cert", "-n", NS,
+                           "-o", "jsonpath={.data.root-cert\\.pem}").stdout.encode()
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientError):
+            await s.get(f"http://{ip}:{port}/v2/health/ready", timeout=aiohttp.ClientTimeout(total=10))
+    assert (await tls_probe(ip, port, None, root)).startswith(("refused", "closed"))
+    token = cluster.kubectl("create", "token", "default", "-n", NS, "--audience", "istio-ca").stdout.strip()
+    other = await fetch_certificate("127.0.9.1:15012", root, token, f"spiffe://cluster.local/ns/{NS}/sa/default",
+                                    server_name="istiod.istio-system.svc")
+    assert (await tls_probe(ip, port, other[:2], root)).startswith(("refused", "closed"))
+
+
 async def test_istiod_restarted_under_traffic(cluster: Cluster, article: None) -> None:
     status, body = await infer(cluster.infer_url("sklearn-mnist"))  # loaded (a cold start is no test here)
     assert status == 200, body
@@ -123,7 +190,8 @@ async def test_istiod_restarted_under_traffic(cluster: Cluster, article: None) -
         await until(lambda: _alive_other(b"pilot-discovery", cluster.state_dir, old), timeout=60,
                     what="istiod back")
         await asyncio.sleep(2)
-    # the gateway routes by msm's configuration: istiod's absence costs it nothing
+    # the gateway routes by msm's configuration and holds its certificate (istiod issued it, the
+    # agent serves it): istiod's absence costs it nothing
     assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
 
 

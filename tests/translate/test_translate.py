@@ -259,6 +259,28 @@ def test_upstream_tls_reads_certificates_from_sds():
     assert not plain[CLUSTER]["rt_rest_default_0"].HasField("transport_socket")
 
 
+@pytest.mark.parametrize("layout", ["subset", "per_revision"])
+def test_istio_mtls_asks_runtimes_for_an_identity_of_their_namespace_and_speaks_istios_alpn(layout):
+    ns_view = MeshView.of([
+        Model("m", (Revision("m__isvc-1", runtime="models-a/mlserver-1.x", copies=(C0,)),)),
+        Model("n", (Revision("n__isvc-1", runtime="mlserver-1.x", copies=(C1,)),)),  # no namespace
+    ])
+    tls = UpstreamTls(trust_domain="cluster.local")
+    res = translate(ns_view, GatewayOptions(upstream_tls=tls, subset_shards=1, cluster_layout=layout))
+    seen = {}
+    for name, c in res[CLUSTER].items():
+        ctx = tls_pb2.UpstreamTlsContext()
+        c.transport_socket.typed_config.Unpack(ctx)
+        [san] = ctx.common_tls_context.combined_validation_context.default_validation_context.\
+            match_typed_subject_alt_names
+        assert san.san_type == san.URI
+        seen[name] = san.matcher.prefix
+        assert list(ctx.common_tls_context.alpn_protocols) == (["istio-h2"] if "grpc" in name else
+                                                               ["istio-http/1.1"])
+    assert sorted(set(seen.values())) == ["spiffe://cluster.local/", "spiffe://cluster.local/ns/models-a/sa/"]
+    assert len(seen) == 4  # REST and gRPC of each
+
+
 def test_local_replies_are_json_and_grpc_not_found():
     res = translate(view())
     for name in ("msm_rest", "msm_grpc"):

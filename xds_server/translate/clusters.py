@@ -11,6 +11,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
@@ -38,19 +39,40 @@ def _sds_config(opts: UpstreamTls) -> config_source_pb2.ConfigSource:
     )
 
 
-def tls_transport_socket(tls: UpstreamTls, kind: str) -> base_pb2.TransportSocket:
-    """An upstream TLS socket whose certificate and trust bundle are SDS secrets."""
+def spiffe_prefix(tls: UpstreamTls, runtime: str) -> str | None:
+    """The SPIFFE identities a runtime's pods may have: its namespace's in the trust domain."""
+    if tls.trust_domain is None:
+        return None
+    ns, sep, _ = runtime.partition("/")
+    return f"spiffe://{tls.trust_domain}/ns/{ns}/sa/" if sep else f"spiffe://{tls.trust_domain}/"
+
+
+def _alpn(tls: UpstreamTls, kind: str) -> list[str]:
+    if tls.trust_domain is not None:
+        return ["istio-h2"] if kind == names.GRPC else ["istio-http/1.1"]
+    return ["h2"] if (kind == names.GRPC and tls.alpn_h2) else []
+
+
+def tls_transport_socket(tls: UpstreamTls, kind: str,
+                         san_prefix: str | None = None) -> base_pb2.TransportSocket:
+    """An upstream TLS socket whose certificate and trust bundle are SDS secrets; with
+    ``san_prefix``, the peer's certificate must carry a URI SAN that starts with it."""
     sds = _sds_config(tls)
+    validation = tls_common_pb2.CertificateValidationContext()
+    if san_prefix is not None:
+        validation.match_typed_subject_alt_names.append(tls_common_pb2.SubjectAltNameMatcher(
+            san_type=tls_common_pb2.SubjectAltNameMatcher.URI,
+            matcher=string_pb2.StringMatcher(prefix=san_prefix)))
     ctx = tls_pb2.UpstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificate_sds_secret_configs=[
                 secret_pb2.SdsSecretConfig(name=tls.cert_secret, sds_config=sds)],
             combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
-                default_validation_context=tls_common_pb2.CertificateValidationContext(),
+                default_validation_context=validation,
                 validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(
                     name=tls.validation_secret, sds_config=sds),
             ),
-            alpn_protocols=["h2"] if (kind == names.GRPC and tls.alpn_h2) else [],
+            alpn_protocols=_alpn(tls, kind),
         ),
         sni=tls.sni or "",
     )
@@ -164,14 +186,19 @@ def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int],
 class _Builder:
     def __init__(self, opts: GatewayOptions) -> None:
         subset = opts.cluster_layout == "subset"
+        self.opts = opts
         self.protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
         self.clusters: dict[str, cluster_pb2.Cluster] = {}
         self.clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
 
-    def add(self, kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint]) -> None:
+    def add(self, kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint],
+            runtime: str = "") -> None:
         c = cluster_pb2.Cluster()
         c.CopyFrom(self.protos[kind])
         c.name = name
+        tls = self.opts.upstream_tls
+        if tls is not None and tls.trust_domain is not None:
+            c.transport_socket.CopyFrom(tls_transport_socket(tls, kind, spiffe_prefix(tls, runtime)))
         self.clusters[name] = c
         self.clas[name] = _cla(name, endpoints)
 
@@ -183,7 +210,7 @@ def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions)
     for kind in names.KINDS:
         eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs))
                for _, (addr, rest, grpc, revs) in sorted(hosts.items())]
-        b.add(kind, names.runtime_cluster(kind, runtime, shard), eps)
+        b.add(kind, names.runtime_cluster(kind, runtime, shard), eps, runtime)
     return b.clusters, b.clas
 
 
@@ -197,7 +224,7 @@ def model_revision_clusters(model: Model, opts: GatewayOptions) -> tuple[
         for kind in names.KINDS:
             eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port))
                    for cp in sorted(rev.copies, key=lambda c: c.instance)]
-            b.add(kind, names.revision_cluster(kind, rev.id), eps)
+            b.add(kind, names.revision_cluster(kind, rev.id), eps, rev.runtime)
     return b.clusters, b.clas
 
 

@@ -19,6 +19,11 @@ class UpstreamTls:
     validation_secret: str = "ROOTCA"  # trust bundle that validates the runtime's certificate
     sni: str | None = None
     alpn_h2: bool = True  # offer "h2" on the gRPC clusters
+    #: Istio mTLS: the runtime's certificate must be a SPIFFE identity of this trust domain in the
+    #: runtime's namespace (``spiffe://<td>/ns/<ns>/``; the namespace of a ``<ns>/<runtime>`` pool),
+    #: and the ALPN is Istio's (``istio-http/1.1`` for REST, ``istio-h2`` for gRPC), which a
+    #: sidecar's inbound mTLS filter chains match on.
+    trust_domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
