@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: setup up dev-cluster test lint tools bench faults mutate clean
+.PHONY: setup up dev-cluster dev-cluster-istio test lint tools bench faults mutate clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ dev-cluster: setup
 	bash scripts/build-tools.sh
 	$(VENV)/bin/python -m placement.local.samples examples/quickstart/models
 	$(VENV)/bin/msm dev-cluster up --pvc my-models-pvc=examples/quickstart/models
+
+# The same with Istio: istioctl install, istiod, and Istio's gateway configured by msm (docs/istio.md).
+dev-cluster-istio: setup
+	bash scripts/build-tools.sh
+	$(VENV)/bin/python -m placement.local.samples examples/quickstart/models
+	$(VENV)/bin/msm dev-cluster up --istio --pvc my-models-pvc=examples/quickstart/models
 
 lint: setup
 	$(VENV)/bin/ruff check .

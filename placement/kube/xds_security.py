@@ -140,17 +140,30 @@ class XdsSecurity:
                                 "data": {XDS_ROOT_CERT_KEY: ca_cert.decode()}}
         for ns in self.gateway_namespaces:
             try:
+                self._put_root(ns, body)
+            except ApiException as e:
+                failed.append(f"ConfigMap {ns}/{XDS_ROOT_CONFIGMAP}: {e.status} {e.reason}")
+        return failed
+
+    def _put_root(self, ns: str, body: dict[str, Any]) -> None:
+        """Create or update the ConfigMap; a replica racing this one (409) means read and try again."""
+        for attempt in range(3):
+            try:
                 try:
                     current = self.core.read_namespaced_config_map(XDS_ROOT_CONFIGMAP, ns)
-                    if (current.data or {}).get(XDS_ROOT_CERT_KEY) != body["data"][XDS_ROOT_CERT_KEY]:
-                        self.core.replace_namespaced_config_map(XDS_ROOT_CONFIGMAP, ns, body)
                 except ApiException as e:
                     if e.status != 404:
                         raise
                     self.core.create_namespaced_config_map(ns, body)
+                    return
+                if (current.data or {}).get(XDS_ROOT_CERT_KEY) != body["data"][XDS_ROOT_CERT_KEY]:
+                    body = {**body, "metadata": {**body["metadata"],
+                                                 "resourceVersion": current.metadata.resource_version}}
+                    self.core.replace_namespaced_config_map(XDS_ROOT_CONFIGMAP, ns, body)
+                return
             except ApiException as e:
-                failed.append(f"ConfigMap {ns}/{XDS_ROOT_CONFIGMAP}: {e.status} {e.reason}")
-        return failed
+                if e.status != 409 or attempt == 2:
+                    raise
 
     async def review(self, token: str) -> str | None:
         """Whose token this is (``system:serviceaccount:<ns>:<name>``), per the API server's

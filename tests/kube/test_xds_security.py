@@ -59,10 +59,16 @@ async def test_replicas_racing_for_the_ca_all_get_the_one_that_was_made(apiserve
         cas = await asyncio.gather(*(r.ca() for r in replicas))
         assert len(set(cas)) == 1
         assert await replicas[0].ca() == cas[0]  # and it stays
-        assert await replicas[0].publish_root(cas[0][0]) == []
+        # every replica publishes the root at start: racing creates are no problem
+        assert await asyncio.gather(*(r.publish_root(cas[0][0]) for r in replicas)) == [[]] * 4
         cm = client.CoreV1Api(api).read_namespaced_config_map(XDS_ROOT_CONFIGMAP, GW_NS)
         assert cm.data[XDS_ROOT_CERT_KEY] == cas[0][0].decode()
         assert "PRIVATE" not in cm.data[XDS_ROOT_CERT_KEY]
+        # a new CA (its Secret replaced by an operator) reaches the gateways' ConfigMap
+        other = make_ca(datetime.datetime.now(datetime.UTC))[0]
+        assert await replicas[1].publish_root(other) == []
+        cm = client.CoreV1Api(api).read_namespaced_config_map(XDS_ROOT_CONFIGMAP, GW_NS)
+        assert cm.data[XDS_ROOT_CERT_KEY] == other.decode()
         # a gateway namespace that does not exist (Istio not installed yet) is said, not fatal
         problems = await XdsSecurity(api, MSM_NS, ["no-such-ns"]).publish_root(cas[0][0])
         assert len(problems) == 1 and "no-such-ns" in problems[0]
