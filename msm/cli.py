@@ -233,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Istio gateway's REST listener: its Service's targetPort (8008)")
     p.add_argument("--istio-grpc-port", type=int, default=DEFAULT_GRPC_PORT,
                    help="the Istio gateway's gRPC listener (8033)")
-    p.add_argument("--istio-upstream-tls", action=argparse.BooleanOptionalAction, default=False,
-                   help="the Istio gateway reaches runtime pods over Istio mTLS (SDS secrets default/ROOTCA; "
-                        "the runtime's identity must be of its namespace in the trust domain)")
+    p.add_argument("--istio-upstream-tls", choices=["auto", "on", "off"], default="auto",
+                   help="how the Istio gateway reaches runtime pods: Istio mTLS (SDS secrets default/ROOTCA; "
+                        "the runtime's identity of its namespace) to every pod (on), to pods with Istio's "
+                        "sidecar and plaintext to the others, as Istio's auto mTLS (auto, the default), or "
+                        "never (off)")
     p.add_argument("--istio-trust-domain", default="cluster.local", help="the mesh's trust domain")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_kube_control_plane)

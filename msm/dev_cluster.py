@@ -245,8 +245,7 @@ class DevCluster:
                    "--lease-namespace", NAMESPACE]
             if self.istio:  # the Istio gateway is the gateway: its listeners on the dev cluster's ports
                 cmd += ["--istio-gateway", GATEWAY_SA, "--istio-rest-port", str(a.rest_port),
-                        "--istio-grpc-port", str(a.grpc_port), "--envoy-admin-url", ISTIO_ENVOY_ADMIN,
-                        "--istio-upstream-tls"]
+                        "--istio-grpc-port", str(a.grpc_port), "--envoy-admin-url", ISTIO_ENVOY_ADMIN]
             else:
                 cmd += ["--gateway-token-file", str(self.token_file),
                         "--envoy-admin-url", f"http://127.0.0.1:{self.envoy_admin_port}"]

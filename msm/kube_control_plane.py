@@ -446,8 +446,8 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
             tuple(args.istio_gateway), args.lease_namespace,
             replace(options, listen_address="0.0.0.0", rest_port=args.istio_rest_port,
                     grpc_port=args.istio_grpc_port,
-                    upstream_tls=UpstreamTls(trust_domain=args.istio_trust_domain)
-                    if args.istio_upstream_tls else None),
+                    upstream_tls=None if args.istio_upstream_tls == "off" else UpstreamTls(
+                        trust_domain=args.istio_trust_domain, auto=args.istio_upstream_tls == "auto")),
             secure_port=args.istio_xds_port)
     try:
         cp = KubeControlPlane(

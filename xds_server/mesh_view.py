@@ -25,6 +25,7 @@ class Copy:
     address: str
     rest_port: int
     grpc_port: int
+    mesh_tls: bool = False  # takes Istio mTLS (an injected sidecar): an Istio gateway uses it if it may
 
 
 @dataclass(frozen=True, slots=True)

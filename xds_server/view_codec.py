@@ -37,7 +37,8 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
         "models": [{"name": m.name, "rules": [rule(r) for r in m.rules], "revisions": [
             {"id": r.id, "runtime": r.runtime, "copies": [
                 {"instance": c.instance, "address": c.address, "rest_port": c.rest_port,
-                 "grpc_port": c.grpc_port} for c in r.copies]} for r in m.revisions]}
+                 "grpc_port": c.grpc_port, **({"mesh_tls": True} if c.mesh_tls else {})}
+                for c in r.copies]} for r in m.revisions]}
             for m in view.models.values()],
     }
 
@@ -75,7 +76,8 @@ def view_from_dict(data: Any) -> MeshView:
             copies = tuple(Copy(_get(c, "instance", str, f"{rw}.copies[{k}]"),
                                 _get(c, "address", str, f"{rw}.copies[{k}]"),
                                 _port(c, "rest_port", f"{rw}.copies[{k}]"),
-                                _port(c, "grpc_port", f"{rw}.copies[{k}]"))
+                                _port(c, "grpc_port", f"{rw}.copies[{k}]"),
+                                bool(_get(c, "mesh_tls", bool, f"{rw}.copies[{k}]", True)))
                            for k, c in enumerate(_get(r, "copies", list, rw)))
             revisions.append(Revision(_get(r, "id", str, rw), _get(r, "runtime", str, rw), copies))
         rules = []

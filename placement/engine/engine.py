@@ -498,7 +498,8 @@ class Engine:
             c = rs.copies[iid]
             cache = self.instances.get(iid)
             if c.phase is Phase.READY and cache is not None:
-                copies.append(Copy(iid, cache.info.address, cache.info.rest_port, cache.info.grpc_port))
+                copies.append(Copy(iid, cache.info.address, cache.info.rest_port, cache.info.grpc_port,
+                                   cache.info.mesh_tls))
         return Revision(rs.spec.revision, rs.spec.runtime, tuple(copies))
 
     # ------------------------------------------------------------------ internals: bookkeeping

@@ -26,6 +26,8 @@ class InstanceInfo:
     # may occupy while the loads that evicted them start: a cold load then waits neither for the
     # drain nor for the unload, and the container's limit is still never exceeded
     unload_headroom_bytes: int = 0
+    # Istio mTLS reaches it (its pod has Istio's sidecar): gateways that can, use it
+    mesh_tls: bool = False
 
 
 @dataclass(frozen=True)

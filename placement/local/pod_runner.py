@@ -58,7 +58,7 @@ from kubernetes.client.rest import ApiException
 
 from placement.local.pod_volumes import API_KINDS, VolumeWriter, field_value, resource_field
 from placement.local.processes import stop_process_group
-from placement.manifests.kube_names import ANNOTATION_INSTANCE, LABEL_RUNTIME
+from placement.manifests.kube_names import ANNOTATION_INSTANCE, LABEL_ISTIO_TLS_MODE, LABEL_RUNTIME
 from xds_server.envoy_process import envoy_binary
 
 log = logging.getLogger("msm.pod_runner")
@@ -351,6 +351,9 @@ class PodRunner:
             if pod.local_ip is not None:
                 await asyncio.to_thread(self._prepare_sidecar, pod)
                 await self._start_sidecar(pod)
+                # as Istio's injector labels the pods it gives a sidecar: gateways with auto mTLS use it
+                await asyncio.to_thread(self.core.patch_namespaced_pod, name, ns,
+                                        {"metadata": {"labels": {LABEL_ISTIO_TLS_MODE: "istio"}}})
         except (OSError, ValueError, ApiException) as e:
             msg = e.reason if isinstance(e, ApiException) else str(e)
             for c in pod.containers:

@@ -17,6 +17,9 @@ LABEL_APP_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 #: On a runtime pod: JSON of what placement needs to know of it (ports, capacity, timeouts).
 ANNOTATION_INSTANCE = "serving.msm.io/runtime-instance"
+#: Istio's sidecar injector labels the pods it injects with ``security.istio.io/tlsMode: istio``:
+#: such a pod takes Istio mTLS (Istio's own gateways decide per endpoint by it, "auto mTLS").
+LABEL_ISTIO_TLS_MODE = "security.istio.io/tlsMode"
 #: msm's adapter sidecar in a runtime pod, and the port of its mmesh.ModelRuntime SPI.
 ADAPTER_CONTAINER = "msm-adapter"
 ADAPTER_PORT = 8085

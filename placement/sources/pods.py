@@ -21,7 +21,12 @@ from kubernetes import client
 
 from placement.engine.model_types import InstanceInfo
 from placement.manifests.desired_state import runtime_pool
-from placement.manifests.kube_names import ADAPTER_PORT, ANNOTATION_INSTANCE, LABEL_RUNTIME
+from placement.manifests.kube_names import (
+    ADAPTER_PORT,
+    ANNOTATION_INSTANCE,
+    LABEL_ISTIO_TLS_MODE,
+    LABEL_RUNTIME,
+)
 from placement.sources.kube import Informer
 
 log = logging.getLogger("msm.sources.pods")
@@ -79,7 +84,8 @@ def instance_of_pod(pod: dict[str, Any]) -> PodInstance | None:
         rest_port=_port(facts, "restPort"), grpc_port=_port(facts, "grpcPort"),
         capacity_bytes=_count(facts, "capacityBytes", 1 << 30),
         max_concurrent_loads=max(1, _count(facts, "maxLoadingConcurrency", 1)),
-        unload_headroom_bytes=_count(facts, "memBufferBytes", 0))
+        unload_headroom_bytes=_count(facts, "memBufferBytes", 0),
+        mesh_tls=(meta.get("labels") or {}).get(LABEL_ISTIO_TLS_MODE) == "istio")
     spi = f"{ip}:{_port(facts, 'adapterPort', ADAPTER_PORT)}"
     return PodInstance(info, spi, _count(facts, "loadTimeoutMs", 90_000) / 1000.0)
 

@@ -154,7 +154,11 @@ async def test_the_gateway_reaches_runtime_pods_over_istio_mtls(cluster: Cluster
     runtime = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"].startswith("rt_")]
     assert runtime
     for c in runtime:
-        ctx = c["transport_socket"]["typed_config"]["common_tls_context"]
+        # Istio's auto mTLS: the socket is chosen per endpoint, by the mark of a pod with a sidecar
+        assert "transport_socket" not in c
+        istio, disabled = c["transport_socket_matches"]
+        assert istio["match"] == {"tlsMode": "istio"} and disabled["name"] == "tlsMode-disabled"
+        ctx = istio["transport_socket"]["typed_config"]["common_tls_context"]
         assert [s["name"] for s in ctx["tls_certificate_sds_secret_configs"]] == ["default"]
         combined = ctx["combined_validation_context"]
         assert combined["validation_context_sds_secret_config"]["name"] == "ROOTCA"
@@ -164,8 +168,15 @@ async def test_the_gateway_reaches_runtime_pods_over_istio_mtls(cluster: Cluster
     # served by the agent, from istiod
     assert {s["name"] for s in secrets["configs"]} == {"default", "ROOTCA"}
 
+    eds = json.loads(await admin("/config_dump?resource=dynamic_endpoint_configs"))
+    marks = [ep["metadata"]["filter_metadata"]["envoy.transport_socket_match"]
+             for cfg in eds["configs"] if cfg["endpoint_config"]["cluster_name"].startswith("rt_")
+             for loc in cfg["endpoint_config"]["endpoints"] for ep in loc["lb_endpoints"]]
+    assert marks and all(m == {"tlsMode": "istio"} for m in marks)
+
     # and the runtime pods require it: plaintext is refused, so is a mesh certificate of another identity
     pod = runtime_pods(cluster)[0]
+    assert pod["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio"
     facts = json.loads(pod["metadata"]["annotations"]["serving.msm.io/runtime-instance"])
     ip, port = pod["status"]["podIP"], facts["restPort"]
     root = cluster.kubectl("get", "configmap", "istio-ca-root-cert", "-n", NS,

@@ -115,6 +115,12 @@ def test_a_ready_runtime_pod_is_an_instance_with_its_facts() -> None:
     assert inst.info.capacity_bytes == 1000 and inst.info.unload_headroom_bytes == 10
     assert inst.info.max_concurrent_loads == 2
     assert inst.spi_address == "10.0.0.7:8085" and inst.load_timeout_s == 5.0
+    assert not inst.info.mesh_tls
+    meshed = pod()
+    meshed["metadata"]["labels"]["security.istio.io/tlsMode"] = "istio"  # as Istio's injector labels it
+    assert instance_of_pod(meshed).info.mesh_tls
+    meshed["metadata"]["labels"]["security.istio.io/tlsMode"] = "disabled"
+    assert not instance_of_pod(meshed).info.mesh_tls
 
 
 def test_a_pod_that_is_not_ready_or_going_is_no_instance() -> None:

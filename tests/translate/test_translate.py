@@ -11,6 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy_check import validate_command, write_static
+from google.protobuf import struct_pb2
 
 from xds_server.bootstrap import render_bootstrap, static_bootstrap
 from xds_server.mesh_view import (
@@ -25,6 +26,7 @@ from xds_server.mesh_view import (
 )
 from xds_server.translate import GatewayOptions, UpstreamTls, translate
 from xds_server.translate import data_path as dp
+from xds_server.translate.incremental import IncrementalTranslator
 from xds_server.translate.routes import split_fractions
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -279,6 +281,39 @@ def test_istio_mtls_asks_runtimes_for_an_identity_of_their_namespace_and_speaks_
                                                                ["istio-http/1.1"])
     assert sorted(set(seen.values())) == ["spiffe://cluster.local/", "spiffe://cluster.local/ns/models-a/sa/"]
     assert len(seen) == 4  # REST and gRPC of each
+
+
+@pytest.mark.parametrize("layout", ["subset", "per_revision"])
+def test_auto_mtls_marks_copies_with_a_sidecar_and_leaves_the_others_plaintext(layout):
+    meshed = Copy("rt-0", "10.0.0.1", 8080, 8081, mesh_tls=True)
+    plain = Copy("rt-1", "10.0.0.2", 8080, 8081)
+    v = MeshView.of([Model("m", (Revision("m__isvc-1", runtime="ns/rt", copies=(meshed, plain)),))])
+    opts = GatewayOptions(upstream_tls=UpstreamTls(trust_domain="cluster.local", auto=True), subset_shards=1,
+                          cluster_layout=layout)
+    for incremental in (False, True):
+        res = IncrementalTranslator(opts).translate(v) if incremental else translate(v, opts)
+        assert len(res[CLUSTER]) == 2
+        for name, c in res[CLUSTER].items():
+            assert not c.HasField("transport_socket")  # chosen per endpoint
+            istio, disabled = c.transport_socket_matches
+            assert dict(istio.match.fields) == {"tlsMode": struct_pb2.Value(string_value="istio")}
+            assert not disabled.match.fields and disabled.transport_socket.name.endswith("raw_buffer")
+            ctx = tls_pb2.UpstreamTlsContext()
+            istio.transport_socket.typed_config.Unpack(ctx)
+            [san] = ctx.common_tls_context.combined_validation_context.default_validation_context.\
+                match_typed_subject_alt_names
+            assert san.matcher.prefix == "spiffe://cluster.local/ns/ns/sa/"
+            marks = {}
+            for ep in res[ENDPOINT][name].endpoints[0].lb_endpoints:
+                md = ep.metadata.filter_metadata.get("envoy.transport_socket_match")
+                mark = md.fields["tlsMode"].string_value if md else None
+                marks[ep.endpoint.address.socket_address.address] = mark
+            assert marks == {"10.0.0.1": "istio", "10.0.0.2": None}
+    # without auto mTLS no endpoint is marked (the plain gateway's snapshot stays as it was)
+    res = translate(v, GatewayOptions(subset_shards=1, cluster_layout=layout))
+    for cla in res[ENDPOINT].values():
+        for ep in cla.endpoints[0].lb_endpoints:
+            assert "envoy.transport_socket_match" not in ep.metadata.filter_metadata
 
 
 def test_local_replies_are_json_and_grpc_not_found():

@@ -21,7 +21,7 @@ from xds_server.view_codec import view_from_dict, view_to_dict
 
 
 def a_view() -> MeshView:
-    copies = (Copy("rt-0.ns", "10.0.0.1", 8002, 8001), Copy("rt-1.ns", "10.0.0.2", 8002, 8001))
+    copies = (Copy("rt-0.ns", "10.0.0.1", 8002, 8001, mesh_tls=True), Copy("rt-1.ns", "10.0.0.2", 8002, 8001))
     revisions = (Revision("m__v1", "mlserver-1.x", copies), Revision("m__v2", "mlserver-1.x", copies[:1]))
     canary = Model("m", revisions,
                    (RouteRule((Destination("m__v2", 100),), (HeaderMatch("x-canary", exact="yes"),), 5.0, 2),
@@ -44,6 +44,7 @@ def test_a_view_survives_the_round_trip_through_json() -> None:
     (lambda d: d["models"][0]["rules"][1]["destinations"][0].update(weight="90"), "weight"),
     (lambda d: d["models"][0]["rules"][1]["destinations"][0].update(revision="m__v9"), "m__v9"),
     (lambda d: d["activator"].update(grpc_port=True), "grpc_port"),
+    (lambda d: d["models"][0]["revisions"][0]["copies"][0].update(mesh_tls="yes"), "mesh_tls"),
     (lambda d: d.update(models={"m": {}}), "models"),
 ])
 def test_a_malformed_view_is_refused_saying_what_is_wrong(breakage, says: str) -> None:

@@ -8,6 +8,7 @@ from collections import defaultdict
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -115,15 +116,32 @@ def _prototype(kind: str, opts: GatewayOptions, subset: bool) -> cluster_pb2.Clu
             subset_selectors=[cluster_pb2.Cluster.LbSubsetConfig.LbSubsetSelector(keys=[names.SUBSET_KEY])],
             list_as_any=True,
         ))
-    if opts.upstream_tls is not None:
+    if opts.upstream_tls is not None and not opts.upstream_tls.auto:
         c.transport_socket.CopyFrom(tls_transport_socket(opts.upstream_tls, kind))
     return c
 
 
-def _lb_endpoint(host: str, port: int,
-                 revisions: list[str] | None = None) -> endpoint_components_pb2.LbEndpoint:
+def _auto_mtls(socket: base_pb2.TransportSocket) -> list[cluster_pb2.Cluster.TransportSocketMatch]:
+    """Istio's auto mTLS: endpoints marked ``tlsMode: istio`` get ``socket``, the others plaintext."""
+    istio = cluster_pb2.Cluster.TransportSocketMatch(name="tlsMode-istio", transport_socket=socket)
+    istio.match.fields["tlsMode"].string_value = "istio"
+    plain = cluster_pb2.Cluster.TransportSocketMatch(
+        name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=base_pb2.TransportSocket(
+            name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer())))
+    return [istio, plain]
+
+
+def _mesh_tls(opts: GatewayOptions, copy_takes_it: bool) -> bool:
+    """Whether an endpoint is marked for the mTLS transport socket (auto mTLS only)."""
+    return copy_takes_it and opts.upstream_tls is not None and opts.upstream_tls.auto
+
+
+def _lb_endpoint(host: str, port: int, revisions: list[str] | None = None,
+                 mesh_tls: bool = False) -> endpoint_components_pb2.LbEndpoint:
     ep = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(host, port)))
+    if mesh_tls:  # selects the cluster's Istio mTLS transport socket, as Istio's tlsMode label does
+        ep.metadata.filter_metadata[names.TRANSPORT_SOCKET_MATCH].fields["tlsMode"].string_value = "istio"
     if revisions is not None:
         values = ep.metadata.filter_metadata[names.LB_METADATA].fields[names.SUBSET_KEY].list_value.values
         values.extend(struct_pb2.Value(string_value=r) for r in revisions)
@@ -163,7 +181,8 @@ def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> di
     return out
 
 
-Hosts = dict[str, tuple[str, int, int, list[str]]]  # instance -> (address, rest, grpc, [revision ids])
+# instance -> (address, rest, grpc, takes Istio mTLS, [revision ids])
+Hosts = dict[str, tuple[str, int, int, bool, list[str]]]
 
 
 def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int], Hosts]:
@@ -178,8 +197,8 @@ def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int],
             for cp in rev.copies:
                 entry = hosts.get(cp.instance)
                 if entry is None:
-                    entry = hosts[cp.instance] = (cp.address, cp.rest_port, cp.grpc_port, [])
-                entry[3].append(rev.id)
+                    entry = hosts[cp.instance] = (cp.address, cp.rest_port, cp.grpc_port, cp.mesh_tls, [])
+                entry[4].append(rev.id)
     return groups
 
 
@@ -197,8 +216,12 @@ class _Builder:
         c.CopyFrom(self.protos[kind])
         c.name = name
         tls = self.opts.upstream_tls
-        if tls is not None and tls.trust_domain is not None:
-            c.transport_socket.CopyFrom(tls_transport_socket(tls, kind, spiffe_prefix(tls, runtime)))
+        if tls is not None and (tls.auto or tls.trust_domain is not None):
+            socket = tls_transport_socket(tls, kind, spiffe_prefix(tls, runtime))
+            if tls.auto:
+                c.transport_socket_matches.extend(_auto_mtls(socket))
+            else:
+                c.transport_socket.CopyFrom(socket)
         self.clusters[name] = c
         self.clas[name] = _cla(name, endpoints)
 
@@ -208,8 +231,8 @@ def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions)
     """The REST and gRPC clusters of one (runtime, shard) group, endpoints listing revisions."""
     b = _Builder(opts)
     for kind in names.KINDS:
-        eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs))
-               for _, (addr, rest, grpc, revs) in sorted(hosts.items())]
+        eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs), _mesh_tls(opts, mtls))
+               for _, (addr, rest, grpc, mtls, revs) in sorted(hosts.items())]
         b.add(kind, names.runtime_cluster(kind, runtime, shard), eps, runtime)
     return b.clusters, b.clas
 
@@ -222,7 +245,8 @@ def model_revision_clusters(model: Model, opts: GatewayOptions) -> tuple[
         if not rev.copies:
             continue
         for kind in names.KINDS:
-            eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port))
+            eps = [_lb_endpoint(cp.address, _port(kind, cp.rest_port, cp.grpc_port), None,
+                                _mesh_tls(opts, cp.mesh_tls))
                    for cp in sorted(rev.copies, key=lambda c: c.instance)]
             b.add(kind, names.revision_cluster(kind, rev.id), eps, rev.runtime)
     return b.clusters, b.clas

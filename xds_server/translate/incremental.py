@@ -27,7 +27,7 @@ from xds_server.translate.routes import model_scoped_routes
 Resources = dict[str, dict[str, Message]]
 Changes = dict[str, dict[str, Message | None]]
 GroupKey = tuple[str, int]
-# what one model puts into subset groups: (group, instance, (address, rest, grpc), revision id)
+# what one model puts into subset groups: (group, instance, (address, rest, grpc, mesh_tls), revision id)
 Contribution = tuple[GroupKey, str, tuple[str, int, int], str]
 
 
@@ -177,5 +177,5 @@ _NEVER = _Never()
 
 def _contributions(model: Model, opts: GatewayOptions) -> list[Contribution]:
     shard = nm.shard_of(model.name, opts.subset_shards)
-    return [((rev.runtime, shard), cp.instance, (cp.address, cp.rest_port, cp.grpc_port), rev.id)
+    return [((rev.runtime, shard), cp.instance, (cp.address, cp.rest_port, cp.grpc_port, cp.mesh_tls), rev.id)
             for rev in model.revisions for cp in rev.copies]

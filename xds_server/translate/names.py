@@ -52,3 +52,6 @@ def cluster_for(kind: str, model: str, revision_id: str, runtime: str, opts: Gat
     if opts.cluster_layout == "per_revision":
         return revision_cluster(kind, revision_id)
     return runtime_cluster(kind, runtime, shard_of(model, opts.subset_shards))
+
+#: Endpoint metadata namespace Envoy's transport_socket_matches read (Istio's auto mTLS marks).
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"

@@ -24,6 +24,9 @@ class UpstreamTls:
     #: and the ALPN is Istio's (``istio-http/1.1`` for REST, ``istio-h2`` for gRPC), which a
     #: sidecar's inbound mTLS filter chains match on.
     trust_domain: str | None = None
+    #: Istio's auto mTLS: TLS only to copies whose instance takes it (``Copy.mesh_tls``: a pod with
+    #: Istio's sidecar), plaintext to the others; else TLS to every copy.
+    auto: bool = False
 
 
 @dataclass(frozen=True, slots=True)
