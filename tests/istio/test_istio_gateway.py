@@ -258,17 +258,12 @@ async def test_msms_leader_killed_under_traffic(cluster: Cluster, article: None)
     status, body = await infer(cluster.infer_url("sklearn-mnist"))
     assert status == 200, body
 
-    def holder() -> str:
-        lease = json.loads(cluster.kubectl("get", "lease", "msm-controller-leader", "-n", NS,
-                                           "-o", "json").stdout)
-        return lease["spec"].get("holderIdentity") or ""
-
-    old = holder()
+    old = cluster.lease_holder()
     assert old.startswith("msm-controller-")
     async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
         await asyncio.sleep(1)
         os.kill(pid_of(old.encode(), cluster.state_dir), signal.SIGKILL)
-        await until(lambda: holder() not in ("", old), timeout=40, what="a new leader")
+        await until(lambda: cluster.lease_holder() not in ("", old), timeout=40, what="a new leader")
         await asyncio.sleep(2)
     assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
     assert (await cluster.status())["counters"]["loads"] == 0  # the new leader adopted the copy

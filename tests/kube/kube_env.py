@@ -97,6 +97,12 @@ class Cluster:
     def isvc(self, name: str) -> dict:
         return json.loads(self.kubectl("get", "isvc", name, "-n", NS, "-o", "json").stdout)
 
+    def lease_holder(self) -> str:
+        """Who holds msm's leader Lease ("" when nobody does)."""
+        out = self.kubectl("get", "lease", "msm-controller-leader", "-n", NS, "-o", "json").stdout
+        lease = json.loads(out)
+        return lease["spec"].get("holderIdentity") or ""
+
     def infer_url(self, model: str) -> str:
         return f"http://127.0.0.1:{self.rest_port}/v2/models/{model}/infer"
 

@@ -185,25 +185,20 @@ async def test_the_leader_killed_under_traffic(cluster: Cluster) -> None:
         assert status == 200, body
         await until(loaded, what="Loaded")
 
-        def holder() -> str:
-            lease = json.loads(cluster.kubectl("get", "lease", "msm-controller-leader", "-n", NS,
-                                               "-o", "json").stdout)
-            return lease["spec"].get("holderIdentity") or ""
-
-        old = holder()
+        old = cluster.lease_holder()
         assert old.startswith("msm-controller-")
         async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
             await asyncio.sleep(1)
             os.kill(_pid_of(cluster.state_dir, old), signal.SIGKILL)
             killed = time.monotonic()
-            await until(lambda: holder() not in ("", old), timeout=40, what="a new leader")
+            await until(lambda: cluster.lease_holder() not in ("", old), timeout=40, what="a new leader")
             took = time.monotonic() - killed
             await asyncio.sleep(2)
         # the lease (15 s) since the last renewal as the follower saw it, plus its retry period (2 s)
         # and the test's own polling of kubectl
         assert took < 15 + 2 * 2 + 3, took
         assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
-        new = holder()
+        new = cluster.lease_holder()
         st = await cluster.status()
         assert st["leader"]["this"] == new
         roles = {}
