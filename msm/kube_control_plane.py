@@ -112,6 +112,8 @@ class KubeControlPlane:
         self.xds_security = (XdsSecurity(api, istio.namespace, istio.gateway_namespaces)
                              if istio is not None else None)
         self.root_cert_problems: list[str] = []
+        self._ca_cert = b""  # msm's xDS CA's certificate, once read (Istio gateways only)
+        self.secure_xds_port: int | None = None
         self.engine_config = engine_config
         self.engine: Engine | None = None  # the leader's; a new one each time this replica leads
         self.activator = Activator(self._ensure_ready, gateway_address, options.rest_port, options.grpc_port)
@@ -156,8 +158,6 @@ class KubeControlPlane:
         if self.stats is not None:
             self.stats.start()
         self._tasks = [asyncio.create_task(self._pods_loop(), name="runtime-pods")]
-        if self.istio is not None:
-            self._tasks.append(asyncio.create_task(self._root_cert_loop(), name="xds-root-cert"))
         admin = await self.stack.start_admin(admin_port, admin_host)
         if self.elector is None:
             await self._lead()
@@ -242,6 +242,8 @@ class KubeControlPlane:
             self._leaderships.inc()
             self._leader_tasks = [asyncio.create_task(self._workloads_loop(), name="runtime-workloads"),
                                   asyncio.create_task(self._status_loop(), name="isvc-status")]
+            if self.istio is not None:  # every replica serves the gateways; the leader publishes the root
+                self._leader_tasks.append(asyncio.create_task(self._root_cert_loop(), name="xds-root-cert"))
             log.info("%s leads: %d runtime instances adopted", self.identity, self.health.up_count)
 
     async def _step_down(self) -> None:
@@ -408,7 +410,7 @@ class KubeControlPlane:
                             "following_version": self.followed}
         st["gateway"] = self.stack.gateway_status(self.activator)
         if self.istio is not None:
-            st["istio"] = {"secure_xds_port": getattr(self, "secure_xds_port", None),
+            st["istio"] = {"secure_xds_port": self.secure_xds_port,
                            "service_accounts": list(self.istio.service_accounts),
                            "root_cert_problems": list(self.root_cert_problems)}
         st["kubernetes"] = {"workload_errors": dict(self.workloads.errors),

@@ -99,6 +99,12 @@ class XdsServer:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
+            # clients keep their idle streams alive with pings (Istio's agent every 30 s): gRPC's
+            # server would take one per 5 minutes and send GOAWAY "too_many_pings" after that,
+            # so an idle gateway's stream would drop every few minutes. One every 0.5 s is fine;
+            # a client pinging faster still gets GOAWAY after the default two strikes.
+            ("grpc.http2.min_ping_interval_without_data_ms", 500),
+            ("grpc.keepalive_permit_without_calls", 1),
         ])
         handlers = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(

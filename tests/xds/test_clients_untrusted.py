@@ -7,6 +7,8 @@ import asyncio
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client import CollectorRegistry
 from xds_client import AdsClient, mesh, publish
 
@@ -100,3 +102,25 @@ async def test_a_huge_nack_and_a_huge_node_id_are_kept_short(xds, caplog) -> Non
         assert max(len(r.getMessage()) for r in caplog.records) < 5000
     finally:
         await c.close()
+
+
+async def test_a_client_that_pings_often_keeps_its_stream(xds) -> None:
+    """Istio's agent pings its discovery server every 30 s; gRPC servers by default take one ping
+    per 5 minutes without data and send GOAWAY (too_many_pings) after two more. A client pinging
+    every second for 6 s makes that happen at once unless the server accepts it: the stream must
+    still carry the next publication."""
+    publish(xds.cache, mesh({"a": [1]}))
+    options = [("grpc.keepalive_time_ms", 200), ("grpc.keepalive_timeout_ms", 5000),
+               ("grpc.http2.min_time_between_pings_ms", 100),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{xds.test_port}", options=options) as ch:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="pinger"), type_url=rt.CLUSTER))
+        first = await asyncio.wait_for(call.read(), 10)
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=rt.CLUSTER, version_info=first.version_info,
+                                                        response_nonce=first.nonce))
+        await asyncio.sleep(6.0)  # a ping a second (the client clamps to that), all without data
+        publish(xds.cache, mesh({"a": [1], "b": [2]}))
+        second = await asyncio.wait_for(call.read(), 10)
+        assert second is not grpc.aio.EOF and len(second.resources) == 2
+        call.cancel()
