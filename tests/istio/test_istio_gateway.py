@@ -168,7 +168,7 @@ async def test_the_gateway_reaches_runtime_pods_over_istio_mtls(cluster: Cluster
     # served by the agent, from istiod
     assert {s["name"] for s in secrets["configs"]} == {"default", "ROOTCA"}
 
-    eds = json.loads(await admin("/config_dump?resource=dynamic_endpoint_configs"))
+    eds = json.loads(await admin("/config_dump?include_eds&resource=dynamic_endpoint_configs"))
     marks = [ep["metadata"]["filter_metadata"]["envoy.transport_socket_match"]
              for cfg in eds["configs"] if cfg["endpoint_config"]["cluster_name"].startswith("rt_")
              for loc in cfg["endpoint_config"]["endpoints"] for ep in loc["lb_endpoints"]]
