@@ -58,6 +58,10 @@ GATEWAY_SA = f"{ISTIO_NS}/{GATEWAY}-service-account"
 #: on 15012, as the gateway dials it): the pods' /etc/hosts names them.
 ISTIOD_IP = "127.0.9.1"
 ISTIO_XDS_IPS = tuple(f"127.0.9.{i}" for i in range(2, 10))
+#: What Istio's programs bind at fixed ports here: the gateway's agent and Envoy (admin, status,
+#: health, Prometheus; 0.0.0.0 or loopback) and istiod's listeners on its own address.
+ISTIO_FIXED_PORTS = (("127.0.0.1", 15000), ("0.0.0.0", 15020), ("0.0.0.0", 15021), ("0.0.0.0", 15090),
+                     *((ISTIOD_IP, p) for p in (8080, 15010, 15012, 15014, 15017)))
 #: Istio's Envoy admin port (ProxyConfig proxyAdminPort): msm reads the gateway's request counts there.
 ISTIO_ENVOY_ADMIN = "http://127.0.0.1:15000"
 
@@ -121,6 +125,12 @@ class DevCluster:
                            (a.admin_port, "admin")):
             if port_in_use(port):
                 _say(f"port {port} ({what}) is already in use on 127.0.0.1")
+                return False
+        if self.istio:  # Istio's own fixed ports, on the addresses they take here
+            taken = [f"{h}:{p}" for h, p in ISTIO_FIXED_PORTS if port_in_use(p, h)]
+            if taken:
+                _say(f"{', '.join(taken)} already in use (another Istio dev cluster or gateway?): "
+                     "Istio's gateway and istiod need them")
                 return False
         pvcs = [parse_pvc(f) for f in a.pvc]
         if not (self.deploy_dir / "base" / "kustomization.yaml").is_file():

@@ -106,3 +106,26 @@ def test_a_misspelled_overlay_is_refused_by_istioctl(tmp_path: Path, command: li
     r = subprocess.run([str(istioctl()), *command, "-f", str(path)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode != 0 and "servise" in r.stderr + r.stdout
+
+
+def test_an_istio_dev_cluster_says_which_of_istios_fixed_ports_is_taken(tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    from placement.local.ports import free_port
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", 15000))  # the gateway's Envoy admin port
+            holder.listen()
+        except OSError:
+            pass  # already taken by something else: the same message is expected
+        r = subprocess.run([sys.executable, "-m", "msm.cli", "dev-cluster", "up", "--istio",
+                            "--state-dir", str(tmp_path / "state"), "--rest-port", str(free_port()),
+                            "--grpc-port", str(free_port()), "--xds-port", str(free_port()),
+                            "--admin-port", str(free_port())],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 1
+    assert "127.0.0.1:15000" in r.stdout and "already in use" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "state" / "apiserver").exists()  # it stopped before starting anything
