@@ -287,3 +287,98 @@ def test_two_namespaces_each_have_their_own_runtime_of_the_same_name() -> None:
     b_pod = pod()
     b_pod["metadata"]["namespace"] = "team-b"
     assert instance_of_pod(b_pod).info.runtime == st.models["b-model"].runtime
+
+
+class _Api:
+    """The few CoreV1Api reads and the TokenRequest VolumeWriter makes (the real API server runs
+    them in tests/istio); records the token requests."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace as NS_
+
+        self.ns = NS_
+        self.config_maps = {("n", "cm"): {"data": {"a": "1", "b": "2"}, "binary_data": {"bin": "AAE="}}}
+        self.secrets = {("n", "sec"): {"data": {"tls.crt": "Y2VydA=="}}}
+        self.tokens: list[tuple[str, str, dict]] = []
+
+    def read_namespaced_config_map(self, name, ns):
+        from kubernetes.client.rest import ApiException
+
+        if (ns, name) not in self.config_maps:
+            raise ApiException(status=404, reason="Not Found")
+        return self.ns(**self.config_maps[(ns, name)])
+
+    def read_namespaced_secret(self, name, ns):
+        from kubernetes.client.rest import ApiException
+
+        if (ns, name) not in self.secrets:
+            raise ApiException(status=404, reason="Not Found")
+        return self.ns(**self.secrets[(ns, name)])
+
+    def create_namespaced_service_account_token(self, sa, ns, body):
+        self.tokens.append((sa, ns, body))
+        return self.ns(status=self.ns(token=f"token-of-{sa}"))
+
+
+def _writer() -> tuple[VolumeWriter, _Api]:
+    w = VolumeWriter.__new__(VolumeWriter)
+    w.core = _Api()
+    return w, w.core
+
+
+POD = {"metadata": {"name": "p", "namespace": "n", "uid": "u-1", "labels": {"app": "x"}},
+       "spec": {"serviceAccountName": "gw", "containers": [
+           {"name": "c", "resources": {"limits": {"cpu": "2"}}}]}}
+
+
+def test_config_map_and_secret_volumes_as_a_kubelet_writes_them(tmp_path: Path) -> None:
+    w, _ = _writer()
+    w.write({"name": "v", "configMap": {"name": "cm"}}, tmp_path / "all", POD, {})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()} == {
+        "a": b"1", "b": b"2", "bin": b"\x00\x01"}
+    w.write({"name": "v", "configMap": {"name": "cm", "items": [{"key": "b", "path": "sub/bee"}]}},
+            tmp_path / "some", POD, {})
+    some = tmp_path / "some"
+    assert [p.relative_to(some).as_posix() for p in some.rglob("*") if p.is_file()] == ["sub/bee"]
+    w.write({"name": "v", "secret": {"secretName": "sec"}}, tmp_path / "sec", POD, {})
+    assert (tmp_path / "sec" / "tls.crt").read_bytes() == b"cert"
+    # missing: an empty volume when optional, else a clear error naming it
+    w.write({"name": "v", "configMap": {"name": "nope", "optional": True}}, tmp_path / "opt", POD, {})
+    assert list((tmp_path / "opt").iterdir()) == []
+    with pytest.raises(ValueError, match="ConfigMap n/nope"):
+        w.write({"name": "v", "configMap": {"name": "nope"}}, tmp_path / "req", POD, {})
+    with pytest.raises(ValueError, match="Secret n/nope"):
+        w.write({"name": "v", "secret": {"secretName": "nope"}}, tmp_path / "req", POD, {})
+    with pytest.raises(ValueError, match="no key zz"):
+        w.write({"name": "v", "configMap": {"name": "cm", "items": [{"key": "zz", "path": "z"}]}},
+                tmp_path / "req", POD, {})
+    # an optional source skips a missing key
+    w.write({"name": "v", "configMap": {"name": "cm", "optional": True,
+                                        "items": [{"key": "zz", "path": "z"}, {"key": "a", "path": "a"}]}},
+            tmp_path / "skip", POD, {})
+    assert [p.name for p in (tmp_path / "skip").iterdir()] == ["a"]
+
+
+def test_projected_volumes_with_a_token_bound_to_the_pod(tmp_path: Path) -> None:
+    w, api = _writer()
+    vol = {"name": "istio-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}},
+        {"configMap": {"name": "cm", "items": [{"key": "a", "path": "a.txt"}]}},
+        {"downwardAPI": {"items": [{"path": "cpu", "resourceFieldRef": {"containerName": "c",
+                                                                       "resource": "limits.cpu"}}]}}]}}
+    w.write(vol, tmp_path / "v", POD, {})
+    assert (tmp_path / "v" / "istio-token").read_text() == "token-of-gw"
+    assert (tmp_path / "v" / "a.txt").read_text() == "1"
+    assert (tmp_path / "v" / "cpu").read_text() == "2"
+    [(sa, ns, body)] = api.tokens
+    assert (sa, ns) == ("gw", "n")
+    assert body["spec"]["audiences"] == ["istio-ca"] and body["spec"]["expirationSeconds"] == 43200
+    assert body["spec"]["boundObjectRef"] == {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "u-1"}
+    # a short expiry is raised to the API's minimum; no audience is the API's default one
+    short = {"serviceAccountToken": {"path": "t", "expirationSeconds": 60}}
+    w.write({"name": "t", "projected": {"sources": [short]}}, tmp_path / "t", POD, {})
+    spec = api.tokens[-1][2]["spec"]
+    assert spec["expirationSeconds"] == 600 and spec["audiences"] == []
+    with pytest.raises(ValueError, match="clusterTrustBundle"):
+        w.write({"name": "x", "projected": {"sources": [{"clusterTrustBundle": {}}]}}, tmp_path / "x",
+                POD, {})

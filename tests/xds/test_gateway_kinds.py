@@ -184,3 +184,59 @@ async def test_the_secure_port_refuses_a_client_without_an_allowed_token(token) 
             call.cancel()
     finally:
         await server.stop(0)
+
+
+async def test_remembered_answers_expire_by_kind_and_the_memory_is_bounded() -> None:
+    now = [0.0]
+    reviews = Reviews()
+    auth = BearerTokens(reviews, [GATEWAY_SA], ttl_s=60, refused_ttl_s=5, max_entries=2,
+                        clock=lambda: now[0])
+    ok = [("authorization", "Bearer gw-token")]
+    assert await auth.authenticate(ok) is not None
+    now[0] = 6.0  # past the refused TTL, well inside the accepted one: still remembered
+    assert await auth.authenticate(ok) is not None and reviews.calls == 1
+    now[0] = 60.0  # the accepted TTL is over at its end
+    assert await auth.authenticate(ok) is not None and reviews.calls == 2
+    # three tokens, room for two: the oldest is forgotten and reviewed again
+    for t in ("other-token", "forged"):
+        await auth.authenticate([("authorization", f"Bearer {t}")])
+    assert reviews.calls == 4
+    await auth.authenticate(ok)
+    assert reviews.calls == 5
+
+
+async def test_what_counts_as_a_bearer_token() -> None:
+    seen: list[str] = []
+
+    async def verify(token: str) -> str | None:
+        seen.append(token)
+        return GATEWAY_SA
+
+    auth = BearerTokens(verify, [GATEWAY_SA])
+    longest = "x" * 16384
+    assert await auth.authenticate([("authorization", f"Bearer {longest}")]) is not None
+    # one more character is too long: refused without a review
+    assert await auth.authenticate([("authorization", f"Bearer {longest}y")]) is None
+    # gRPC may give a value as bytes
+    assert await auth.authenticate([("authorization", b"Bearer from-bytes")]) is not None
+    assert await auth.authenticate([("authorization", "Bearer two words")]) is not None
+    assert seen == [longest, "from-bytes", "two words"]
+
+
+def test_the_cache_remembers_the_last_publications_only() -> None:
+    cache = SnapshotCache()
+    assert cache.seq == 0 and cache.current is None
+    woken = asyncio.Event()
+    cache.watch(woken)
+    first = both_kinds(cache, 1, 1)
+    assert woken.is_set()
+    woken.clear()
+    cache.unwatch(woken)
+    versions = [cache.current.version]
+    for port in range(2, 300):
+        both_kinds(cache, port, port)
+        versions.append(cache.current.version)
+    assert not woken.is_set()  # no longer watching
+    assert cache.seq_of(versions[0]) is None and first == 1  # the oldest are forgotten
+    remembered = [v for v in versions if cache.seq_of(v) is not None]
+    assert len(remembered) == 256 and remembered == versions[-256:]
