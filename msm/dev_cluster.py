@@ -36,7 +36,7 @@ import aiohttp
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from msm.running import wait_healthy
+from msm.running import wait_for_listeners, wait_healthy
 from msm.xds_stack import write_gateway_token
 from placement.local.apiserver import ApiServer, default_tools_dir, missing_tools
 from placement.local.pod_runner import MeshStandIn, PodRunner
@@ -281,14 +281,9 @@ class DevCluster:
             more_xds=tuple(("127.0.0.1", cp.xds_port) for cp in self.control_planes[1:])))
         self.envoy = EnvoyProcess(bootstrap, self.envoy_admin_port, self.state_dir / "envoy.log")
         await self.envoy.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            listeners = await self.envoy.get("/listeners?format=json")
-            if str(a.rest_port) in listeners and str(a.grpc_port) in listeners:
-                _say(f"envoy gateway live: REST {a.rest_port}, gRPC {a.grpc_port}")
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError("the gateway did not receive its listeners from msm")
+        await wait_for_listeners(self.envoy.admin_url, (a.rest_port, a.grpc_port), 60,
+                                 "the gateway did not receive its listeners from msm")
+        _say(f"envoy gateway live: REST {a.rest_port}, gRPC {a.grpc_port}")
 
     # -- Istio ---------------------------------------------------------------------------------------
     async def _install_istio(self) -> None:
@@ -315,21 +310,9 @@ class DevCluster:
     async def _start_istio_gateway(self) -> None:
         await self.kubectl("scale", f"deployment/{GATEWAY}", "-n", ISTIO_NS, "--replicas=1")
         a = self.args
-        deadline = time.monotonic() + 120
-        async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"{ISTIO_ENVOY_ADMIN}/listeners?format=json",
-                                           timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        listeners = await r.text()
-                    if f"{a.rest_port}" in listeners and f"{a.grpc_port}" in listeners:
-                        break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the Istio gateway did not get its listeners from msm; see the pod's "
-                                       f"log under {self.state_dir / 'node' / 'pods'}")
-                await asyncio.sleep(0.5)
+        await wait_for_listeners(ISTIO_ENVOY_ADMIN, (a.rest_port, a.grpc_port), 120,
+                                 "the Istio gateway did not get its listeners from msm; see the pod's "
+                                 f"log under {self.state_dir / 'node' / 'pods'}")
         _say(f"Istio gateway {ISTIO_NS}/{GATEWAY} live (pilot-agent + Envoy): REST {a.rest_port}, "
              f"gRPC {a.grpc_port}")
 

@@ -43,3 +43,20 @@ async def wait_healthy(proc: asyncio.subprocess.Process, admin_port: int, what: 
                         return
             await asyncio.sleep(0.2)
     raise TimeoutError(f"{what} did not become healthy within {timeout:.0f}s; see {log_path}")
+
+
+async def wait_for_listeners(admin_url: str, ports: tuple[int, ...], timeout: float, failure: str) -> None:
+    """Until the Envoy whose admin is ``admin_url`` listens on ``ports`` (its admin may not answer
+    yet); TimeoutError(``failure``) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{admin_url}/listeners?format=json",
+                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    listeners = await r.text()
+                if all(str(p) in listeners for p in ports):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(failure)
+            await asyncio.sleep(0.2)

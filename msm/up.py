@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from msm.running import wait_healthy
+from msm.running import wait_for_listeners, wait_healthy
 from msm.xds_stack import write_gateway_token
 from placement.local.ports import free_port, port_in_use
 from placement.local.processes import stop_process_group
@@ -202,13 +202,8 @@ class LocalMesh:
     async def _wait_gateway_configured(self, desired, timeout: float = 60.0) -> None:
         """Until the gateway's listeners are up (they come over xDS)."""
         assert self.envoy is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            listeners = await self.envoy.get("/listeners?format=json")
-            if str(self.args.rest_port) in listeners and str(self.args.grpc_port) in listeners:
-                return
-            await asyncio.sleep(0.2)
-        raise TimeoutError("the gateway did not receive its listeners from the control plane")
+        await wait_for_listeners(self.envoy.admin_url, (self.args.rest_port, self.args.grpc_port), timeout,
+                                 "the gateway did not receive its listeners from the control plane")
 
     def _print_ready(self, desired) -> None:
         a = self.args

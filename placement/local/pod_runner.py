@@ -372,12 +372,13 @@ class PodRunner:
         folder = pod.dir / "mesh-sidecar"
         folder.mkdir(parents=True, exist_ok=True)
         sa = str(pod.spec.get("serviceAccountName") or "default")
-        token = self.core.create_namespaced_service_account_token(sa, pod.namespace, {"spec": {
-            "audiences": [self.mesh.audience], "expirationSeconds": 24 * 3600,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name, "uid": pod.uid}}})
-        (folder / "istio-token").write_text(token.status.token)
-        root = self.core.read_namespaced_config_map(self.mesh.root_configmap, pod.namespace)
-        (folder / "root-cert.pem").write_text((root.data or {})["root-cert.pem"])
+        # the volume an injected sidecar mounts: a token bound to the pod, and the mesh's root
+        self.volumes.write({"name": "istio-sidecar", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": self.mesh.audience, "expirationSeconds": 24 * 3600,
+                                     "path": "istio-token"}},
+            {"configMap": {"name": self.mesh.root_configmap,
+                           "items": [{"key": "root-cert.pem", "path": "root-cert.pem"}]}}]}},
+            folder, {"metadata": pod.meta, "spec": pod.spec}, self._fields(pod))
         facts = json.loads((pod.meta.get("annotations") or {}).get(ANNOTATION_INSTANCE) or "{}")
         inference = {int(facts[k]) for k in ("restPort", "grpcPort") if k in facts}
         ports = {int(p["containerPort"]) for c in pod.containers for p in c.spec.get("ports") or ()}

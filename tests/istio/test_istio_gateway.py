@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc as grpcclient
-from kube_env import NS, Cluster, Traffic, dev_cluster, infer, until
+from kube_env import NS, Cluster, Traffic, dev_cluster, infer, pid_of, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(500)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,18 +65,6 @@ def grpc_infer(port: int) -> list:
         client.close()
 
 
-def pid_of(needle: bytes, state_dir: Path) -> int:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in argv and str(state_dir).encode() in argv:
-                return int(proc.name)
-    raise AssertionError(f"no process {needle!r} of {state_dir}")
-
-
 async def test_the_gateway_is_istios_own_configured_by_msm(cluster: Cluster, article: None) -> None:
     # the article's requests, on the Istio gateway's listeners
     status, body = await infer(cluster.infer_url("sklearn-mnist"))
@@ -106,10 +94,7 @@ async def test_the_gateway_is_istios_own_configured_by_msm(cluster: Cluster, art
 
     # msm (the replica it dialled: leader or follower) knows it as an Istio gateway that proved its
     # ServiceAccount with a reviewed token
-    clients = []
-    for port in cluster.admin_ports():
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
-            clients += (await r.json())["gateway"]["clients"]
+    clients = [c for st in await cluster.statuses() for c in st["gateway"]["clients"]]
     [gw] = [c for c in clients if c["kind"] == "istio-gateway"]
     assert gw["authenticated"] == f"token of {GATEWAY_SA}"
     assert gw["variant"] == "delta"
@@ -213,16 +198,11 @@ def _alive_other(needle: bytes, state_dir: Path, old: int) -> bool:
         return False
 
 
-async def gateway_replica(cluster: Cluster) -> int | None:
-    """The admin port of the msm replica the Istio gateway's agent is connected to."""
-    for port in cluster.admin_ports():
-        try:
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
-                st = await r.json()
-        except aiohttp.ClientError:
-            continue
+async def gateway_replica(cluster: Cluster) -> str | None:
+    """The identity of the msm replica the Istio gateway's agent is connected to."""
+    for st in await cluster.statuses():
         if any(c["kind"] == "istio-gateway" for c in st["gateway"]["clients"]):
-            return port
+            return st["leader"]["this"]
     return None
 
 
@@ -230,28 +210,18 @@ async def test_the_msm_replica_serving_the_gateway_killed_under_traffic(cluster:
                                                                          article: None) -> None:
     status, body = await infer(cluster.infer_url("sklearn-mnist"))
     assert status == 200, body
-    port = await gateway_replica(cluster)
-    assert port is not None
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
-        served_by = (await r.json())["leader"]["this"]
+    served_by = await gateway_replica(cluster)
+    assert served_by is not None
     async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
         await asyncio.sleep(1)
         os.kill(pid_of(served_by.encode(), cluster.state_dir), signal.SIGKILL)
         # the agent redials msm-xds: the Service's other replica, while Envoy routes as it did
-        await until(lambda: asyncio.run(_served_elsewhere(cluster, served_by)), timeout=60,
+        await until(lambda: asyncio.run(gateway_replica(cluster)) not in (None, served_by), timeout=60,
                     what="the gateway served by the other replica")
         await asyncio.sleep(2)
     assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
     status, body = await infer(cluster.infer_url("sklearn-mnist"))
     assert status == 200, body
-
-
-async def _served_elsewhere(cluster: Cluster, old: str) -> bool:
-    port = await gateway_replica(cluster)
-    if port is None:
-        return False
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
-        return (await r.json())["leader"]["this"] != old
 
 
 async def test_msms_leader_killed_under_traffic(cluster: Cluster, article: None) -> None:

@@ -111,15 +111,34 @@ class Cluster:
         text = (self.state_dir.parent / f"{self.state_dir.name}.log").read_text()
         return sorted({int(m) for m in re.findall(r"status http://127\.0\.0\.1:(\d+)/status", text)})
 
-    async def status(self) -> dict:
-        """The leading replica's /status (placement lives there)."""
+    async def statuses(self) -> list[dict]:
+        """The /status of every control-plane replica that answers."""
+        out = []
         for port in self.admin_ports():
             with contextlib.suppress(aiohttp.ClientError):
                 async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/status") as r:
-                    st = await r.json()
-                if st.get("role") == "leader":
-                    return st
+                    out.append(await r.json())
+        return out
+
+    async def status(self) -> dict:
+        """The leading replica's /status (placement lives there)."""
+        for st in await self.statuses():
+            if st.get("role") == "leader":
+                return st
         raise AssertionError("no control-plane replica leads")
+
+
+def pid_of(needle: bytes, state_dir: Path) -> int:
+    """The process of the dev cluster in ``state_dir`` whose command line has ``needle``."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in argv and str(state_dir).encode() in argv:
+                return int(proc.name)
+    raise AssertionError(f"no process {needle!r} of {state_dir}")
 
 
 def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -327,28 +327,19 @@ async def test_the_api_server_enforces_the_istio_rbac(cluster: Path) -> None:
     out = await run("create", "namespace", "istio-system", kubeconfig=cluster)
     assert out.returncode == 0 or "AlreadyExists" in out.stderr, out.stderr
     rbac = [o for o in build(DEPLOY / "istio") if o["kind"] in RBAC_KINDS]
-    out = await run("apply", "--server-side", "-f", "-", kubeconfig=cluster, stdin=yaml.safe_dump_all(rbac))
-    assert out.returncode == 0, out.stderr
-
-    async def can_i(*check: str) -> subprocess.CompletedProcess[str]:
-        return await run("auth", "can-i", *check, f"--as={SA}", kubeconfig=cluster)
-
-    deadline = time.monotonic() + 30
-    while (await can_i(*ISTIO_CAN[0])).returncode != 0:
-        assert time.monotonic() < deadline, "the ClusterRoleBinding never took effect"
-        await asyncio.sleep(0.2)
-    for check in ISTIO_CAN:
-        out = await can_i(*check)
-        assert (out.returncode, out.stdout.strip()) == (0, "yes"), (check, out.stderr)
-    for check in ISTIO_CANNOT:
-        out = await can_i(*check)
-        assert (out.returncode, out.stdout.strip()) == (1, "no"), (check, out.stderr)
+    await assert_rbac(cluster, rbac, ISTIO_CAN, ISTIO_CANNOT)
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_api_server_enforces_the_least_privilege_rbac(cluster: Path) -> None:
     rbac = [o for o in build(DEPLOY / "base") if o["kind"] in RBAC_KINDS]
     assert len(rbac) == len(RBAC_KINDS)
+    await assert_rbac(cluster, rbac, CAN, CANNOT)
+
+
+async def assert_rbac(cluster: Path, rbac: list[dict], can: list[tuple[str, ...]],
+                      cannot: list[tuple[str, ...]]) -> None:
+    """Apply ``rbac``; the API server then allows msm's account each of ``can`` and none of ``cannot``."""
     out = await run("apply", "--server-side", "-f", "-", kubeconfig=cluster, stdin=yaml.safe_dump_all(rbac))
     assert out.returncode == 0, out.stderr
 
@@ -358,13 +349,13 @@ async def test_the_api_server_enforces_the_least_privilege_rbac(cluster: Path) -
 
     # the RBAC authorizer learns of new bindings from its informers: wait for the first yes
     deadline = time.monotonic() + 30
-    while (first := await can_i(*CAN[0])).returncode != 0:
+    while (first := await can_i(*can[0])).returncode != 0:
         assert first.returncode == 1 and first.stdout.strip() == "no", first.stderr
         assert time.monotonic() < deadline, "the ClusterRoleBinding never took effect"
         await asyncio.sleep(0.2)
-    for check in CAN:
+    for check in can:
         out = await can_i(*check)
         assert (out.returncode, out.stdout.strip()) == (0, "yes"), (check, out.stderr)
-    for check in CANNOT:
+    for check in cannot:
         out = await can_i(*check)
         assert (out.returncode, out.stdout.strip()) == (1, "no"), (check, out.stderr)

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from kube_env import NS, Cluster, Traffic, dev_cluster, infer, until
+from kube_env import NS, Cluster, Traffic, dev_cluster, infer, pid_of, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,21 +158,6 @@ async def test_a_runtime_pod_deleted_under_traffic(cluster: Cluster) -> None:
         cluster.kubectl("delete", "isvc", "mnist-two", "mnist-one", "-n", NS, "--wait=true")
 
 
-def _pid_of(state_dir: Path, identity: str) -> int:
-    """The control-plane process of the dev cluster in ``state_dir`` that runs as ``identity``."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kube-control-plane" in argv and identity.encode() in argv and \
-                str(state_dir / "kubeconfig-msm").encode() in argv:
-            return int(proc.name)
-    raise AssertionError(f"no control-plane process runs as {identity}")
-
-
 async def test_the_leader_killed_under_traffic(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", str(ARTICLE_ISVC))
     try:
@@ -189,7 +174,7 @@ async def test_the_leader_killed_under_traffic(cluster: Cluster) -> None:
         assert old.startswith("msm-controller-")
         async with Traffic(cluster.infer_url("sklearn-mnist")) as traffic:
             await asyncio.sleep(1)
-            os.kill(_pid_of(cluster.state_dir, old), signal.SIGKILL)
+            os.kill(pid_of(old.encode(), cluster.state_dir), signal.SIGKILL)
             killed = time.monotonic()
             await until(lambda: cluster.lease_holder() not in ("", old), timeout=40, what="a new leader")
             took = time.monotonic() - killed
