@@ -109,6 +109,7 @@ class ControlPlane:
     async def _on_desired(self, state: DesiredState) -> None:
         assert self.controller is not None  # made in start(), before the source starts
         self.controller.set_desired(state.desired_models(), state.errors)
+        self.controller.set_traffic(state.traffic)
 
     def _on_instance_up(self, info: InstanceInfo, client: RuntimeClient, held: Mapping[str, int]) -> None:
         assert self.controller is not None  # made in start(), before the first check
@@ -123,10 +124,10 @@ class ControlPlane:
         if model is not None and self.controller is not None:
             self.controller.record_requests(model, count)
 
-    async def _ensure_ready(self, model: str, timeout: float) -> str | None:
+    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
         self._activations.inc()
         assert self.controller is not None
-        return await self.controller.ensure_ready(model, timeout)
+        return await self.controller.ensure_ready(model, timeout, revision)
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -232,6 +232,7 @@ class KubeControlPlane:
                 inventory_interval=self.inventory_interval)
             state = self.source.state
             controller.set_desired(state.desired_models(), state.errors)
+            controller.set_traffic(state.traffic)
             self.controller = controller
             await self.health.readopt()  # every instance up again, with what it holds now
             self.workloads.forget()
@@ -301,6 +302,7 @@ class KubeControlPlane:
     async def _on_desired(self, state: DesiredState) -> None:
         if self.controller is not None:
             self.controller.set_desired(state.desired_models(), state.errors)
+            self.controller.set_traffic(state.traffic)
         self._desired_changed.set()
 
     def _on_pods(self, _instances: Mapping[str, PodInstance]) -> None:
@@ -341,11 +343,11 @@ class KubeControlPlane:
         if model is not None:
             self.controller.record_requests(model, count)
 
-    async def _ensure_ready(self, model: str, timeout: float) -> str | None:
+    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
         if self.controller is None:  # the gateway has an old view: the leader's activator loads
             leader = self.elector.leader if self.elector is not None else None
             return f"this control-plane replica does not lead (the leader is {leader})"
-        return await self.controller.ensure_ready(model, timeout)
+        return await self.controller.ensure_ready(model, timeout, revision)
 
     # -- writers ---------------------------------------------------------------------------------
     def runtime_objects(self) -> dict[tuple[str, str], dict[str, Any]]:

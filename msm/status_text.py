@@ -105,6 +105,10 @@ def _role(status: dict[str, Any]) -> list[str]:
 def format_status(status: dict[str, Any]) -> str:
     lines = _role(status) if "role" in status else []
     lines += _models(status.get("models") or {})
+    traffic = status.get("traffic") or {}
+    if traffic:
+        lines += ["", f"ROUTED BY VIRTUALSERVICES ({len(traffic)})"]
+        lines += [f"  {host}: {source}" for host, source in sorted(traffic.items())]
     errors = status.get("manifest_errors") or {}
     if errors:
         lines += ["", f"MANIFEST PROBLEMS ({len(errors)})"]

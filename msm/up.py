@@ -60,6 +60,9 @@ def validate_dir(directory: Path, pvc_flags: list[str]) -> int:
     for name, m in sorted(desired.models.items()):
         print(f"model {name}: revision {m.revision_id}, runtime {m.runtime}, "
               f"{m.model_type} at {m.storage_path}")
+    for host, policy in sorted(desired.traffic.items()):
+        virtual = "" if host in desired.models else " (a virtual model: only the VirtualService names it)"
+        print(f"route {host}: {policy.source}, {len(policy.rules)} rule(s){virtual}")
     for where, err in sorted(desired.errors.items()):
         print(f"error {where}: {err}", file=sys.stderr)
     return 1 if desired.errors else 0

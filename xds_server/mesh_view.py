@@ -35,6 +35,9 @@ class Revision:
     id: str  # the name the runtime serves it under
     runtime: str = "default"  # ServingRuntime name: copies of one runtime can share a cluster
     copies: tuple[Copy, ...] = ()
+    # set when the routes of another model borrow this revision (a VirtualService sending one
+    # model's traffic to another): the model that owns it, and its clusters
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +59,44 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """Faults injected into a rule's requests (Istio ``HTTPFaultInjection``): percentages 0 to 100."""
+
+    delay_s: float | None = None
+    delay_percent: float = 100.0
+    abort_http_status: int | None = None
+    abort_grpc_status: int | None = None  # a gRPC status code (14 is UNAVAILABLE)
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """Header changes (Istio ``Headers.HeaderOperations``): names are lowercase."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRule:
-    """One http route of a model, VirtualService style: the first rule that matches wins."""
+    """One http route of a model, VirtualService style: the first rule that matches wins.
+
+    A header named ``:path`` matches the request's path (a VirtualService's ``uri``).
+    """
 
     destinations: tuple[Destination, ...]
     headers: tuple[HeaderMatch, ...] = ()
     timeout_s: float | None = None  # None: gateway default
     retries: int | None = None  # None: gateway default
-    mirror: str | None = None  # a Revision.id that receives a copy of the traffic
+    per_try_timeout_s: float | None = None  # None: gateway default
+    retry_on: str | None = None  # Envoy retry conditions; None: the gateway's
+    fault: Fault | None = None
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +115,14 @@ class Model:
             if r.id == revision_id:
                 return r
         return None
+
+    def own_revisions(self) -> tuple[Revision, ...]:
+        """The revisions this model owns (not borrowed from another): the ones it has clusters for."""
+        return tuple(r for r in self.revisions if r.model is None or r.model == self.name)
+
+    def owner(self, revision: Revision) -> str:
+        """The model whose clusters serve ``revision``."""
+        return revision.model or self.name
 
     def effective_rules(self) -> tuple[RouteRule, ...]:
         if self.rules:
@@ -135,6 +176,8 @@ def check_model(model: Model) -> list[str]:
         instances = [c.instance for c in r.copies]
         if len(set(instances)) != len(instances):
             problems.append(f"revision {r.id} lists an instance twice")
+        if r.model is not None and (not r.model or "/" in r.model or any(c.isspace() for c in r.model)):
+            problems.append(f"revision {r.id}: invalid owner model {r.model!r}")
     known = set(ids)
     for i, rule in enumerate(model.rules):
         if not rule.destinations:
@@ -146,9 +189,28 @@ def check_model(model: Model) -> list[str]:
                 problems.append(f"rule {i}: negative weight for '{d.revision}'")
         if rule.destinations and sum(d.weight for d in rule.destinations) <= 0:
             problems.append(f"rule {i}: weights add up to 0")
-        if rule.mirror is not None and rule.mirror not in known:
-            problems.append(f"rule {i}: mirror '{rule.mirror}' is not a revision of this model")
         for h in rule.headers:
             if sum(x is not None for x in (h.exact, h.prefix, h.regex)) != 1:
                 problems.append(f"rule {i}: header '{h.name}' needs exactly one of exact/prefix/regex")
+        if rule.retries is not None and rule.retries < 0:
+            problems.append(f"rule {i}: negative retries")
+        for what, value in (("timeout", rule.timeout_s), ("per-try timeout", rule.per_try_timeout_s)):
+            if value is not None and value < 0:
+                problems.append(f"rule {i}: negative {what}")
+        f = rule.fault
+        if f is not None:
+            if f.delay_s is None and f.abort_http_status is None and f.abort_grpc_status is None:
+                problems.append(f"rule {i}: a fault needs a delay or an abort")
+            if f.abort_http_status is not None and f.abort_grpc_status is not None:
+                problems.append(f"rule {i}: a fault aborts with an HTTP or a gRPC status, not both")
+            if f.abort_http_status is not None and not 200 <= f.abort_http_status <= 599:
+                problems.append(f"rule {i}: abort status {f.abort_http_status} is not an HTTP status")
+            if f.abort_grpc_status is not None and not 0 <= f.abort_grpc_status <= 16:
+                problems.append(f"rule {i}: abort status {f.abort_grpc_status} is not a gRPC status")
+            if (f.delay_s or 0) < 0 or not all(0 <= p <= 100 for p in (f.delay_percent, f.abort_percent)):
+                problems.append(f"rule {i}: a fault's delay is negative or a percentage is not 0 to 100")
+        for ops in (rule.request_headers, rule.response_headers):
+            for name in (*(k for k, _ in ops.set), *(k for k, _ in ops.add), *ops.remove):
+                if not name or name != name.lower() or name.startswith(":") or any(c.isspace() for c in name):
+                    problems.append(f"rule {i}: {name!r} is not a header name msm may change")
     return problems

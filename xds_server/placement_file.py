@@ -114,7 +114,7 @@ def _header_match(name: str, raw: Any, where: str) -> HeaderMatch:
 
 
 def parse_rules(raw_rules: Any, where: str) -> tuple[RouteRule, ...]:
-    """VirtualService-style ``http`` rules: match (headers), route (weighted), retries, timeout, mirror."""
+    """VirtualService-style ``http`` rules: match (headers), route (weighted), retries, timeout."""
     if raw_rules is None:
         return ()
     if not isinstance(raw_rules, list):
@@ -142,6 +142,10 @@ def parse_rules(raw_rules: Any, where: str) -> tuple[RouteRule, ...]:
             if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
                 raise PlacementFileError(f"{dw}.weight: a non-negative integer is required")
             dests.append(Destination(revision=str(_req(d, "revision", dw)), weight=weight))
+        unknown = sorted(set(raw) - {"match", "route", "retries", "timeout"})
+        if unknown:
+            raise PlacementFileError(f"{w}: unknown field(s) {', '.join(unknown)} (a rule has match, route, "
+                                     "retries, timeout; a VirtualService in `msm up` has the rest)")
         retries = raw.get("retries")
         if retries is not None and (not isinstance(retries, int) or retries < 0):
             raise PlacementFileError(f"{w}.retries: a non-negative integer is required")
@@ -152,7 +156,6 @@ def parse_rules(raw_rules: Any, where: str) -> tuple[RouteRule, ...]:
                 headers=tuple(headers),
                 timeout_s=None if timeout is None else parse_duration(timeout, f"{w}.timeout"),
                 retries=retries,
-                mirror=raw.get("mirror"),
             )
         )
     return tuple(rules)

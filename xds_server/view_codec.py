@@ -14,7 +14,9 @@ from xds_server.mesh_view import (
     ActivatorEndpoint,
     Copy,
     Destination,
+    Fault,
     HeaderMatch,
+    HeaderOps,
     MeshView,
     Model,
     Revision,
@@ -28,14 +30,24 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
         return {"destinations": [{"revision": d.revision, "weight": d.weight} for d in r.destinations],
                 "headers": [{"name": h.name, "exact": h.exact, "prefix": h.prefix, "regex": h.regex}
                             for h in r.headers],
-                "timeout_s": r.timeout_s, "retries": r.retries, "mirror": r.mirror}
+                "timeout_s": r.timeout_s, "retries": r.retries,
+                "per_try_timeout_s": r.per_try_timeout_s, "retry_on": r.retry_on,
+                "fault": None if r.fault is None else {
+                    "delay_s": r.fault.delay_s, "delay_percent": r.fault.delay_percent,
+                    "abort_http_status": r.fault.abort_http_status,
+                    "abort_grpc_status": r.fault.abort_grpc_status, "abort_percent": r.fault.abort_percent},
+                "request_headers": ops(r.request_headers), "response_headers": ops(r.response_headers)}
+
+    def ops(o: HeaderOps) -> dict[str, Any]:
+        return {"set": [list(p) for p in o.set], "add": [list(p) for p in o.add], "remove": list(o.remove)}
 
     a = view.activator
     return {
         "activator": None if a is None else {"address": a.address, "rest_port": a.rest_port,
                                              "grpc_port": a.grpc_port},
         "models": [{"name": m.name, "rules": [rule(r) for r in m.rules], "revisions": [
-            {"id": r.id, "runtime": r.runtime, "copies": [
+            {"id": r.id, "runtime": r.runtime, **({"model": r.model} if r.model is not None else {}),
+             "copies": [
                 {"instance": c.instance, "address": c.address, "rest_port": c.rest_port,
                  "grpc_port": c.grpc_port, **({"mesh_tls": True} if c.mesh_tls else {})}
                 for c in r.copies]} for r in m.revisions]}
@@ -61,6 +73,37 @@ def _port(obj: Any, key: str, where: str) -> int:
     return value
 
 
+def _number(obj: Any, key: str, where: str, optional: bool = True) -> float | None:
+    value = _get(obj, key, (int, float), where, optional)
+    return None if value is None else float(value)
+
+
+def _fault(data: Any, where: str) -> Fault | None:
+    if data is None:
+        return None
+    w = f"{where}.fault"
+    return Fault(_number(data, "delay_s", w), _number(data, "delay_percent", w, False) or 0.0,
+                 _get(data, "abort_http_status", int, w, True), _get(data, "abort_grpc_status", int, w, True),
+                 _number(data, "abort_percent", w, False) or 0.0)
+
+
+def _pairs(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value):
+        raise ValueError(f"{where}: not a list of [name, value] pairs")
+    return tuple((k, v) for k, v in value)
+
+
+def _ops(data: Any, where: str) -> HeaderOps:
+    if data is None:
+        return HeaderOps()
+    remove = _get(data, "remove", list, where)
+    if not all(isinstance(h, str) for h in remove):
+        raise ValueError(f"{where}.remove: not a list of header names")
+    return HeaderOps(_pairs(_get(data, "set", list, where), f"{where}.set"),
+                     _pairs(_get(data, "add", list, where), f"{where}.add"), tuple(remove))
+
+
 def view_from_dict(data: Any) -> MeshView:
     """The view ``data`` describes; ValueError naming the first thing that is wrong."""
     act = _get(data, "activator", dict, "view", optional=True)
@@ -79,7 +122,8 @@ def view_from_dict(data: Any) -> MeshView:
                                 _port(c, "grpc_port", f"{rw}.copies[{k}]"),
                                 bool(_get(c, "mesh_tls", bool, f"{rw}.copies[{k}]", True)))
                            for k, c in enumerate(_get(r, "copies", list, rw)))
-            revisions.append(Revision(_get(r, "id", str, rw), _get(r, "runtime", str, rw), copies))
+            revisions.append(Revision(_get(r, "id", str, rw), _get(r, "runtime", str, rw), copies,
+                                      _get(r, "model", str, rw, True)))
         rules = []
         for j, r in enumerate(_get(m, "rules", list, w)):
             rw = f"{w}.rules[{j}]"
@@ -89,8 +133,13 @@ def view_from_dict(data: Any) -> MeshView:
                                         _get(h, "prefix", str, rw, True), _get(h, "regex", str, rw, True))
                             for h in _get(r, "headers", list, rw))
             timeout = _get(r, "timeout_s", (int, float), rw, True)
+            per_try = _get(r, "per_try_timeout_s", (int, float), rw, True)
             rules.append(RouteRule(dests, headers, None if timeout is None else float(timeout),
-                                   _get(r, "retries", int, rw, True), _get(r, "mirror", str, rw, True)))
+                                   _get(r, "retries", int, rw, True),
+                                   None if per_try is None else float(per_try),
+                                   _get(r, "retry_on", str, rw, True), _fault(r.get("fault"), rw),
+                                   _ops(r.get("request_headers"), f"{rw}.request_headers"),
+                                   _ops(r.get("response_headers"), f"{rw}.response_headers")))
         model = Model(_get(m, "name", str, w), tuple(revisions), tuple(rules))
         problems = check_model(model)
         if problems:

@@ -5,8 +5,12 @@ urgent load, waits until a copy is ready *and* the gateway has ACKed routes to i
 the request through the gateway, which now sends it straight to the copy. Only cold requests take
 this path; every other request goes gateway → runtime in one hop.
 
-A replayed request carries ``x-msm-activated``; if it comes back here (the routes still point at
-the activator), it is answered with 503 instead of looping.
+The gateway names the model to load in ``x-msm-model`` (a VirtualService may send one model's
+traffic to another; without it, the model is the one the request names) and the revision the
+request was routed to in ``x-msm-revision``. The replay carries ``x-msm-activated`` and that
+revision: the gateway routes it to that revision (a split does not throw the dice again, which
+could land on another cold revision). If it comes back here (the routes still point at the
+activator), it is answered with 503 instead of looping.
 """
 
 from __future__ import annotations
@@ -20,19 +24,19 @@ import aiohttp
 import grpc
 from aiohttp import web
 
-from xds_server.translate.names import MODEL_HEADER
+from xds_server.translate.names import ACTIVATE_HEADER, ACTIVATED_HEADER, MODEL_HEADER, REVISION_HEADER
 
 log = logging.getLogger("msm.activator")
 
-ACTIVATED_HEADER = "x-msm-activated"
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)")
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 
-# ensure_ready(model, timeout_s) -> None when the model is routable, else the reason it is not.
-EnsureReady = Callable[[str, float], Awaitable[str | None]]
+# ensure_ready(model, timeout_s, revision) -> None when the model (that revision of it, if named)
+# is routable, else the reason it is not.
+EnsureReady = Callable[[str, float, str | None], Awaitable[str | None]]
 
 
 #: host:port of a runtime or an internal service, as runtime error texts quote them
@@ -52,7 +56,7 @@ def _forward_headers(headers) -> dict[str, str]:
     out = {}
     for k, v in headers.items():
         lk = k.lower()
-        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk.startswith(":"):
+        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk.startswith(":") or lk == ACTIVATE_HEADER:
             continue
         out[k] = v
     out[ACTIVATED_HEADER] = "1"
@@ -103,19 +107,19 @@ class Activator:
         if self._session is not None:
             await self._session.close()
 
-    async def _activate(self, model: str) -> str | None:
+    async def _activate(self, model: str, revision: str | None) -> str | None:
         self.activations += 1
         log.info("request for cold model %s: loading on demand", model)
-        return await self._ensure_ready(model, self._timeout_s)
+        return await self._ensure_ready(model, self._timeout_s, revision)
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         m = _MODEL_PATH.match(request.path)
         if not m:
             return _json_error(404, f"no model in path {request.path}")
-        model = m.group(1)
+        model = request.headers.get(ACTIVATE_HEADER) or m.group(1)
         if request.headers.get(ACTIVATED_HEADER):
             return _json_error(503, f"model '{model}' has no ready copy")
-        reason = await self._activate(model)
+        reason = await self._activate(model, request.headers.get(REVISION_HEADER))
         if reason is not None:
             return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
         body = await request.read()
@@ -128,17 +132,19 @@ class Activator:
 
     async def replay_grpc(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = tuple(context.invocation_metadata() or ())
-        model = next((v for k, v in metadata if k == MODEL_HEADER), None)
+        model = (next((v for k, v in metadata if k == ACTIVATE_HEADER), None)
+                 or next((v for k, v in metadata if k == MODEL_HEADER), None))
         if model is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_HEADER} header")
         if any(k == ACTIVATED_HEADER for k, _ in metadata):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no ready copy")
-        reason = await self._activate(str(model))
+        revision = next((v for k, v in metadata if k == REVISION_HEADER), None)
+        reason = await self._activate(str(model), revision)
         if reason is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model '{model}' could not be made ready: {for_clients(reason)}")
         forward = tuple((k, v) for k, v in metadata if not k.startswith(("x-envoy-", ":"))
-                        and k not in ("grpc-timeout", "content-type", "user-agent", "te"))
+                        and k not in ("grpc-timeout", "content-type", "user-agent", "te", ACTIVATE_HEADER))
         assert self._channel is not None
         call = self._channel.unary_unary(method)
         try:

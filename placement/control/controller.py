@@ -2,7 +2,8 @@
 
 It feeds the engine (desired state, runtime health, traffic), carries out the engine's decisions
 (load and unload calls to runtime adapters, each in its own owned task), and publishes the
-engine's mesh view through a :class:`ViewPublisher`. The engine decides; the controller only does.
+engine's mesh view, composed with the users' traffic policy (:mod:`placement.traffic.compose`),
+through a :class:`ViewPublisher`. The engine decides; the controller only does.
 
 Its two outward seams are protocols, so the controller never knows what is behind them: a
 :class:`ModelLoader` per runtime instance (the SPI client), and one :class:`ViewPublisher` (in
@@ -19,6 +20,8 @@ from typing import Any, Protocol
 
 from placement.engine.engine import Engine, LoadAction, UnloadAction
 from placement.engine.model_types import DesiredModel, InstanceInfo
+from placement.traffic.compose import compose
+from placement.traffic.policy import HostPolicy
 from xds_server.mesh_view import ActivatorEndpoint, MeshView
 
 log = logging.getLogger("msm.controller")
@@ -52,11 +55,15 @@ class ViewPublisher(Protocol):
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
 
 
-def routes_to_a_copy(view: MeshView, model: str) -> bool:
-    """Whether ``view`` sends some of ``model``'s traffic to a ready copy (not all to the activator)."""
+def routes_to_a_copy(view: MeshView, model: str, revision: str | None = None) -> bool:
+    """Whether ``view`` sends some of ``model``'s traffic to a ready copy (not all to the activator);
+    with ``revision``, whether that revision has one (if it is still a revision of the model)."""
     m = view.models.get(model)
     if m is None:
         return False
+    rev = m.revision(revision) if revision is not None else None
+    if rev is not None:
+        return bool(rev.copies)
     for rule in m.effective_rules():
         for d in rule.destinations:
             rev = m.revision(d.revision)
@@ -86,7 +93,10 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._inventory_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
-        self._published: tuple[MeshView, str] | None = None  # the last view published, its version
+        self.traffic: dict[str, HostPolicy] = {}  # VirtualServices' routing, by host
+        self.traffic_problems: dict[str, str] = {}  # hosts whose policy could not be applied
+        # the engine's view (before the traffic policy) last published, and its version
+        self._published: tuple[MeshView, str] | None = None
         self._desired_known = asyncio.Event()  # set_desired has been called once
         self._stopped = False
 
@@ -114,6 +124,12 @@ class Controller:
         self._desired_known.set()
         self.wake()
 
+    def set_traffic(self, policies: Mapping[str, HostPolicy]) -> None:
+        """The routing users ask for (VirtualServices), applied from the next publish."""
+        if dict(policies) != self.traffic:
+            self.traffic = dict(policies)
+            self.wake()
+
     def add_instance(self, info: InstanceInfo, client: ModelLoader, loaded: Mapping[str, int]) -> None:
         self.clients[info.id] = client
         self.engine.instance_up(info, loaded)
@@ -126,8 +142,9 @@ class Controller:
     def record_requests(self, model: str, count: int, instance_id: str | None = None) -> None:
         self.engine.record_requests(model, count, instance_id)
 
-    async def ensure_ready(self, model: str, timeout: float) -> str | None:
-        """For the activator: None once ``model`` has a ready copy that the gateway has ACKed."""
+    async def ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
+        """For the activator: None once ``model`` (``revision`` of it, while it has that revision)
+        has a ready copy that the gateway has ACKed."""
         deadline = time.monotonic() + timeout
         if not self._desired_known.is_set():  # just started: the manifests are being read
             try:
@@ -143,7 +160,7 @@ class Controller:
             while True:
                 # Published, not just decided: the engine has a ready copy as soon as its load
                 # returns, but the gateway can route to it only from the next published view.
-                if self._published is not None and routes_to_a_copy(self._published[0], model):
+                if self._published is not None and routes_to_a_copy(self._published[0], model, revision):
                     version = self._published[1]
                     break
                 status = self.engine.model_status(model)
@@ -227,9 +244,15 @@ class Controller:
                 log.exception("controller tick failed")
 
     async def _publish(self) -> None:
-        view = self.engine.mesh_view(self.activator)
+        engine_view = self.engine.mesh_view(self.activator)
+        view, problems = compose(engine_view, self.traffic)
+        if problems != self.traffic_problems:
+            for host, problem in sorted(problems.items()):
+                if self.traffic_problems.get(host) != problem:
+                    log.warning("routing of %s: %s", host, problem)
+            self.traffic_problems = problems
         version = await self.publisher.publish(view)
-        self._published = (view, version)
+        self._published = (engine_view, version)
         async with self._changed:
             self._changed.notify_all()
 
@@ -272,4 +295,8 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         """The engine's models and instances, and the manifest problems (the gateway is the caller's)."""
-        return {**self.engine.status(), "manifest_errors": self.desired_errors}
+        errors = dict(self.desired_errors)
+        for host, problem in self.traffic_problems.items():
+            errors[f"routing of {host}"] = problem
+        routed = {h: p.source for h, p in sorted(self.traffic.items()) if h not in self.traffic_problems}
+        return {**self.engine.status(), "manifest_errors": errors, "traffic": routed}

@@ -1,7 +1,7 @@
 """The resolved desired state: what the manifests ask for, after runtime selection and storage
-resolution. Plain frozen data: sources produce it (:func:`placement.manifests.kserve.resolve`), and
-the engine consumes its models as :class:`placement.engine.model_types.DesiredModel`
-(:meth:`DesiredState.desired_models`).
+resolution, and the traffic policy of the VirtualServices. Plain frozen data: sources produce it
+(:func:`placement.manifests.kserve.resolve`), and the engine consumes its models as
+:class:`placement.engine.model_types.DesiredModel` (:meth:`DesiredState.desired_models`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from placement.engine.model_types import DesiredModel
+from placement.manifests.virtualservice import VirtualService
+from placement.traffic.policy import HostPolicy
 
 #: Size assumed for a model whose files are not local (ModelMesh: until measured).
 DEFAULT_SIZE_ESTIMATE_BYTES = 64 * 1024 * 1024
@@ -114,6 +116,8 @@ class DesiredState:
     models: dict[str, ResolvedModel] = field(default_factory=dict)
     runtimes: dict[str, RuntimeSpec] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    virtual_services: dict[str, VirtualService] = field(default_factory=dict)  # accepted, by namespace/name
+    traffic: dict[str, HostPolicy] = field(default_factory=dict)  # the routing of each host they hold
 
     def desired_models(self) -> list[DesiredModel]:
         return [m.desired() for m in self.models.values()]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,15 @@ from placement.manifests.validation import (
     parse_quantity,
     validate_document,
 )
+from placement.manifests.virtualservice import GROUP as VS_GROUP
+from placement.manifests.virtualservice import (
+    Claim,
+    VirtualService,
+    VirtualServiceError,
+    parse_virtual_service,
+    resolve_traffic,
+)
+from placement.manifests.virtualservice import document_problems as virtual_service_problems
 
 log = logging.getLogger("msm.manifests")
 
@@ -110,6 +119,12 @@ class Document:
         api = self.body.get("apiVersion")
         return self.kind in KSERVE_KINDS or (isinstance(api, str) and api.startswith(GROUP + "/"))
 
+    @property
+    def is_virtual_service(self) -> bool:
+        """An Istio VirtualService (traffic policy between models)."""
+        api = self.body.get("apiVersion") if isinstance(self.body, dict) else None
+        return self.kind == "VirtualService" and isinstance(api, str) and api.startswith(VS_GROUP + "/")
+
     @functools.cached_property
     def problems(self) -> tuple[str, ...]:
         """Validation messages (empty when valid, or when the document is not one msm reads), each
@@ -120,6 +135,8 @@ class Document:
         if not isinstance(self.body, dict):
             return (f"{self.origin}: expected a mapping (a Kubernetes object), "
                     f"got {type(self.body).__name__}",)
+        if self.is_virtual_service:
+            return tuple(virtual_service_problems(self.body, self.where))
         if not self.is_kserve:
             return ()
         if self.kind not in KSERVE_KINDS:
@@ -234,7 +251,7 @@ def load_manifest_dir(directory: str | Path, local_config: LocalConfig | None = 
         else:
             documents.extend(mf.documents)
     state = resolve(documents, local_config)
-    return DesiredState(state.models, state.runtimes, {**file_errors, **state.errors})
+    return replace(state, errors={**file_errors, **state.errors})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +499,8 @@ def model_key(namespace: str, name: str) -> str:
 
 def resolve(documents: Iterable[Document], local_config: LocalConfig | None = None,
             incumbents: Mapping[str, ResolvedModel] | None = None, *,
-            namespaced_runtimes: bool = False) -> DesiredState:
+            namespaced_runtimes: bool = False,
+            traffic_incumbents: Mapping[str, VirtualService] | None = None) -> DesiredState:
     """Documents -> :class:`DesiredState` (pure but for local model file look-ups).
 
     Invalid documents, duplicates and models with no usable runtime or storage are left out and
@@ -497,6 +515,10 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
     with a message naming both, and the serving model is untouched. Without an incumbent, the
     file that sorts first wins.
 
+    VirtualServices (``networking.istio.io``) become the routing of their hosts
+    (:func:`placement.manifests.virtualservice.resolve_traffic`; ``traffic_incumbents`` are the
+    ones accepted last time, by namespace/name).
+
     ``namespaced_runtimes`` (Kubernetes mode): runtimes are per namespace, as ModelMesh runs them:
     a model's runtime is the pool ``<its namespace>/<runtime name>`` (a ClusterServingRuntime too:
     its pods run in each namespace with models), so two namespaces may each have their own
@@ -506,6 +528,7 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
     seen: dict[tuple[str, str | None, str], Document] = {}
     isvcs: list[Document] = []
     runtime_docs: list[Document] = []
+    virtual_services: list[Document] = []
     default_ns = local_config.default_namespace if local_config else DEFAULT_NAMESPACE
     incumbents = incumbents or {}
 
@@ -523,6 +546,9 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
             key = model_key(doc.namespace or default_ns, doc.name or "") if is_model else doc.source
             for p in doc.problems:
                 _add_error(errors, key, p)
+            continue
+        if doc.is_virtual_service:
+            virtual_services.append(doc)
             continue
         if not doc.is_kserve:
             log.debug("%s doc %d: %s ignored (not a KServe kind)", doc.source, doc.index, doc.kind)
@@ -574,4 +600,16 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
                        f"{doc.where}: could not be resolved ({type(e).__name__}; msm's log has the details)")
             continue
         models[m.name] = m
-    return DesiredState(models=models, runtimes=runtimes, errors=errors)
+    claims = []
+    for doc in virtual_services:
+        try:
+            vs = parse_virtual_service(doc.body, default_ns)
+        except VirtualServiceError:  # reported with the document's problems
+            continue
+        claims.append(Claim(vs, doc.origin, doc.source, (doc.created, doc.source, doc.index)))
+    traffic, traffic_errors = resolve_traffic(claims, {m.name: m.namespace for m in models.values()},
+                                              traffic_incumbents)
+    for key, message in traffic_errors.items():
+        _add_error(errors, key, message)
+    return DesiredState(models=models, runtimes=runtimes, errors=errors,
+                        virtual_services=traffic.services, traffic=traffic.policies)

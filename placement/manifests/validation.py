@@ -35,6 +35,7 @@ CRD_FILES = {
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
     "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
     "ClusterServingRuntime": "serving.kserve.io_clusterservingruntimes.yaml",
+    "VirtualService": "istio/networking.istio.io_virtualservices.yaml",  # always the packaged one
 }
 #: A folder of other KServe CRD files to validate against (e.g. of a newer KServe release).
 SCHEMAS_ENV = "MSM_KSERVE_SCHEMAS"
@@ -426,6 +427,10 @@ def _validator_for(path: str, mtime: float, version: str) -> Any:
         for v in crd.get("spec", {}).get("versions", []):
             if v.get("name") == version:
                 schema = crd_schema_to_jsonschema(v["schema"]["openAPIV3Schema"])
+                # the API server knows these of every object; some CRDs (Istio's) do not list them
+                props = schema.setdefault("properties", {})
+                for key, typ in (("apiVersion", "string"), ("kind", "string"), ("metadata", "object")):
+                    props.setdefault(key, {"type": typ})
                 return Draft4Validator(schema)
     return None
 
@@ -434,8 +439,12 @@ def crd_validator(kind: str, api_version: str) -> Any:
     """A jsonschema validator for ``kind`` at ``api_version`` from the CRD files, or None."""
     d = schema_dir()
     name = CRD_FILES.get(kind)
-    if d is None or name is None or not (d / name).is_file():
+    if name is None:
         return None
+    if d is None or not (d / name).is_file():
+        d = PACKAGED_CRDS
+        if not (d / name).is_file():
+            return None
     p = d / name
     return _validator_for(str(p), p.stat().st_mtime, api_version.rpartition("/")[2])
 

@@ -2,8 +2,9 @@
 
 A VirtualService's ``hosts`` are model names (what clients call: ``/v2/models/{host}/infer``,
 ``mm-vmodel-id: {host}``); its ``http`` rules, in order, say where a request for one of them goes.
-This module only reads and checks one document, with Istio's field names and meanings; composing it
-with the engine's revisions is elsewhere.
+This module reads and checks documents, with Istio's field names and meanings, and decides which
+VirtualService holds which host (:func:`resolve_traffic`); composing the policies with the engine's
+revisions is :mod:`placement.traffic.compose`.
 
 Every field is either understood or refused with a message naming it: nothing is silently ignored.
 All problems of a document are reported at once (``VirtualServiceError.problems``).
@@ -16,10 +17,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from placement.traffic.policy import (
+    GRPC_STATUS,
+    HostPolicy,
+    HttpMatch,
+    HttpRule,
+    Mirror,
+    Retries,
+    RouteDestination,
+    StringMatch,
+)
+from xds_server.mesh_view import Fault, HeaderOps
+
 GROUP = "networking.istio.io"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: a model name (DNS-1123 label-ish, as InferenceService names are); ``*`` is not a model
 HOST = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]{1,256}$")  # an HTTP token: no ':', no spaces
+#: headers a rule may not change: they say where the request goes and how its body is framed
+_RESERVED_HEADERS = frozenset({"host", "mm-vmodel-id", "content-length", "content-type",
+                               "transfer-encoding", "te", "connection"})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)$")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 #: retryOn conditions Envoy's router knows (Istio passes them through)
@@ -34,71 +51,6 @@ class VirtualServiceError(ValueError):
     def __init__(self, where: str, problems: list[str]) -> None:
         super().__init__(f"{where}: " + "; ".join(problems))
         self.where, self.problems = where, problems
-
-
-@dataclass(frozen=True, slots=True)
-class StringMatch:
-    """Exactly one of ``exact``, ``prefix``, ``regex`` (RE2, as Envoy reads it)."""
-
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HttpMatch:
-    """One ``match`` entry: all its conditions hold (entries of a rule are alternatives)."""
-
-    uri: StringMatch | None = None
-    headers: tuple[tuple[str, StringMatch], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDestination:
-    host: str  # a model (an InferenceService of the VirtualService's namespace)
-    weight: int
-
-
-@dataclass(frozen=True, slots=True)
-class Mirror:
-    host: str
-    percent: float = 100.0
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    delay_s: float | None = None
-    delay_percent: float = 100.0
-    abort_http_status: int | None = None
-    abort_grpc_status: str | None = None
-    abort_percent: float = 100.0
-
-
-@dataclass(frozen=True, slots=True)
-class Retries:
-    attempts: int
-    per_try_timeout_s: float | None = None
-    retry_on: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderOps:
-    set: tuple[tuple[str, str], ...] = ()
-    add: tuple[tuple[str, str], ...] = ()
-    remove: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRule:
-    name: str
-    matches: tuple[HttpMatch, ...]  # empty: every request
-    route: tuple[RouteDestination, ...]
-    mirrors: tuple[Mirror, ...] = ()
-    fault: Fault | None = None
-    retries: Retries | None = None
-    timeout_s: float | None = None
-    request_headers: HeaderOps = HeaderOps()
-    response_headers: HeaderOps = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +143,24 @@ class _Reader:
                                                       for k, v in pairs.items()):
                 self.bad(f"{where}.{op}", "a map of header names to strings")
                 pairs = {}
+            for k in pairs:
+                self.header_name(k, f"{where}.{op}.{k}")
             out[op] = tuple(sorted((k.lower(), v) for k, v in pairs.items()))
         remove = d.get("remove") or []
         if not isinstance(remove, list) or not all(isinstance(h, str) for h in remove):
             self.bad(f"{where}.remove", "a list of header names")
             remove = []
+        for i, h in enumerate(remove):
+            self.header_name(h, f"{where}.remove[{i}]")
         out["remove"] = tuple(h.lower() for h in remove)
         return HeaderOps(**out)
+
+    def header_name(self, name: str, where: str) -> None:
+        low = name.lower()
+        if not _HEADER_NAME.match(low):
+            self.bad(where, f"{name!r} is not a header name")
+        elif low in _RESERVED_HEADERS or low.startswith(("x-msm-", "x-envoy-", "grpc-")):
+            self.bad(where, f"{name!r} is the gateway's to set: routing and the data path depend on it")
 
 
 _RULE_REFUSED = {
@@ -296,13 +259,14 @@ def _rule(r: _Reader, obj: Any, where: str) -> HttpRule | None:
                                    or not 200 <= status <= 599):
             r.bad(f"{where}.fault.abort.httpStatus", "an HTTP status from 200 to 599")
             status = None
-        if grpc_status is not None and not isinstance(grpc_status, str):
-            r.bad(f"{where}.fault.abort.grpcStatus", "a gRPC status name like UNAVAILABLE")
+        if grpc_status is not None and grpc_status not in GRPC_STATUS:
+            r.bad(f"{where}.fault.abort.grpcStatus",
+                  f"{grpc_status!r} is not a gRPC status name like UNAVAILABLE")
             grpc_status = None
         if not delay and not abort:
             r.bad(f"{where}.fault", "a delay or an abort")
         fault = Fault(delay_s, r.percent(delay.get("percentage"), f"{where}.fault.delay.percentage"),
-                      status, grpc_status,
+                      status, None if grpc_status is None else GRPC_STATUS[grpc_status],
                       r.percent(abort.get("percentage"), f"{where}.fault.abort.percentage"))
     retries = None
     if "retries" in d:
@@ -386,3 +350,117 @@ def parse_virtual_service(doc: Any, default_namespace: str = "default") -> Virtu
     if r.problems:
         raise VirtualServiceError(where, r.problems)
     return VirtualService(ns, name, tuple(hosts), tuple(gateways), tuple(rules))
+
+
+def key_of(vs: VirtualService) -> str:
+    return f"{vs.namespace}/{vs.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A VirtualService document as resolution sees it: where it came from and its claim order."""
+
+    vs: VirtualService
+    source: str  # what messages name: ``file doc N`` or ``VirtualService ns/name``
+    error_key: str  # where its problems are reported (its file, or the object)
+    order: tuple = ()
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The accepted VirtualServices (by ``namespace/name``) and the policy of each host they hold."""
+
+    services: dict[str, VirtualService]
+    policies: dict[str, HostPolicy]
+    sources: dict[str, str]  # namespace/name -> where it came from
+
+
+def _problems_with(vs: VirtualService, model_ns: Mapping[str, str], held: Mapping[str, str]) -> list[str]:
+    """Why ``vs`` cannot route now: its hosts and destinations against the models and the hosts
+    other VirtualServices already hold (host -> their namespace/name)."""
+    out = []
+    for host in vs.hosts:
+        ns = model_ns.get(host)
+        if ns is not None and ns != vs.namespace:
+            out.append(f"host {host} is the InferenceService of namespace {ns}; a VirtualService of "
+                       f"namespace {vs.namespace} cannot route it")
+        elif host in held:
+            out.append(f"host {host} is already routed by VirtualService {held[host]}, which stays in use")
+    for rule_index, rule in enumerate(vs.http):
+        for host in sorted(rule.hosts()):
+            ns = model_ns.get(host)
+            if ns is None:
+                out.append(f"http[{rule_index}]: destination {host} is not an InferenceService msm serves")
+            elif ns != vs.namespace:
+                out.append(f"http[{rule_index}]: destination {host} is in namespace {ns}; "
+                           f"a VirtualService routes to its own namespace's models")
+        if rule.mirrors:
+            out.append(f"http[{rule_index}]: mirror is not supported by msm yet; the rule is refused "
+                       "rather than served without its mirror")
+    return out
+
+
+def resolve_traffic(claims: list[Claim], model_ns: Mapping[str, str],
+                    incumbents: Mapping[str, VirtualService] | None = None) -> tuple[Traffic, dict[str, str]]:
+    """Which VirtualServices route which hosts, and the problems of the others (by error key).
+
+    ``model_ns``: the InferenceServices served, name -> namespace. ``incumbents``: the
+    VirtualServices accepted last time, by namespace/name. A host is held by one VirtualService:
+    the incumbent keeps it, otherwise the first in claim order. A VirtualService that cannot route
+    (a destination that is not served, a host held by another or by another namespace's model)
+    is refused whole, and its previous version, if it had one that still routes, stays in use.
+    """
+    incumbents = incumbents or {}
+    held: dict[str, str] = {}
+    services: dict[str, VirtualService] = {}
+    sources: dict[str, str] = {}
+    errors: dict[str, str] = {}
+
+    def rank(c: Claim) -> tuple:
+        prev = incumbents.get(key_of(c.vs))
+        holds = prev is not None and bool(set(prev.hosts) & set(c.vs.hosts))
+        return (0 if holds else 1, c.order)
+
+    def accept(vs: VirtualService, source: str) -> None:
+        services[key_of(vs)] = vs
+        sources[key_of(vs)] = source
+        for h in vs.hosts:
+            held[h] = key_of(vs)
+
+    for c in sorted(claims, key=rank):
+        key = key_of(c.vs)
+        if key in services:
+            errors[c.error_key] = (f"{c.source}: VirtualService {key} is already defined in {sources[key]}, "
+                                   "which stays in use; this one is ignored")
+            continue
+        problems = _problems_with(c.vs, model_ns, held)
+        if not problems:
+            accept(c.vs, c.source)
+            continue
+        msg = f"{c.source} VirtualService {key}: " + "; ".join(problems)
+        prev = incumbents.get(key)
+        if prev is not None and prev != c.vs and not _problems_with(prev, model_ns, held):
+            accept(prev, c.source)
+            msg += "; its previous version stays in use"
+        errors[c.error_key] = f"{errors[c.error_key]}\n{msg}" if c.error_key in errors else msg
+    policies = {h: HostPolicy(h, f"VirtualService {key}", services[key].http) for h, key in held.items()}
+    return Traffic(services, policies, sources), errors
+
+
+def document_problems(doc: Any, where: str) -> list[str]:
+    """Every problem of a VirtualService document, ``where`` prefixed: msm's checks, then what the
+    Istio CRD schema finds at fields msm's checks did not already report."""
+    from placement.manifests.validation import schema_problems
+
+    try:
+        parse_virtual_service(doc)
+        own: list[str] = []
+    except VirtualServiceError as e:
+        own = e.problems
+    messages = [f"{where}: {p}" for p in own]
+    seen = [p.split(":", 1)[0] for p in own]
+    for path, problem in schema_problems(doc) if isinstance(doc, dict) else []:
+        if any(path == s or path.startswith((s + ".", s + "[")) for s in seen):
+            continue
+        messages.append(f"{where}: {path} {problem} (Istio CRD schema)")
+    return messages

@@ -250,7 +250,8 @@ class KubeSource(Informer):
         kinds = {k.kind: k for k in KINDS}
         documents = [document_of(kinds[key[0]], obj) for key, obj in sorted(self.objects.items())]
         new = await asyncio.to_thread(partial(resolve, documents, None, self.state.models,
-                                              namespaced_runtimes=True))
+                                              namespaced_runtimes=True,
+                                              traffic_incumbents=self.state.virtual_services))
         if new == self.state:
             return
         self.state = new

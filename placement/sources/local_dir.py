@@ -237,7 +237,8 @@ class LocalDirSource:
 
     def _resolve(self) -> DesiredState:
         documents = [d for f in self._files.values() for d in f.good]
-        state = resolve(documents, self._config, incumbents=self._state.models)
+        state = resolve(documents, self._config, incumbents=self._state.models,
+                        traffic_incumbents=self._state.virtual_services)
         errors = dict(state.errors)
         for source, f in self._files.items():
             if f.errors:  # report the file's problems (resolve saw its last good docs, if any)

@@ -7,8 +7,9 @@ import grpc
 import pytest
 from aiohttp import web
 
-from placement.control.activator import ACTIVATED_HEADER, Activator
+from placement.control.activator import Activator
 from placement.local.ports import free_port
+from xds_server.translate.names import ACTIVATED_HEADER
 
 
 class FakeGateway:
@@ -61,8 +62,8 @@ async def gateway():
 def make_activator(gateway, answers):
     calls = []
 
-    async def ensure_ready(model, timeout):
-        calls.append(model)
+    async def ensure_ready(model, timeout, revision=None):
+        calls.append(model if revision is None else (model, revision))
         return answers.get(model)
 
     return Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=5), calls
@@ -81,6 +82,30 @@ async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gat
         method, path, headers, body = gateway.rest_seen[0]
         assert (method, path, body) == ("POST", "/v2/models/sklearn-mnist/infer?x=1", b'{"inputs": []}')
         assert headers[ACTIVATED_HEADER] == "1"
+    finally:
+        await act.stop()
+
+
+async def test_the_gateway_names_the_model_to_load_and_the_replay_keeps_the_revision(gateway):
+    """A VirtualService host ``digits`` routed to ``svm``'s cold revision: the activator loads
+    ``svm`` (that revision), and replays the request as the client sent it, revision pinned."""
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        pin = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1"}
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/digits/infer", data=b"{}", headers=pin) as r:
+            assert r.status == 200
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "digits"), *pin.items()), timeout=5)
+        assert calls == [("svm", "svm__isvc-1")] * 2
+        _, path, headers, _ = gateway.rest_seen[0]
+        assert path == "/v2/models/digits/infer"
+        assert "x-msm-model" not in headers and headers["x-msm-revision"] == "svm__isvc-1"
+        _, md, _ = gateway.grpc_seen[0]
+        assert md["mm-vmodel-id"] == "digits" and "x-msm-model" not in md
+        assert md["x-msm-revision"] == "svm__isvc-1" and md[ACTIVATED_HEADER] == "1"
     finally:
         await act.stop()
 
@@ -173,7 +198,7 @@ async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_act
     port = free_port()
     calls = []
 
-    async def ensure_ready(model, timeout):
+    async def ensure_ready(model, timeout, revision=None):
         calls.append(model)
         return "looped" if len(calls) >= 10 else None
 

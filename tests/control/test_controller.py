@@ -344,3 +344,45 @@ async def test_an_evicted_copy_keeps_serving_requests_already_sent_for_a_grace_a
         assert asyncio.get_running_loop().time() - acked_at >= 0.3  # not the moment routes moved
     finally:
         await ctl.stop()
+
+
+async def test_the_published_view_carries_the_traffic_policy_and_its_problems() -> None:
+    from placement.traffic.policy import HostPolicy, HttpRule, RouteDestination
+
+    ctl, _ = await make({"i0": Runtime()})
+    stack = ctl.publisher
+    try:
+        ctl.set_desired([desired("a"), desired("b")], {})
+        rule = HttpRule("", (), (RouteDestination("a", 70), RouteDestination("b", 30)))
+        gone = HttpRule("", (), (RouteDestination("gone", 100),))
+        ctl.set_traffic({"ab": HostPolicy("ab", "VirtualService ns/ab", (rule,)),
+                         "x": HostPolicy("x", "VirtualService ns/x", (gone,))})
+        for _ in range(200):
+            if stack.last_view is not None and "ab" in stack.last_view.models:
+                break
+            await asyncio.sleep(0.01)
+        ab = stack.last_view.models["ab"]
+        assert {r.id: r.model for r in ab.revisions} == {"a__isvc-1": "a", "b__isvc-1": "b"}
+        assert "x" not in stack.last_view.models
+        st = ctl.status()
+        assert st["traffic"] == {"ab": "VirtualService ns/ab"}
+        assert st["manifest_errors"]["routing of x"] == (
+            "VirtualService ns/x: routes to gone, which is not served")
+    finally:
+        await ctl.stop()
+
+
+def test_a_revision_named_by_the_activator_must_itself_have_a_copy() -> None:
+    """The activator asks for the revision a request was routed to: another revision of the model
+    being ready is not enough when the request drew a cold one (a canary whose copy was lost)."""
+    from placement.control.controller import routes_to_a_copy
+    from xds_server.mesh_view import Copy, Destination, Model, Revision, RouteRule
+
+    warm = Revision("m__1", copies=(Copy("i0", "127.0.0.1", 1, 2),))
+    v = MeshView.of([Model("m", (warm, Revision("m__2")),
+                           (RouteRule((Destination("m__1", 80), Destination("m__2", 20))),))])
+    assert routes_to_a_copy(v, "m")
+    assert not routes_to_a_copy(v, "m", "m__2")
+    assert routes_to_a_copy(v, "m", "m__1")
+    assert routes_to_a_copy(v, "m", "m__0")  # a revision the model no longer has: any copy will do
+    assert not routes_to_a_copy(v, "other", "m__1")

@@ -13,14 +13,15 @@ from xds_server.translate import data_path as dp
 
 def test_rest_filters_in_order_router_last():
     names = [f.name for f in dp.rest_http_filters(None)]
-    assert names == [dp.INFERENCE_ONLY_FILTER, dp.CLASSIFY_FILTER, dp.TRANSCODER_FILTER, dp.REWRITE_FILTER,
-                     dp.ROUTER_FILTER]
-    assert [f.name for f in dp.grpc_http_filters(None)] == [dp.INFERENCE_ONLY_FILTER, dp.REWRITE_FILTER,
-                                                            dp.ROUTER_FILTER]
+    # the fault filter sees the final route (after the classifier), before transcoding
+    assert names == [dp.INFERENCE_ONLY_FILTER, dp.CLASSIFY_FILTER, dp.FAULT_FILTER, dp.TRANSCODER_FILTER,
+                     dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+    assert [f.name for f in dp.grpc_http_filters(None)] == [dp.INFERENCE_ONLY_FILTER, dp.FAULT_FILTER,
+                                                            dp.REWRITE_FILTER, dp.ROUTER_FILTER]
 
 
 def test_transcoder_config_is_self_contained_and_skips_marked_bodies():
-    f = dp.rest_http_filters(None)[2]
+    f = next(f for f in dp.rest_http_filters(None) if f.name == dp.TRANSCODER_FILTER)
     wrapped = extension_matcher_pb2.ExtensionWithMatcher()
     assert f.typed_config.Unpack(wrapped)
     t = transcoder_pb2.GrpcJsonTranscoder()
@@ -61,7 +62,7 @@ def test_transcoding_per_route():
 
 def test_lua_sources_use_the_python_names():
     lua = lua_pb2.Lua()
-    _, classify, _, rewrite, _ = dp.rest_http_filters(None)
+    _, classify, _, _, rewrite, _ = dp.rest_http_filters(None)
     assert classify.typed_config.Unpack(lua)
     src = lua.default_source_code.inline_string
     assert f'"{dp.REST_BODY_HEADER}"' in src and f'"{dp.REST_BODY_DATA}"' in src

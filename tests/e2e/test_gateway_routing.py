@@ -152,6 +152,31 @@ async def test_splits_land_within_binomial_bounds(tmp_path, copies, layout, sour
         await gw.stop()
 
 
+async def test_the_activators_replay_goes_back_to_the_revision_of_the_split_it_was_routed_to(
+        tmp_path, copies, source):
+    """A cold request replayed by the activator names its revision: the split is not drawn again
+    (which could send it to another revision still cold, and back to the activator)."""
+    c0, c1, _ = copies
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),
+                                    Revision("m__2", copies=(c1.as_copy(),))),
+                              rules=(RouteRule((Destination("m__1", 50), Destination("m__2", 50))),))])
+    gw = await gateway(tmp_path, view, source)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def path(headers: dict[str, str]) -> str:
+                async with s.get(f"{gw.rest_url}/v2/models/m/ready", headers=headers) as r:
+                    return (await r.json())["path"]
+
+            for rev in ("m__1", "m__2"):
+                replay = {"x-msm-activated": "1", "x-msm-revision": rev}
+                assert {await path(replay) for _ in range(20)} == {f"/v2/models/{rev}/ready"}
+            # the revision header alone (a client's) pins nothing: the split still applies
+            seen = {await path({"x-msm-revision": "m__1"}) for _ in range(40)}
+            assert seen == {"/v2/models/m__1/ready", "/v2/models/m__2/ready"}
+    finally:
+        await gw.stop()
+
+
 async def test_header_rule_wins_before_the_default_rule(tmp_path, copies, source):
     c0, c1, _ = copies
     canary = RouteRule((Destination("m__2"),), headers=(HeaderMatch("x-canary", exact="1"),))

@@ -83,7 +83,7 @@ def test_mirrors_list_and_grpc_abort() -> None:
     rule["fault"] = {"abort": {"grpcStatus": "UNAVAILABLE"}}
     vs = parse_virtual_service(doc)
     assert vs.http[1].mirrors == (Mirror("a", 100.0), Mirror("b", 5.0))
-    assert vs.http[1].fault == Fault(None, 100.0, None, "UNAVAILABLE", 100.0)
+    assert vs.http[1].fault == Fault(None, 100.0, None, 14, 100.0)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("1s", 1.0), ("250ms", 0.25), ("1.5s", 1.5), ("2m", 120.0),
@@ -142,6 +142,11 @@ def broken(path: str, value, delete: bool = False) -> dict:
     ("spec.http.1.fault.delay.exponentialDelay", "1s", "fixed delays only"),
     ("spec.http.1.fault", {}, "a delay or an abort"),
     ("spec.http.0.headers.request.set", {"x": 1}, "map of header names to strings"),
+    ("spec.http.0.headers.request.set", {"x-msm-model": "b"}, "the gateway's to set"),
+    ("spec.http.0.headers.request.set", {"MM-VModel-Id": "b"}, "the gateway's to set"),
+    ("spec.http.0.headers.request.remove", [":path"], "is not a header name"),
+    ("spec.http.0.headers.response.add", {"bad name": "x"}, "is not a header name"),
+    ("spec.http.1.fault", {"abort": {"grpcStatus": "SORRY"}}, "not a gRPC status name"),
     ("spec.http.0.mystery", True, "spec.http[0].mystery: unknown field"),
 ])
 def test_bad_input_is_refused_naming_the_field(path, value, says) -> None:

@@ -68,6 +68,9 @@ def test_good_file_gives_the_view(tmp_path):
                                                                              "timeout": "5"}]}]},
          "needs a unit"),
         ({"models": [{"revisions": [{"id": "m__1"}]}]}, "'name' is required"),
+        ({"models": [{"name": "m", "revisions": [{"id": "m__1"}],  # refused, never silently ignored
+                      "http": [{"route": [{"revision": "m__1"}], "mirror": "m__1"}]}]},
+         r"unknown field\(s\) mirror"),
         (["not", "a", "mapping"], "top level must be a mapping"),
     ],
 )

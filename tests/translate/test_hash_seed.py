@@ -74,7 +74,7 @@ def views() -> list[MeshView]:
                      RouteRule((Destination("mnist__isvc-2"),),
                                headers=(HeaderMatch("x-user", regex="^b.*"),), timeout_s=5.0, retries=1),
                      RouteRule((Destination("mnist__isvc-1", 80), Destination("mnist__isvc-2", 15),
-                                Destination("mnist__isvc-3", 5)), mirror="mnist__isvc-3"))),
+                                Destination("mnist__isvc-3", 5)), retry_on="5xx"))),
         Model("digits", (Revision("digits__isvc-a", "mlserver", (c3, c0)),
                          Revision("digits__isvc-b", "triton", (c4,))),
               rules=(RouteRule((Destination("digits__isvc-a", 50), Destination("digits__isvc-b", 50))),)),

@@ -134,8 +134,16 @@ def test_rules_in_order_and_split_by_runtime_fraction():
     opts = GatewayOptions(cluster_layout="per_revision")
     res = translate(view(), opts)
     routes = routes_of(res, "grpc", "m", opts)
-    assert [r.name for r in routes] == ["m/0/grpc/m__isvc-2", "m/1/grpc/m__isvc-1", "m/1/grpc/m__isvc-2"]
-    canary, first, second = routes
+    assert [r.name for r in routes] == [
+        "m/0/grpc/m__isvc-2", "m/1/grpc/m__isvc-1/pinned", "m/1/grpc/m__isvc-2/pinned",
+        "m/1/grpc/m__isvc-1", "m/1/grpc/m__isvc-2"]
+    canary, pin1, pin2, first, second = routes
+    # the activator's replay of a cold request goes back to the revision it was routed to
+    for pin, rev in ((pin1, "m__isvc-1"), (pin2, "m__isvc-2")):
+        assert [(h.name, h.present_match or h.string_match.exact) for h in pin.match.headers][-2:] == [
+            ("x-msm-activated", True), ("x-msm-revision", rev)]
+        assert not pin.match.HasField("runtime_fraction")
+        assert pin.route.cluster == f"rev_grpc_{rev}"
     assert ("x-canary", "1") in [(h.name, h.string_match.exact) for h in canary.match.headers]
     assert not canary.match.HasField("runtime_fraction")
     f = first.match.runtime_fraction.default_value

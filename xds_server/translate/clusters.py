@@ -190,7 +190,7 @@ def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int],
     groups: dict[tuple[str, int], Hosts] = defaultdict(dict)
     for model in view.models.values():
         shard = names.shard_of(model.name, opts.subset_shards)
-        for rev in model.revisions:
+        for rev in model.own_revisions():
             if not rev.copies:
                 continue
             hosts = groups[(rev.runtime, shard)]
@@ -241,7 +241,7 @@ def model_revision_clusters(model: Model, opts: GatewayOptions) -> tuple[
         dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
     """Per-revision layout: a REST and a gRPC cluster per revision with a ready copy."""
     b = _Builder(opts)
-    for rev in model.revisions:
+    for rev in model.own_revisions():
         if not rev.copies:
             continue
         for kind in names.KINDS:

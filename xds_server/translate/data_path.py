@@ -25,6 +25,7 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
@@ -47,6 +48,7 @@ CLASSIFY_FILTER = "msm.classify_body"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 REWRITE_FILTER = "msm.model_rewrite"
 ROUTER_FILTER = "envoy.filters.http.router"
+FAULT_FILTER = "envoy.filters.http.fault"  # configured per route (a VirtualService's fault)
 TARGET_KEY = "target"  # route metadata: filter_metadata[REWRITE_FILTER][TARGET_KEY] = revision id
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 INFERENCE_ONLY_FILTER = "msm.inference_only"
@@ -168,6 +170,7 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
         _inference_only("rest"),
         # marks `data` bodies and clears the route cache so the REST-port route matches
         _lua_filter(CLASSIFY_FILTER, "classify_body.lua", clear_route_cache=True),
+        _fault(),  # on the final route, before transcoding: an abort answers the REST client
         # skipped for bodies the classifier marked
         hcm.HttpFilter(name=TRANSCODER_FILTER,
                        typed_config=pack(_skip_when_marked(transcoder_config(opts)))),
@@ -179,8 +182,13 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
 
 def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
     """HCM filters of the gRPC listener: inference methods only, rewrite the model name, route."""
-    return [_inference_only("grpc"),
+    return [_inference_only("grpc"), _fault(),
             _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+
+
+def _fault() -> hcm.HttpFilter:
+    """Envoy's fault filter with nothing to inject: routes whose rule has a fault configure it."""
+    return hcm.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault()))
 
 
 def route_target_metadata(revision_id: str) -> base_pb2.Metadata:

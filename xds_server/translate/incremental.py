@@ -178,4 +178,4 @@ _NEVER = _Never()
 def _contributions(model: Model, opts: GatewayOptions) -> list[Contribution]:
     shard = nm.shard_of(model.name, opts.subset_shards)
     return [((rev.runtime, shard), cp.instance, (cp.address, cp.rest_port, cp.grpc_port, cp.mesh_tls), rev.id)
-            for rev in model.revisions for cp in rev.copies]
+            for rev in model.own_revisions() for cp in rev.copies]

@@ -18,6 +18,12 @@ LISTENER = {REST: "msm_rest", GRPC: "msm_grpc"}
 VHOST = {REST: "rest", GRPC: "grpc"}  # route stats: vhost.<vhost>.route.msm_<revision>.*
 ROUTE_STAT_PREFIX = "msm_"  # route stat_prefix msm_<revision>; placement/control/gateway_stats.py parses it
 MODEL_HEADER = "mm-vmodel-id"
+#: set by the gateway on requests it sends to the activator: the model to make ready, and the
+#: revision the request was routed to (the activator's replay goes back to that revision)
+ACTIVATE_HEADER = "x-msm-model"
+REVISION_HEADER = "x-msm-revision"
+#: set by the activator on the request it replays through the gateway
+ACTIVATED_HEADER = "x-msm-activated"
 SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
 LB_METADATA = "envoy.lb"
 

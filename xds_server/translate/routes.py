@@ -5,6 +5,10 @@ per-request random value, so route *i* carrying the cumulative share ``w_1 + …
 million) matches exactly a ``w_i`` share of the requests that reach the split; the last route
 has no fraction and takes the rest. Unlike ``weighted_clusters``, each destination keeps its own
 path rewrite and metadata, which is what sends a request to the runtime under the revision's id.
+
+Before a split's routes, a *pinned* route per destination with a ready copy takes the activator's
+replay of a cold request (``x-msm-activated`` and ``x-msm-revision``) to the revision it was first
+routed to, so the replay does not throw the dice again.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from dataclasses import dataclass
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from xds_server.mesh_view import HeaderMatch, MeshView, Model, RouteRule
+from xds_server.mesh_view import Fault, HeaderMatch, HeaderOps, MeshView, Model, RouteRule
 from xds_server.translate import data_path, names
 from xds_server.translate.common import duration, pack
 from xds_server.translate.options import GatewayOptions
@@ -40,6 +46,7 @@ class Target:
     revision: str
     kind: str  # "runtime", "activator" or "unavailable"
     runtime: str = ""
+    model: str = ""  # the model that owns the revision (its clusters; what the activator loads)
 
 
 def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target, int]]:
@@ -54,9 +61,9 @@ def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target
         if rev is None or d.weight <= 0:
             continue
         if rev.copies:
-            out.append((Target(rev.id, "runtime", rev.runtime), d.weight))
+            out.append((Target(rev.id, "runtime", rev.runtime, model.owner(rev)), d.weight))
         elif view.activator is not None:
-            out.append((Target(rev.id, "activator"), d.weight))
+            out.append((Target(rev.id, "activator", model=model.owner(rev)), d.weight))
         else:
             out.append((Target(rev.id, "unavailable"), d.weight))
     live = [(t, w) for t, w in out if t.kind != "unavailable"]
@@ -93,14 +100,42 @@ def _exact(name: str, value: str) -> rc.HeaderMatcher:
 
 def _retry(rule: RouteRule, opts: GatewayOptions) -> rc.RetryPolicy:
     p = rc.RetryPolicy(
-        retry_on=RETRY_ON,
+        retry_on=rule.retry_on or RETRY_ON,
         num_retries=wrappers_pb2.UInt32Value(value=opts.retries if rule.retries is None else rule.retries),
         retry_host_predicate=[_PREVIOUS_HOSTS],
         host_selection_retry_max_attempts=5,
     )
-    if opts.per_try_timeout_s:
-        p.per_try_timeout.CopyFrom(duration(opts.per_try_timeout_s))
+    per_try = opts.per_try_timeout_s if rule.per_try_timeout_s is None else rule.per_try_timeout_s
+    if per_try:
+        p.per_try_timeout.CopyFrom(duration(per_try))
     return p
+
+
+def _percent(p: float) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(numerator=round(p * 10_000),
+                                         denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def fault_config(f: Fault) -> fault_pb2.HTTPFault:
+    """A rule's fault as the per-route config of Envoy's fault filter."""
+    cfg = fault_pb2.HTTPFault()
+    if f.delay_s is not None:
+        cfg.delay.CopyFrom(common_fault_pb2.FaultDelay(fixed_delay=duration(f.delay_s),
+                                                       percentage=_percent(f.delay_percent)))
+    if f.abort_http_status is not None:
+        cfg.abort.CopyFrom(fault_pb2.FaultAbort(http_status=f.abort_http_status,
+                                                percentage=_percent(f.abort_percent)))
+    elif f.abort_grpc_status is not None:
+        cfg.abort.CopyFrom(fault_pb2.FaultAbort(grpc_status=f.abort_grpc_status,
+                                                percentage=_percent(f.abort_percent)))
+    return cfg
+
+
+def _header_ops(ops: HeaderOps, add: list, remove: list) -> None:
+    a = base_pb2.HeaderValueOption
+    for action, pairs in ((a.OVERWRITE_IF_EXISTS_OR_ADD, ops.set), (a.APPEND_IF_EXISTS_OR_ADD, ops.add)):
+        add.extend(a(header=base_pb2.HeaderValue(key=k, value=v), append_action=action) for k, v in pairs)
+    remove.extend(ops.remove)
 
 
 #: The activator is one process: while it restarts (with the control plane, ~2 s) nothing listens
@@ -153,11 +188,14 @@ class _RouteBuilder:
             else:
                 variants = ("grpc",)
             for variant in variants:
+                if len(targets) > 1:
+                    out.extend(self._route(i, rule, variant, target, None, pinned=True)
+                               for target, _ in targets if target.kind == "runtime")
                 for (target, _), frac in zip(targets, fractions, strict=True):
                     out.append(self._route(i, rule, variant, target, frac))
         return out
 
-    def _match(self, rule: RouteRule, variant: str) -> rc.RouteMatch:
+    def _match(self, rule: RouteRule, variant: str, pinned: str | None = None) -> rc.RouteMatch:
         m = rc.RouteMatch()
         if variant == "grpc":
             m.prefix = "/"
@@ -171,12 +209,16 @@ class _RouteBuilder:
                 m.headers.append(rc.HeaderMatcher(
                     name=":path", string_match=string_pb2.StringMatcher(suffix="/infer")))
         m.headers.extend(_header(h) for h in rule.headers)
+        if pinned is not None:
+            m.headers.append(rc.HeaderMatcher(name=names.ACTIVATED_HEADER, present_match=True))
+            m.headers.append(_exact(names.REVISION_HEADER, pinned))
         return m
 
-    def _route(self, index: int, rule: RouteRule, variant: str, target: Target, frac: int | None) -> rc.Route:
+    def _route(self, index: int, rule: RouteRule, variant: str, target: Target, frac: int | None,
+               pinned: bool = False) -> rc.Route:
         opts = self.opts
-        r = rc.Route(name=f"{self.model.name}/{index}/{variant}/{target.revision}",
-                     match=self._match(rule, variant))
+        name = f"{self.model.name}/{index}/{variant}/{target.revision}" + ("/pinned" if pinned else "")
+        r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None))
         _fraction(frac, r)
         upstream_grpc = variant in ("infer", "grpc")
         if target.kind == "unavailable":
@@ -184,12 +226,20 @@ class _RouteBuilder:
         else:
             a = r.route
             if target.kind == "activator":
-                # the activator gets the request as the client sent it (model name, REST body)
+                # the activator gets the request as the client sent it (model name, REST body),
+                # told which model to load (a VirtualService may send it another model's traffic);
+                # it replays the request through these routes, which then apply the rule's faults
+                # and header changes once
                 upstream_grpc = self.kind == names.GRPC
                 a.cluster = names.activator_cluster(names.GRPC if upstream_grpc else names.REST)
+                r.request_headers_to_add.extend(base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=key, value=value),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+                    for key, value in ((names.ACTIVATE_HEADER, target.model),
+                                       (names.REVISION_HEADER, target.revision)))
             else:
                 up = names.GRPC if upstream_grpc else names.REST
-                a.cluster = names.cluster_for(up, self.model.name, target.revision, target.runtime, opts)
+                a.cluster = names.cluster_for(up, target.model, target.revision, target.runtime, opts)
                 if opts.cluster_layout == "subset":
                     a.metadata_match.filter_metadata[names.LB_METADATA].fields[
                         names.SUBSET_KEY].string_value = target.revision
@@ -204,6 +254,11 @@ class _RouteBuilder:
                 # counted once, where the request is served: a cold request reaches the activator
                 # and is counted when the activator replays it to the new copy
                 r.stat_prefix = f"{names.ROUTE_STAT_PREFIX}{target.revision}"
+        if target.kind == "runtime":
+            _header_ops(rule.request_headers, r.request_headers_to_add, r.request_headers_to_remove)
+            _header_ops(rule.response_headers, r.response_headers_to_add, r.response_headers_to_remove)
+            if rule.fault is not None:
+                r.typed_per_filter_config[data_path.FAULT_FILTER].CopyFrom(pack(fault_config(rule.fault)))
         if variant == "body":
             r.request_headers_to_remove.append(data_path.REST_BODY_HEADER)
         if self.kind == names.REST:

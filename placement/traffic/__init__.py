@@ -1,0 +1,1 @@
+"""Traffic policy: the routing users ask for (Istio VirtualServices), composed with placement."""

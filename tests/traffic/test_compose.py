@@ -1,0 +1,222 @@
+"""Composition of a VirtualService's rules with the engine's revisions: pure, then Envoy's verdict."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy_check import validate_command, write_static
+
+from placement.traffic.compose import SCALE, compose
+from placement.traffic.policy import HostPolicy, HttpMatch, HttpRule, Retries, RouteDestination, StringMatch
+from xds_server import resource_types as rt
+from xds_server.bootstrap import static_bootstrap
+from xds_server.mesh_view import (
+    ActivatorEndpoint,
+    Copy,
+    Destination,
+    Fault,
+    HeaderMatch,
+    HeaderOps,
+    MeshView,
+    Model,
+    Revision,
+    RouteRule,
+    check_model,
+)
+from xds_server.translate import GatewayOptions, translate
+from xds_server.translate import data_path as dp
+from xds_server.translate.incremental import IncrementalTranslator
+from xds_server.translate.routes import fault_config
+
+C0 = Copy("rt-0", "10.0.0.1", 8080, 8081)
+C1 = Copy("rt-1", "10.0.0.2", 8080, 8081)
+ACT = ActivatorEndpoint("127.0.0.1", 7000, 7001)
+
+
+def engine_view(b_copies: tuple[Copy, ...] = (C1,)) -> MeshView:
+    """What the engine publishes: ``a`` plain, ``b`` in a 20 % canary (its new revision cold)."""
+    return MeshView.of([
+        Model("a", (Revision("a__1", copies=(C0,)),)),
+        Model("b", (Revision("b__1", copies=b_copies), Revision("b__2")),
+              rules=(RouteRule((Destination("b__1", 80), Destination("b__2", 20))),)),
+        Model("c", (Revision("c__1", copies=(C1,)),)),
+    ], ACT)
+
+
+def policy(host: str, *rules: HttpRule) -> HostPolicy:
+    return HostPolicy(host, f"VirtualService ns/{host}", rules)
+
+
+def split(*pairs: tuple[str, int]) -> HttpRule:
+    return HttpRule("", (), tuple(RouteDestination(h, w) for h, w in pairs))
+
+
+def weights(rule: RouteRule) -> dict[str, float]:
+    return {d.revision: d.weight / SCALE for d in rule.destinations}
+
+
+def test_a_destination_takes_the_engine_share_of_each_of_its_revisions() -> None:
+    view, problems = compose(engine_view(), {"ab": policy("ab", split(("a", 90), ("b", 10)))})
+    assert problems == {}
+    (rule,) = view.models["ab"].rules
+    # b's 10 % is split as the engine splits b: 80 % old revision, 20 % canary
+    assert weights(rule) == pytest.approx({"a__1": 0.9, "b__1": 0.08, "b__2": 0.02})
+    assert check_model(view.models["ab"]) == []
+
+
+def test_a_virtual_host_borrows_revisions_and_leaves_their_owners_alone() -> None:
+    before = engine_view()
+    view, _ = compose(before, {"ab": policy("ab", split(("a", 50), ("b", 50)))})
+    ab = view.models["ab"]
+    assert {r.id: r.model for r in ab.revisions} == {"a__1": "a", "b__1": "b", "b__2": "b"}
+    assert ab.own_revisions() == ()
+    assert [r.copies for r in ab.revisions] == [(C0,), (C1,), ()]
+    for name in ("a", "b", "c"):
+        assert view.models[name] is before.models[name]
+
+
+def test_a_policy_on_a_model_name_replaces_its_routing_but_keeps_its_revisions() -> None:
+    rule = HttpRule("", (HttpMatch(None, (("x-tester", StringMatch(exact="yes")),)),),
+                    (RouteDestination("c", 100),))
+    view, _ = compose(engine_view(), {"a": policy("a", rule, split(("a", 100)))})
+    a = view.models["a"]
+    assert [(r.id, r.model) for r in a.revisions] == [("a__1", None), ("c__1", "c")]
+    tester, default = a.rules
+    assert tester.headers == (HeaderMatch("x-tester", exact="yes"),)
+    assert weights(tester) == {"c__1": 1.0} and weights(default) == {"a__1": 1.0}
+
+
+def test_match_entries_are_alternatives_and_uri_matches_the_path() -> None:
+    rule = HttpRule("", (HttpMatch(None, (("x-a", StringMatch(exact="1")), ("x-b", StringMatch(prefix="2")))),
+                         HttpMatch(StringMatch(regex="^/v2/models/ab/infer$"))),
+                    (RouteDestination("c", 100),))
+    view, _ = compose(engine_view(), {"ab": policy("ab", rule, split(("a", 100)))})
+    first, second, rest = view.models["ab"].rules
+    assert first.headers == (HeaderMatch("x-a", exact="1"), HeaderMatch("x-b", prefix="2"))
+    assert second.headers == (HeaderMatch(":path", regex="^/v2/models/ab/infer$"),)
+    assert first.destinations == second.destinations and rest.headers == ()
+
+
+def test_rule_settings_carry_over() -> None:
+    fault = Fault(abort_http_status=503, abort_percent=10.0)
+    ops = HeaderOps(set=(("x-a", "1"),), remove=("x-b",))
+    rule = replace(split(("a", 100)), fault=fault, timeout_s=3.0, request_headers=ops,
+                   response_headers=HeaderOps(add=(("x-c", "2"),)),
+                   retries=Retries(4, 0.5, ("5xx", "reset")))
+    view, _ = compose(engine_view(), {"ab": policy("ab", rule)})
+    (r,) = view.models["ab"].rules
+    assert (r.fault, r.timeout_s, r.request_headers, r.response_headers) == (
+        fault, 3.0, ops, HeaderOps(add=(("x-c", "2"),)))
+    assert (r.retries, r.per_try_timeout_s, r.retry_on) == (4, 0.5, "5xx,reset")
+
+
+def test_a_policy_whose_destination_is_not_served_is_left_out_and_said() -> None:
+    before = engine_view()
+    view, problems = compose(before, {"a": policy("a", split(("gone", 100))),
+                                      "x": policy("x", split(("gone", 50), ("c", 50)))})
+    assert view.models["a"] is before.models["a"]  # a keeps the engine's routing
+    assert "x" not in view.models
+    assert problems["a"] == "VirtualService ns/a: routes to gone, which is not served"
+    assert "gone" in problems["x"]
+
+
+def test_without_policies_the_view_is_the_engines() -> None:
+    v = engine_view()
+    assert compose(v, {}) == (v, {})
+
+
+def test_clusters_stay_with_their_owner_and_are_not_doubled() -> None:
+    opts = GatewayOptions(cluster_layout="per_revision")
+    view, _ = compose(engine_view(), {"ab": policy("ab", split(("a", 50), ("b", 50)))})
+    plain = translate(engine_view(), opts)
+    composed = translate(view, opts)
+    assert composed[rt.CLUSTER].keys() == plain[rt.CLUSTER].keys()
+    subset = GatewayOptions(cluster_layout="subset", subset_shards=4)
+    assert translate(view, subset)[rt.ENDPOINT] == translate(engine_view(), subset)[rt.ENDPOINT]
+
+
+def test_routes_of_a_virtual_host_use_the_owners_clusters_and_tell_the_activator_the_owner() -> None:
+    opts = GatewayOptions(cluster_layout="subset", subset_shards=4)
+    view, _ = compose(engine_view(), {"ab": policy("ab", split(("a", 50), ("b", 50)))})
+    res = translate(view, opts)
+    routes = {r.name: r for r in res[rt.ROUTE]["msm_grpc/ab"].virtual_hosts[0].routes}
+    own = {r.name: r for r in translate(engine_view(), opts)[rt.ROUTE]["msm_grpc/a"].virtual_hosts[0].routes}
+    assert routes["ab/0/grpc/a__1"].route.cluster == own["a/0/grpc/a__1"].route.cluster
+    cold = routes["ab/0/grpc/b__2"]  # b's canary revision has no copy: the activator loads b
+    assert cold.route.cluster == "activator_grpc"
+    added = {h.header.key: h.header.value for h in cold.request_headers_to_add}
+    assert added == {"x-msm-model": "b", "x-msm-revision": "b__2"}
+
+
+def test_a_change_in_a_destination_rebuilds_the_virtual_host() -> None:
+    t = IncrementalTranslator(GatewayOptions(cluster_layout="per_revision"))
+    pol = {"ab": policy("ab", split(("a", 50), ("b", 50)))}
+    t.changes(compose(engine_view(), pol)[0])
+    changes = t.changes(compose(engine_view(b_copies=()), pol)[0])
+    # b__1 lost its copy: both b's and ab's routes now send its share elsewhere
+    assert {"msm_rest/ab", "msm_grpc/ab", "msm_rest/b", "msm_grpc/b"} <= set(changes[rt.ROUTE])
+    ab = [r for r in t.translate(compose(engine_view(b_copies=()), pol)[0])[rt.ROUTE]["msm_grpc/ab"]
+          .virtual_hosts[0].routes]
+    assert "rev_grpc_b__1" not in {r.route.cluster for r in ab}
+
+
+def test_fault_and_header_operations_reach_the_runtime_routes_only() -> None:
+    fault = Fault(delay_s=0.25, delay_percent=50.0, abort_grpc_status=14, abort_percent=1.5)
+    rule = replace(split(("a", 50), ("b", 50)), fault=fault,
+                   request_headers=HeaderOps(set=(("x-a", "1"),), add=(("x-b", "2"),), remove=("x-c",)),
+                   response_headers=HeaderOps(set=(("x-served", "ab"),)))
+    view, _ = compose(engine_view(), {"ab": policy("ab", rule)})
+    res = translate(view, GatewayOptions(cluster_layout="per_revision"))
+    routes = {r.name: r for r in res[rt.ROUTE]["msm_grpc/ab"].virtual_hosts[0].routes}
+    warm, cold = routes["ab/0/grpc/a__1"], routes["ab/0/grpc/b__2"]
+    assert dp.FAULT_FILTER in warm.typed_per_filter_config
+    cfg = type(fault_config(fault))()
+    warm.typed_per_filter_config[dp.FAULT_FILTER].Unpack(cfg)
+    assert cfg.delay.fixed_delay.ToMilliseconds() == 250 and cfg.delay.percentage.numerator == 500_000
+    assert cfg.abort.grpc_status == 14 and cfg.abort.percentage.numerator == 15_000
+    added = {(h.header.key, h.header.value, h.append_action) for h in warm.request_headers_to_add}
+    hvo = base_pb2.HeaderValueOption
+    assert added == {("x-a", "1", hvo.OVERWRITE_IF_EXISTS_OR_ADD), ("x-b", "2", hvo.APPEND_IF_EXISTS_OR_ADD)}
+    assert list(warm.request_headers_to_remove) == ["x-c"]
+    assert [h.header.key for h in warm.response_headers_to_add] == ["x-served"]
+    # the activator replays the request through these routes: faults and headers apply there, once
+    assert dp.FAULT_FILTER not in cold.typed_per_filter_config
+    assert {h.header.key for h in cold.request_headers_to_add} == {"x-msm-model", "x-msm-revision"}
+    assert not cold.response_headers_to_add
+
+
+def test_retries_and_timeouts_of_a_rule() -> None:
+    rule = replace(split(("a", 100)), retries=Retries(3, 0.5, ("5xx",)), timeout_s=7.0)
+    view, _ = compose(engine_view(), {"ab": policy("ab", rule)})
+    res = translate(view, GatewayOptions(cluster_layout="per_revision", retries=1))
+    (r,) = res[rt.ROUTE]["msm_grpc/ab"].virtual_hosts[0].routes
+    p = r.route.retry_policy
+    assert (p.retry_on, p.num_retries.value, p.per_try_timeout.ToMilliseconds()) == ("5xx", 3, 500)
+    assert r.route.timeout.seconds == 7
+    plain = translate(engine_view(), GatewayOptions(cluster_layout="per_revision", retries=1))
+    (r,) = plain[rt.ROUTE]["msm_grpc/a"].virtual_hosts[0].routes
+    assert r.route.retry_policy.num_retries.value == 1 and "connect-failure" in r.route.retry_policy.retry_on
+
+
+@pytest.mark.parametrize("cluster_layout", ["subset", "per_revision"])
+@pytest.mark.parametrize("route_layout", ["scoped", "flat"])
+def test_envoy_accepts_a_composed_view(tmp_path, cluster_layout, route_layout) -> None:
+    rule = HttpRule(
+        "", (HttpMatch(StringMatch(prefix="/v2/models/ab"), (("x-user", StringMatch(regex="u[0-9]+")),)),),
+        (RouteDestination("a", 30), RouteDestination("b", 70)),
+        fault=Fault(delay_s=0.1, delay_percent=5.0, abort_http_status=418, abort_percent=1.0),
+        retries=Retries(2, 1.0, ("5xx", "retriable-4xx")), timeout_s=9.0,
+        request_headers=HeaderOps(set=(("x-a", "1"),), add=(("x-b", "2"),), remove=("x-c",)),
+        response_headers=HeaderOps(set=(("x-d", "3"),), remove=("x-e",)))
+    grpc_abort = replace(split(("c", 100)), fault=Fault(abort_grpc_status=14))
+    view, problems = compose(engine_view(), {"ab": policy("ab", rule, grpc_abort),
+                                             "a": policy("a", split(("c", 100)))})
+    assert problems == {}
+    opts = GatewayOptions(cluster_layout=cluster_layout, route_layout=route_layout, subset_shards=2)
+    boot = static_bootstrap(translate(view, opts), admin_port=0)
+    path = write_static(tmp_path / "static.json", boot, upstream_tls=False)
+    p = subprocess.run(validate_command(path), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
