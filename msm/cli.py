@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sidecar and plaintext to the others, as Istio's auto mTLS (auto, the default), or "
                         "never (off)")
     p.add_argument("--istio-trust-domain", default="cluster.local", help="the mesh's trust domain")
+    p.add_argument("--model-gateway", default="istio-system/msm-model-gateway", metavar="NAMESPACE/NAME",
+                   help="the gateway VirtualServices name in `gateways` to be msm's traffic policy "
+                        "(istio-system/msm-model-gateway); others are left alone")
     _add_gateway_args(p)
     p.set_defaults(func=cmd_kube_control_plane)
 

@@ -53,7 +53,7 @@ from placement.kube.xds_security import XdsSecurity, make_serving_cert, service_
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.kserve import model_key
 from placement.manifests.kube_names import LEADER_LEASE, XDS_SECURE_PORT, xds_service_names
-from placement.sources.kube import KubeSource
+from placement.sources.kube import DEFAULT_MODEL_GATEWAY, KubeSource
 from placement.sources.pods import PodInstance, RuntimePods
 from xds_server.auth import BearerTokens
 from xds_server.gateway_kind import ISTIO_GATEWAY
@@ -96,7 +96,8 @@ class KubeControlPlane:
                  health_interval: float = 1.0, inventory_interval: float = 5.0,
                  watch_timeout_s: int = 60, lease_namespace: str | None = None, identity: str = "",
                  lease_s: float = 15.0, renew_deadline_s: float = 10.0, retry_s: float = 2.0,
-                 follow_interval: float = 0.5, istio: IstioGateways | None = None) -> None:
+                 follow_interval: float = 0.5, istio: IstioGateways | None = None,
+                 model_gateway: str = DEFAULT_MODEL_GATEWAY) -> None:
         self.api = api
         self.options = options
         self.gateway = gateway
@@ -118,7 +119,8 @@ class KubeControlPlane:
         self.engine: Engine | None = None  # the leader's; a new one each time this replica leads
         self.activator = Activator(self._ensure_ready, gateway_address, options.rest_port, options.grpc_port)
         self.controller: Controller | None = None
-        self.source = KubeSource(api, on_change=self._on_desired, watch_timeout_s=watch_timeout_s)
+        self.source = KubeSource(api, on_change=self._on_desired, watch_timeout_s=watch_timeout_s,
+                                 model_gateway=model_gateway)
         self.pods = RuntimePods(api, self._on_pods, watch_timeout_s=watch_timeout_s)
         self.health = InstanceHealth([], self._on_instance_up, self._on_instance_down,
                                      interval=health_interval, registry=self.stack.registry)
@@ -461,7 +463,7 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
             gateway_address=args.gateway_address,
             lease_namespace=args.lease_namespace if args.leader_elect else None, identity=args.identity,
             lease_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_s=args.retry_period,
-            istio=istio)
+            istio=istio, model_gateway=args.model_gateway)
     except ValueError as e:
         log.error("%s", e)
         api.close()

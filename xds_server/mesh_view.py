@@ -97,6 +97,8 @@ class RouteRule:
     fault: Fault | None = None
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
+    # a split keyed on this request header: one value always lands on the same destination
+    sticky_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,11 @@ class MeshView:
         return MeshView({m.name: m for m in models}, activator)
 
 
+def _header_name_ok(name: str) -> bool:
+    return bool(name) and name == name.lower() and not name.startswith(":") and not any(
+        c.isspace() for c in name)
+
+
 def check_model(model: Model) -> list[str]:
     """What makes a model unroutable: the problems translation must never see.
 
@@ -209,8 +216,10 @@ def check_model(model: Model) -> list[str]:
                 problems.append(f"rule {i}: abort status {f.abort_grpc_status} is not a gRPC status")
             if (f.delay_s or 0) < 0 or not all(0 <= p <= 100 for p in (f.delay_percent, f.abort_percent)):
                 problems.append(f"rule {i}: a fault's delay is negative or a percentage is not 0 to 100")
+        if rule.sticky_header is not None and not _header_name_ok(rule.sticky_header):
+            problems.append(f"rule {i}: {rule.sticky_header!r} is not a header name to key a split on")
         for ops in (rule.request_headers, rule.response_headers):
             for name in (*(k for k, _ in ops.set), *(k for k, _ in ops.add), *ops.remove):
-                if not name or name != name.lower() or name.startswith(":") or any(c.isspace() for c in name):
+                if not _header_name_ok(name):
                     problems.append(f"rule {i}: {name!r} is not a header name msm may change")
     return problems

@@ -36,7 +36,8 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
                     "delay_s": r.fault.delay_s, "delay_percent": r.fault.delay_percent,
                     "abort_http_status": r.fault.abort_http_status,
                     "abort_grpc_status": r.fault.abort_grpc_status, "abort_percent": r.fault.abort_percent},
-                "request_headers": ops(r.request_headers), "response_headers": ops(r.response_headers)}
+                "request_headers": ops(r.request_headers), "response_headers": ops(r.response_headers),
+                "sticky_header": r.sticky_header}
 
     def ops(o: HeaderOps) -> dict[str, Any]:
         return {"set": [list(p) for p in o.set], "add": [list(p) for p in o.add], "remove": list(o.remove)}
@@ -139,7 +140,8 @@ def view_from_dict(data: Any) -> MeshView:
                                    None if per_try is None else float(per_try),
                                    _get(r, "retry_on", str, rw, True), _fault(r.get("fault"), rw),
                                    _ops(r.get("request_headers"), f"{rw}.request_headers"),
-                                   _ops(r.get("response_headers"), f"{rw}.response_headers")))
+                                   _ops(r.get("response_headers"), f"{rw}.response_headers"),
+                                   _get(r, "sticky_header", str, rw, True)))
         model = Model(_get(m, "name", str, w), tuple(revisions), tuple(rules))
         problems = check_model(model)
         if problems:

@@ -29,13 +29,16 @@ from xds_server.translate.names import ACTIVATE_HEADER, ACTIVATED_HEADER, MODEL_
 log = logging.getLogger("msm.activator")
 
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)")
+#: how ensure_ready's reason starts when the model does not exist (deleted while the gateway's
+#: routes still named it): the client gets what the gateway answers for an unknown model, 404
+UNKNOWN_MODEL = "unknown model"
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 
 # ensure_ready(model, timeout_s, revision) -> None when the model (that revision of it, if named)
-# is routable, else the reason it is not.
+# is routable, else the reason it is not (starting with UNKNOWN_MODEL when msm has no such model).
 EnsureReady = Callable[[str, float, str | None], Awaitable[str | None]]
 
 
@@ -120,6 +123,9 @@ class Activator:
         if request.headers.get(ACTIVATED_HEADER):
             return _json_error(503, f"model '{model}' has no ready copy")
         reason = await self._activate(model, request.headers.get(REVISION_HEADER))
+        if reason is not None and reason.startswith(UNKNOWN_MODEL):
+            return web.Response(status=404, content_type="application/json",
+                                text=json.dumps({"error": "model not found", "path": request.path}))
         if reason is not None:
             return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
         body = await request.read()
@@ -140,6 +146,8 @@ class Activator:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no ready copy")
         revision = next((v for k, v in metadata if k == REVISION_HEADER), None)
         reason = await self._activate(str(model), revision)
+        if reason is not None and reason.startswith(UNKNOWN_MODEL):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
         if reason is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model '{model}' could not be made ready: {for_clients(reason)}")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from placement.control.activator import UNKNOWN_MODEL
 from placement.engine.engine import Engine, LoadAction, UnloadAction
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
@@ -153,7 +154,7 @@ class Controller:
             except TimeoutError:
                 return "msm has not read its manifests yet"
         if self.engine.has_model(model) is False:
-            return f"unknown model '{model}'"
+            return f"{UNKNOWN_MODEL} '{model}'"
         self.engine.request_for_cold_model(model)
         self.wake()
         async with self._changed:

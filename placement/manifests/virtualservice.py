@@ -30,6 +30,9 @@ from placement.traffic.policy import (
 from xds_server.mesh_view import Fault, HeaderOps
 
 GROUP = "networking.istio.io"
+#: Istio has no field for a split that keeps one caller on one side: this annotation names the
+#: request header (a user or session id) that the VirtualService's weighted splits are keyed on
+STICKY_ANNOTATION = "serving.msm.io/sticky-header"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: a model name (DNS-1123 label-ish, as InferenceService names are); ``*`` is not a model
 HOST = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -60,6 +63,7 @@ class VirtualService:
     hosts: tuple[str, ...]
     gateways: tuple[str, ...]
     http: tuple[HttpRule, ...]
+    sticky_header: str | None = None  # annotation STICKY_ANNOTATION: splits keyed on this header
 
 
 def duration_s(value: Any) -> float:
@@ -347,9 +351,20 @@ def parse_virtual_service(doc: Any, default_namespace: str = "default") -> Virtu
         parsed_rule = _rule(r, rule, f"spec.http[{i}]")
         if parsed_rule is not None:
             rules.append(parsed_rule)
+    sticky = None
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict) and STICKY_ANNOTATION in annotations:
+        sticky = annotations[STICKY_ANNOTATION]
+        if not isinstance(sticky, str):
+            r.bad(f"metadata.annotations.{STICKY_ANNOTATION}", "a request header name")
+            sticky = None
+        else:
+            before = len(r.problems)
+            r.header_name(sticky, f"metadata.annotations.{STICKY_ANNOTATION}")
+            sticky = sticky.lower() if len(r.problems) == before else None
     if r.problems:
         raise VirtualServiceError(where, r.problems)
-    return VirtualService(ns, name, tuple(hosts), tuple(gateways), tuple(rules))
+    return VirtualService(ns, name, tuple(hosts), tuple(gateways), tuple(rules), sticky)
 
 
 def key_of(vs: VirtualService) -> str:
@@ -443,7 +458,8 @@ def resolve_traffic(claims: list[Claim], model_ns: Mapping[str, str],
             accept(prev, c.source)
             msg += "; its previous version stays in use"
         errors[c.error_key] = f"{errors[c.error_key]}\n{msg}" if c.error_key in errors else msg
-    policies = {h: HostPolicy(h, f"VirtualService {key}", services[key].http) for h, key in held.items()}
+    policies = {h: HostPolicy(h, f"VirtualService {key}", services[key].http, services[key].sticky_header)
+                for h, key in held.items()}
     return Traffic(services, policies, sources), errors
 
 

@@ -1,4 +1,5 @@
-"""Desired state from the Kubernetes API: InferenceService, ServingRuntime, ClusterServingRuntime.
+"""Desired state from the Kubernetes API: InferenceService, ServingRuntime, ClusterServingRuntime,
+and Istio VirtualServices bound to msm's model gateway.
 
 Each kind is listed once, then watched from the list's resourceVersion with bookmarks, so the
 watch resumes where it stopped (a watch ends every ``watch_timeout_s`` and starts again from the
@@ -11,6 +12,11 @@ Objects become :class:`placement.manifests.kserve.Document` s (source ``Kind nam
 ``created`` their creationTimestamp, so the oldest claim on a model name keeps it, also across
 control-plane restarts) and are resolved as files are, storage staying a URI (``pvc://`` is a
 volume mounted into the runtime pods).
+
+VirtualServices are msm's when their ``gateways`` name msm's model gateway (``--model-gateway``,
+Istio's rule: a name without a namespace is the VirtualService's own); the others belong to other
+gateways and are left alone, unread. Istio's CRDs may not be installed: then VirtualServices are
+not watched, the log says so, and the API is asked again every ``crd_poll_s`` until they are.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from kubernetes.client.rest import ApiException
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.kserve import Document, resolve
 from placement.manifests.validation import GROUP
+from placement.manifests.virtualservice import GROUP as ISTIO_GROUP
 
 log = logging.getLogger("msm.sources.kube")
 
@@ -42,6 +49,7 @@ class Kind:
     version: str
     plural: str
     namespaced: bool
+    group: str = GROUP
 
 
 KINDS = (
@@ -49,6 +57,17 @@ KINDS = (
     Kind("ServingRuntime", "v1alpha1", "servingruntimes", True),
     Kind("ClusterServingRuntime", "v1alpha1", "clusterservingruntimes", False),
 )
+VIRTUAL_SERVICE = Kind("VirtualService", "v1", "virtualservices", True, ISTIO_GROUP)
+#: msm's model gateway as VirtualServices name it in ``gateways`` (the IstioOperator's gateway)
+DEFAULT_MODEL_GATEWAY = "istio-system/msm-model-gateway"
+
+
+def bound_to(obj: dict[str, Any], gateway: str) -> bool:
+    """Whether a VirtualService names ``gateway`` (``namespace/name``) in its ``gateways``."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    ns = (obj.get("metadata") or {}).get("namespace") or ""
+    names = spec.get("gateways") if isinstance(spec.get("gateways"), list) else []
+    return any(isinstance(g, str) and (g if "/" in g else f"{ns}/{g}") == gateway for g in names)
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
 
@@ -60,7 +79,7 @@ def _key(kind: Kind, obj: dict[str, Any]) -> Key:
 
 def document_of(kind: Kind, obj: dict[str, Any]) -> Document:
     """An API object as a manifest document (``kind`` and ``apiVersion`` filled in, as a file has)."""
-    body = {**obj, "kind": kind.kind, "apiVersion": f"{GROUP}/{kind.version}"}
+    body = {**obj, "kind": kind.kind, "apiVersion": f"{kind.group}/{kind.version}"}
     meta = obj.get("metadata") or {}
     where = f"{meta.get('namespace')}/{meta.get('name')}" if kind.namespaced else str(meta.get("name"))
     # what the API server adds is not the user's manifest and not in the CRD's schema of the spec
@@ -169,16 +188,22 @@ class Informer:
 
 
 class KubeSource(Informer):
-    """Lists and watches the KServe kinds; calls ``on_change`` with each new desired state."""
+    """Lists and watches the KServe kinds and VirtualServices; calls ``on_change`` with each new
+    desired state."""
 
     def __init__(self, api: client.ApiClient, on_change: OnChange | None = None, *,
-                 watch_timeout_s: int = 60) -> None:
+                 watch_timeout_s: int = 60, model_gateway: str = DEFAULT_MODEL_GATEWAY,
+                 crd_poll_s: float = 30.0) -> None:
         super().__init__(api, watch_timeout_s)
+        self.model_gateway = model_gateway
+        self.crd_poll_s = crd_poll_s
+        self.virtual_services_watched = False
+        self._crd_wait: asyncio.Task[None] | None = None
         self.custom = client.CustomObjectsApi(api)
         self.on_change = on_change
         self.objects: dict[Key, dict[str, Any]] = {}
         self.state = DesiredState()
-        self.relists: dict[str, int] = {k.kind: 0 for k in KINDS}  # 410 Gone recoveries, per kind
+        self.relists: dict[str, int] = {k.kind: 0 for k in (*KINDS, VIRTUAL_SERVICE)}  # 410 Gone recoveries
         self._changed = asyncio.Event()
         self._deliver: asyncio.Task[None] | None = None
 
@@ -190,16 +215,58 @@ class KubeSource(Informer):
         for kind in KINDS:
             items, versions[kind.kind] = await asyncio.to_thread(self._list, kind)
             self._replace(kind, items)
+        vs_version = await self._list_virtual_services()
         await self._resolve_and_deliver()
         for kind in KINDS:
-            self._watch(kind.plural, lambda k=kind: self._list(k), self.custom.list_cluster_custom_object,
-                        (GROUP, kind.version, kind.plural), {},
-                        lambda event, obj, k=kind: self._apply(k, event, obj),
-                        lambda items, k=kind: self._relisted(k, items), versions[kind.kind])
+            self._watch_kind(kind, versions[kind.kind])
+        if vs_version is not None:
+            self._watch_kind(VIRTUAL_SERVICE, vs_version)
+        else:
+            self._crd_wait = asyncio.create_task(self._wait_for_virtual_services(), name="kube-source-crd")
         self._deliver = asyncio.create_task(self._deliver_loop(), name="kube-source")
         return self.state
 
+    def _watch_kind(self, kind: Kind, version: str) -> None:
+        self._watch(kind.plural, lambda: self._list(kind), self.custom.list_cluster_custom_object,
+                    (kind.group, kind.version, kind.plural), {},
+                    lambda event, obj: self._apply(kind, event, obj),
+                    lambda items: self._relisted(kind, items), version)
+
+    async def _list_virtual_services(self) -> str | None:
+        """List VirtualServices: their resourceVersion, or None when the API does not serve them."""
+        try:
+            items, version = await asyncio.to_thread(self._list, VIRTUAL_SERVICE)
+        except ApiException as e:
+            if e.status not in (403, 404):
+                raise
+            why = ("Istio's CRDs are not installed" if e.status == 404
+                   else "msm's ServiceAccount may not list them (deploy/base/rbac.yaml)")
+            if not self._crd_wait:
+                log.info("VirtualServices are not watched: %s/%s %s (%s); asking again every %.0fs",
+                         ISTIO_GROUP, VIRTUAL_SERVICE.version, VIRTUAL_SERVICE.plural, why, self.crd_poll_s)
+            return None
+        self._replace(VIRTUAL_SERVICE, items)
+        self.virtual_services_watched = True
+        log.info("watching VirtualServices bound to gateway %s", self.model_gateway)
+        return version
+
+    async def _wait_for_virtual_services(self) -> None:
+        while True:
+            await asyncio.sleep(self.crd_poll_s)
+            try:
+                version = await self._list_virtual_services()
+            except Exception as e:  # the API server may be away: ask again later
+                log.debug("listing VirtualServices failed: %s", e)
+                continue
+            if version is not None:
+                self._watch_kind(VIRTUAL_SERVICE, version)
+                self._changed.set()
+                return
+
     async def stop(self) -> None:
+        if self._crd_wait is not None:
+            self._crd_wait.cancel()
+            await asyncio.gather(self._crd_wait, return_exceptions=True)
         await self._stop_watches()
         if self._deliver is not None:
             self._deliver.cancel()
@@ -211,7 +278,7 @@ class KubeSource(Informer):
 
     # -- API calls (threads) --------------------------------------------------------------------
     def _list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
-        r = self.custom.list_cluster_custom_object(GROUP, kind.version, kind.plural)
+        r = self.custom.list_cluster_custom_object(kind.group, kind.version, kind.plural)
         return list(r.get("items") or []), r["metadata"]["resourceVersion"]
 
     # -- state (event loop) ---------------------------------------------------------------------
@@ -247,8 +314,9 @@ class KubeSource(Informer):
                 log.exception("resolving the desired state failed")
 
     async def _resolve_and_deliver(self) -> None:
-        kinds = {k.kind: k for k in KINDS}
-        documents = [document_of(kinds[key[0]], obj) for key, obj in sorted(self.objects.items())]
+        kinds = {k.kind: k for k in (*KINDS, VIRTUAL_SERVICE)}
+        documents = [document_of(kinds[key[0]], obj) for key, obj in sorted(self.objects.items())
+                     if key[0] != VIRTUAL_SERVICE.kind or bound_to(obj, self.model_gateway)]
         new = await asyncio.to_thread(partial(resolve, documents, None, self.state.models,
                                               namespaced_runtimes=True,
                                               traffic_incumbents=self.state.virtual_services))

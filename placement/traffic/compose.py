@@ -96,7 +96,7 @@ class _Host:
                 per_try_timeout_s=None if retries is None else retries.per_try_timeout_s,
                 retry_on=",".join(retries.retry_on) if retries is not None and retries.retry_on else None,
                 fault=rule.fault, request_headers=rule.request_headers,
-                response_headers=rule.response_headers)
+                response_headers=rule.response_headers, sticky_header=policy.sticky_header)
             # Istio: the entries of ``match`` are alternatives, the conditions of one entry all hold
             for match in rule.matches or (None,):
                 out.append(replace(base, headers=_conditions(match)))

@@ -80,3 +80,4 @@ class HostPolicy:
     host: str
     source: str
     rules: tuple[HttpRule, ...]
+    sticky_header: str | None = None  # weighted splits keyed on this request header

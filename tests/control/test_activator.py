@@ -110,6 +110,25 @@ async def test_the_gateway_names_the_model_to_load_and_the_replay_keeps_the_revi
         await act.stop()
 
 
+async def test_a_model_deleted_while_routes_still_name_it_is_not_found(gateway):
+    """The gateway's routes lag the deletion by an ACK: the activator answers as the gateway will."""
+    act, _ = make_activator(gateway, {"gone": "unknown model 'gone'"})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/gone/infer", data=b"{}") as r:
+            assert r.status == 404
+            assert await r.json() == {"error": "model not found", "path": "/v2/models/gone/infer"}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"\x0a\x04gone", metadata=(("mm-vmodel-id", "gone"),), timeout=5)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert gateway.rest_seen == [] and gateway.grpc_seen == []
+    finally:
+        await act.stop()
+
+
 async def test_a_replayed_request_that_comes_back_is_answered_503_not_looped(gateway):
     act, calls = make_activator(gateway, {})
     await act.start()

@@ -9,15 +9,20 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import descriptor_pb2
 
 from xds_server.translate import data_path as dp
+from xds_server.translate import names, routes
 
 
 def test_rest_filters_in_order_router_last():
     names = [f.name for f in dp.rest_http_filters(None)]
     # the fault filter sees the final route (after the classifier), before transcoding
-    assert names == [dp.INFERENCE_ONLY_FILTER, dp.CLASSIFY_FILTER, dp.FAULT_FILTER, dp.TRANSCODER_FILTER,
-                     dp.REWRITE_FILTER, dp.ROUTER_FILTER]
-    assert [f.name for f in dp.grpc_http_filters(None)] == [dp.INFERENCE_ONLY_FILTER, dp.FAULT_FILTER,
-                                                            dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+    # a sticky split's bucket first (both it and the classifier look the route up again), then the
+    # fault filter on the final route, before transcoding
+    assert names == [dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.CLASSIFY_FILTER, dp.FAULT_FILTER,
+                     dp.TRANSCODER_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+    assert [f.name for f in dp.grpc_http_filters(None)] == [
+        dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.FAULT_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+    # the sticky filter is off unless a route turns it on: no other request pays for it
+    assert [f.disabled for f in dp.rest_http_filters(None) if f.name == dp.STICKY_FILTER] == [True]
 
 
 def test_transcoder_config_is_self_contained_and_skips_marked_bodies():
@@ -62,7 +67,9 @@ def test_transcoding_per_route():
 
 def test_lua_sources_use_the_python_names():
     lua = lua_pb2.Lua()
-    _, classify, _, _, rewrite, _ = dp.rest_http_filters(None)
+    by_name = {f.name: f for f in dp.rest_http_filters(None)}
+    classify, rewrite = by_name[dp.CLASSIFY_FILTER], by_name[dp.REWRITE_FILTER]
+    sticky = by_name[dp.STICKY_FILTER]
     assert classify.typed_config.Unpack(lua)
     src = lua.default_source_code.inline_string
     assert f'"{dp.REST_BODY_HEADER}"' in src and f'"{dp.REST_BODY_DATA}"' in src
@@ -70,6 +77,10 @@ def test_lua_sources_use_the_python_names():
     assert rewrite.typed_config.Unpack(lua)
     assert f'"{dp.TARGET_KEY}"' in lua.default_source_code.inline_string
     assert lua.clear_route_cache.value is False  # a transcoded path must not be routed again
+    assert sticky.typed_config.Unpack(lua)
+    src = lua.default_source_code.inline_string
+    assert f'"{names.BUCKET_HEADER}"' in src and f"BUCKETS = {routes.BUCKETS}" in src
+    assert f'get("{dp.STICKY_HEADER_KEY}")' in src and lua.clear_route_cache.value is True
 
 
 def test_generated_module_lives_in_a_private_pool():

@@ -270,13 +270,14 @@ class StaticGateway:
 
 
 async def grpc_infer(target: str, model: str, body_model: str | None = None,
-                     timeout: float = 5.0) -> tuple[grpc.StatusCode, dict | str]:
+                     timeout: float = 5.0, metadata: tuple[tuple[str, str], ...] = (),
+                     ) -> tuple[grpc.StatusCode, dict | str]:
     """A unary ModelInfer call through the gateway with ``mm-vmodel-id: model``."""
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         try:
-            raw = await call(encode_model_name(body_model or model), metadata=(("mm-vmodel-id", model),),
-                             timeout=timeout)
+            raw = await call(encode_model_name(body_model or model),
+                             metadata=(("mm-vmodel-id", model), *metadata), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             return e.code(), e.details() or ""
         return grpc.StatusCode.OK, json.loads(raw)

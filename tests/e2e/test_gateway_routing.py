@@ -28,6 +28,7 @@ from xds_server.mesh_view import (
     Revision,
     RouteRule,
 )
+from xds_server.translate.routes import sticky_bucket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -173,6 +174,46 @@ async def test_the_activators_replay_goes_back_to_the_revision_of_the_split_it_w
             # the revision header alone (a client's) pins nothing: the split still applies
             seen = {await path({"x-msm-revision": "m__1"}) for _ in range(40)}
             assert seen == {"/v2/models/m__1/ready", "/v2/models/m__2/ready"}
+    finally:
+        await gw.stop()
+
+
+async def test_a_sticky_split_keeps_each_key_on_one_side_and_splits_the_keys_by_weight(
+        tmp_path, copies, source):
+    c0, c1, _ = copies
+    rule = RouteRule((Destination("m__1", 70), Destination("m__2", 30)), sticky_header="x-user")
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),
+                                    Revision("m__2", copies=(c1.as_copy(),))), rules=(rule,))])
+    gw = await gateway(tmp_path, view, source)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def side(user: str | None, body: bool = False) -> str:
+                headers = {"x-user": user} if user is not None else {}
+                if body:  # a V2 `data` body: the classifier looks the route up again after the bucket
+                    async with s.post(f"{gw.rest_url}/v2/models/m/infer", data=DATA_BODY,
+                                      headers={**DATA_HEADERS, **headers}) as r:
+                        got = await r.json()
+                else:
+                    async with s.get(f"{gw.rest_url}/v2/models/m/ready", headers=headers) as r:
+                        got = await r.json()
+                assert "x-msm-bucket" not in got["headers"]
+                return got["copy"]
+
+            users = [f"user-{i}" for i in range(200)]
+            first = {u: await side(u) for u in users}
+            for u in users[:40]:  # the same key, the same side: REST paths, bodies and gRPC alike
+                assert {await side(u) for _ in range(3)} | {await side(u, body=True)} == {first[u]}
+                _, got = await grpc_infer(gw.grpc_target, "m", metadata=(("x-user", u),))
+                assert got["copy"] == first[u]
+            # the gateway's hash is the one msm documents (buckets 0-6999 for m__1, 7000-9999 for m__2)
+            assert first == {u: "c0" if sticky_bucket(u) < 7000 else "c1" for u in users}
+            assert_binomial(sum(v == "c1" for v in first.values()), len(users), 0.3)
+            # a caller's own bucket header chooses nothing: the key's bucket replaces it
+            async with s.get(f"{gw.rest_url}/v2/models/m/ready",
+                             headers={"x-user": users[0], "x-msm-bucket": "9999"}) as r:
+                assert (await r.json())["copy"] == first[users[0]]
+            # no key: split at random, both sides seen
+            assert {await side(None) for _ in range(40)} == {"c0", "c1"}
     finally:
         await gw.stop()
 

@@ -57,6 +57,7 @@ CLUSTER_RULES = [
     ("", ("services",), ("get", "list", "watch", "create", "update", "patch", "delete")),
     ("", ("pods",), ("get", "list", "watch")),
     ("", ("events",), ("create", "patch")),
+    ("networking.istio.io", ("virtualservices",), ("get", "list", "watch")),
 ]
 LEASE_RULES = [("coordination.k8s.io", ("leases",), ("get", "list", "watch", "create", "update", "patch"))]
 

@@ -166,3 +166,67 @@ async def test_a_watch_of_a_compacted_version_lists_again_and_misses_nothing(tmp
                 await source.stop()
     finally:
         await server.stop()
+
+
+ISTIO_CRD = Path(__file__).resolve().parents[2] / "placement" / "manifests" / "crds" / "istio" / \
+    "networking.istio.io_virtualservices.yaml"
+
+
+def virtual_service(name: str, ns: str, hosts: list[str], gateways: list[str],
+                    route: list[tuple[str, int]]) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"hosts": hosts, "gateways": gateways,
+                     "http": [{"route": [{"destination": {"host": h}, "weight": w} for h, w in route]}]}}
+
+
+async def test_virtual_services_bound_to_the_model_gateway_are_watched_once_istio_crds_exist(
+        apiserver: ApiServer) -> None:
+    ns = "traffic"
+    with api_client(apiserver) as api:
+        custom = setup_namespace(api, ns)
+        for name in ("a", "b"):
+            isvc = fixture("article-sklearn-mnist.yaml")
+            isvc["metadata"].update(name=name, namespace=ns)
+            custom.create_namespaced_custom_object(GROUP, "v1beta1", ns, "inferenceservices", isvc)
+        ext = client.ApiextensionsV1Api(api)
+        states = States()
+        source = KubeSource(api, states, watch_timeout_s=5, crd_poll_s=0.2)
+        crd = yaml.safe_load_all(ISTIO_CRD.read_text())
+        crd = next(d for d in crd if isinstance(d, dict))
+        try:
+            first = await source.start()
+            assert not source.virtual_services_watched and first.traffic == {}  # no Istio: said, not failed
+            ext.create_custom_resource_definition(crd)
+            vs = "networking.istio.io", "v1", ns, "virtualservices"
+            ours = virtual_service("ab", ns, ["ab"], ["istio-system/msm-model-gateway"],
+                                   [("a", 70), ("b", 30)])
+            # another gateway's: hosts msm would refuse, left alone and unreported
+            theirs = virtual_service("web", ns, ["*.example.com"], ["web-gateway"], [("a", 100)])
+            for obj in (ours, theirs):
+                for _ in range(100):  # the CRD's REST endpoint follows its Established condition
+                    try:
+                        custom.create_namespaced_custom_object(*vs, obj)
+                        break
+                    except client.ApiException as e:
+                        if e.status != 404:
+                            raise
+                        await asyncio.sleep(0.1)
+            st = await states.until(lambda s: "ab" in s.traffic)  # the source asks every crd_poll_s
+            assert source.virtual_services_watched
+            assert st.traffic["ab"].source == f"VirtualService {ns}/ab"
+            assert [(d.host, d.weight) for d in st.traffic["ab"].rules[0].route] == [("a", 70), ("b", 30)]
+            assert not [k for k in st.errors if "web" in k or "example" in st.errors[k]]
+            # a bad edit: said under the object, the last good routing stays
+            custom.patch_namespaced_custom_object(*vs, "ab", {"spec": {"http": [{"route": [
+                {"destination": {"host": "gone"}}]}]}})
+            st = await states.until(lambda s: f"VirtualService {ns}/ab" in s.errors)
+            problem = st.errors[f"VirtualService {ns}/ab"]
+            assert "destination gone is not an InferenceService msm serves" in problem
+            assert [(d.host, d.weight) for d in st.traffic["ab"].rules[0].route] == [("a", 70), ("b", 30)]
+            # unbound from msm's gateway: no longer msm's
+            custom.patch_namespaced_custom_object(*vs, "ab", {"spec": {"gateways": ["web-gateway"]}})
+            await states.until(lambda s: "ab" not in s.traffic and f"VirtualService {ns}/ab" not in s.errors)
+        finally:
+            await source.stop()
+            ext.delete_custom_resource_definition(crd["metadata"]["name"])

@@ -18,15 +18,18 @@ import tritonclient.grpc as grpcclient
 import yaml
 from mesh_harness import DIGIT_8, DIGIT_8_V2, LocalMeshProcess, isvc_yaml
 
+from xds_server.translate.routes import sticky_bucket
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MODELS = {"svm": "mnist-svm.joblib", "logreg": "mnist-logreg.joblib", "forest": "mnist-forest.joblib"}
 
 
 def virtual_service(rules: list[dict]) -> str:
+    meta = {"name": "digits", "namespace": "modelmesh-serving",
+            "annotations": {"serving.msm.io/sticky-header": "x-user"}}  # splits keyed on x-user
     return yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                           "metadata": {"name": "digits", "namespace": "modelmesh-serving"},
-                           "spec": {"hosts": ["digits"], "http": rules}}, sort_keys=False)
+                           "metadata": meta, "spec": {"hosts": ["digits"], "http": rules}}, sort_keys=False)
 
 
 def dest(host: str, weight: int | None = None) -> dict:
@@ -78,6 +81,11 @@ def test_a_virtual_model_splits_matches_injects_and_keeps_its_last_good_routing(
         assert set(got) <= {"svm", "logreg"}
         sd = math.sqrt(n * 0.1 * 0.9)
         assert abs(got["logreg"] - n * 0.1) <= 5 * sd, got  # 90/10 within five standard deviations
+
+        # sticky: one user, one side, as the documented hash says
+        for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"):
+            side = "svm" if sticky_bucket(user) < 9000 else "logreg"
+            assert {served_by(ask(mesh, c, {"x-user": user})) for _ in range(3)} == {side}, user
 
         r = ask(mesh, c, {"x-tester": "yes"})
         assert served_by(r) == "forest" and r.headers["x-served-by"] == "forest"

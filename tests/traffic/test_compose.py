@@ -212,11 +212,32 @@ def test_envoy_accepts_a_composed_view(tmp_path, cluster_layout, route_layout) -
         request_headers=HeaderOps(set=(("x-a", "1"),), add=(("x-b", "2"),), remove=("x-c",)),
         response_headers=HeaderOps(set=(("x-d", "3"),), remove=("x-e",)))
     grpc_abort = replace(split(("c", 100)), fault=Fault(abort_grpc_status=14))
+    sticky = HostPolicy("s", "VirtualService ns/s", (split(("a", 50), ("b", 50)),), sticky_header="x-user")
     view, problems = compose(engine_view(), {"ab": policy("ab", rule, grpc_abort),
-                                             "a": policy("a", split(("c", 100)))})
+                                             "a": policy("a", split(("c", 100))), "s": sticky})
     assert problems == {}
     opts = GatewayOptions(cluster_layout=cluster_layout, route_layout=route_layout, subset_shards=2)
     boot = static_bootstrap(translate(view, opts), admin_port=0)
     path = write_static(tmp_path / "static.json", boot, upstream_tls=False)
     p = subprocess.run(validate_command(path), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_sticky_split_routes_by_bucket_ranges_before_its_fractions() -> None:
+    pol = HostPolicy("s", "VirtualService ns/s", (split(("a", 50), ("b", 50)),), sticky_header="x-user")
+    view, _ = compose(engine_view(), {"s": pol})
+    assert {r.sticky_header for r in view.models["s"].rules} == {"x-user"}
+    res = translate(view, GatewayOptions(cluster_layout="per_revision"))
+    routes = res[rt.ROUTE]["msm_grpc/s"].virtual_hosts[0].routes
+    assert [r.name for r in routes] == [
+        "s/0/grpc/a__1/pinned", "s/0/grpc/b__1/pinned",
+        "s/0/grpc/a__1/bucket0", "s/0/grpc/b__1/bucket5000", "s/0/grpc/b__2/bucket9000",
+        "s/0/grpc/a__1", "s/0/grpc/b__1", "s/0/grpc/b__2"]
+    spans = [(h.range_match.start, h.range_match.end) for r in routes[2:5] for h in r.match.headers
+             if h.name == "x-msm-bucket"]
+    assert spans == [(0, 5000), (5000, 9000), (9000, 10000)]  # b's 50 % is the engine's 80/20
+    for r in routes[2:]:
+        assert dp.STICKY_FILTER in r.typed_per_filter_config
+        assert r.metadata.filter_metadata[dp.STICKY_FILTER]["header"] == "x-user"
+    assert dp.STICKY_FILTER not in routes[0].typed_per_filter_config  # the replay is pinned already
+    assert list(routes[2].request_headers_to_remove) == ["x-msm-bucket"]

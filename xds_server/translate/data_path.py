@@ -49,6 +49,8 @@ TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 REWRITE_FILTER = "msm.model_rewrite"
 ROUTER_FILTER = "envoy.filters.http.router"
 FAULT_FILTER = "envoy.filters.http.fault"  # configured per route (a VirtualService's fault)
+STICKY_FILTER = "msm.sticky"  # off, but on routes of sticky splits (route metadata names the header)
+STICKY_HEADER_KEY = "header"
 TARGET_KEY = "target"  # route metadata: filter_metadata[REWRITE_FILTER][TARGET_KEY] = revision id
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 INFERENCE_ONLY_FILTER = "msm.inference_only"
@@ -168,6 +170,7 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
     model name, route."""
     return [
         _inference_only("rest"),
+        _sticky(),  # before the classifier: both look the route up again, the bucket first
         # marks `data` bodies and clears the route cache so the REST-port route matches
         _lua_filter(CLASSIFY_FILTER, "classify_body.lua", clear_route_cache=True),
         _fault(),  # on the final route, before transcoding: an abort answers the REST client
@@ -182,8 +185,35 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
 
 def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
     """HCM filters of the gRPC listener: inference methods only, rewrite the model name, route."""
-    return [_inference_only("grpc"), _fault(),
+    return [_inference_only("grpc"), _sticky(), _fault(),
             _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+
+
+STICKY_SOURCE = "sticky"  # the script's name in the filter's source_codes
+
+
+def _sticky() -> hcm.HttpFilter:
+    """Off unless a route turns it on (:func:`sticky_per_route`): most routes never pay for it."""
+    source = base_pb2.DataSource(inline_string=lua_source("sticky_bucket.lua"))
+    cfg = lua_pb2.Lua(default_source_code=source, source_codes={STICKY_SOURCE: source},
+                      clear_route_cache=wrappers_pb2.BoolValue(value=True))
+    return hcm.HttpFilter(name=STICKY_FILTER, typed_config=pack(cfg), disabled=True)
+
+
+@cache
+def _sticky_on() -> Any:
+    return pack(rc.FilterConfig(config=pack(lua_pb2.LuaPerRoute(name=STICKY_SOURCE))))
+
+
+def sticky_per_route() -> dict[str, Any]:
+    """``Route.typed_per_filter_config`` entries that turn the sticky filter on for a route."""
+    return {STICKY_FILTER: _sticky_on()}
+
+
+def sticky_metadata(header: str) -> base_pb2.Metadata:
+    m = base_pb2.Metadata()
+    m.filter_metadata[STICKY_FILTER].update({STICKY_HEADER_KEY: header})
+    return m
 
 
 def _fault() -> hcm.HttpFilter:

@@ -24,6 +24,8 @@ ACTIVATE_HEADER = "x-msm-model"
 REVISION_HEADER = "x-msm-revision"
 #: set by the activator on the request it replays through the gateway
 ACTIVATED_HEADER = "x-msm-activated"
+#: a sticky split's bucket (0..9999) of the request's key header, set by the sticky Lua filter
+BUCKET_HEADER = "x-msm-bucket"
 SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
 LB_METADATA = "envoy.lb"
 

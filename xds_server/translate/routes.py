@@ -9,6 +9,11 @@ path rewrite and metadata, which is what sends a request to the runtime under th
 Before a split's routes, a *pinned* route per destination with a ready copy takes the activator's
 replay of a cold request (``x-msm-activated`` and ``x-msm-revision``) to the revision it was first
 routed to, so the replay does not throw the dice again.
+
+A *sticky* split (``RouteRule.sticky_header``) has, before its fraction routes, one route per
+destination matching a range of ``x-msm-bucket`` (0..9999, the destinations' cumulative shares).
+The fraction routes and these turn on the sticky Lua filter, which hashes the key header's value
+into that bucket and has the route looked up again: one key, one destination, on every gateway.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_p
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import percent_pb2
+from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.mesh_view import Fault, HeaderMatch, HeaderOps, MeshView, Model, RouteRule
@@ -31,6 +36,7 @@ from xds_server.translate.common import duration, pack
 from xds_server.translate.options import GatewayOptions
 
 MILLION = 1_000_000
+BUCKETS = 10_000  # a sticky split's buckets: envoy/lua/sticky_bucket.lua hashes into 0..BUCKETS-1
 # "cancelled": a runtime shutting down (pod terminating, grpc server stop) cancels its in-flight RPCs
 RETRY_ON = "reset,connect-failure,refused-stream,unavailable,cancelled"
 _PREVIOUS_HOSTS = rc.RetryPolicy.RetryHostPredicate(
@@ -81,6 +87,26 @@ def split_fractions(weights: list[int]) -> list[int | None]:
         acc += w
         out.append(round(acc * MILLION / total))
     out.append(None)
+    return out
+
+
+def sticky_bucket(value: str) -> int:
+    """The bucket envoy/lua/sticky_bucket.lua puts a key in: 32-bit FNV-1a of its bytes, mod BUCKETS."""
+    h = 2166136261
+    for b in value.encode():
+        h = ((h ^ b) * 16777619) % 2**32
+    return h % BUCKETS
+
+
+def bucket_ranges(weights: list[int]) -> list[tuple[int, int]]:
+    """Each destination's buckets ``[start, end)`` of a sticky split, in order, by cumulative share."""
+    total = sum(weights)
+    out, acc, start = [], 0, 0
+    for w in weights:
+        acc += w
+        end = round(acc * BUCKETS / total)
+        out.append((start, end))
+        start = end
     return out
 
 
@@ -187,15 +213,21 @@ class _RouteBuilder:
                 variants = ("body", "infer", "other")
             else:
                 variants = ("grpc",)
+            sticky = rule.sticky_header if len(targets) > 1 else None
+            buckets = bucket_ranges([w for _, w in targets]) if sticky else []
             for variant in variants:
                 if len(targets) > 1:
                     out.extend(self._route(i, rule, variant, target, None, pinned=True)
                                for target, _ in targets if target.kind == "runtime")
+                for (target, _), bucket in zip(targets, buckets, strict=False):
+                    if bucket[0] < bucket[1]:
+                        out.append(self._route(i, rule, variant, target, None, bucket=bucket, sticky=sticky))
                 for (target, _), frac in zip(targets, fractions, strict=True):
-                    out.append(self._route(i, rule, variant, target, frac))
+                    out.append(self._route(i, rule, variant, target, frac, sticky=sticky))
         return out
 
-    def _match(self, rule: RouteRule, variant: str, pinned: str | None = None) -> rc.RouteMatch:
+    def _match(self, rule: RouteRule, variant: str, pinned: str | None = None,
+               bucket: tuple[int, int] | None = None) -> rc.RouteMatch:
         m = rc.RouteMatch()
         if variant == "grpc":
             m.prefix = "/"
@@ -212,13 +244,18 @@ class _RouteBuilder:
         if pinned is not None:
             m.headers.append(rc.HeaderMatcher(name=names.ACTIVATED_HEADER, present_match=True))
             m.headers.append(_exact(names.REVISION_HEADER, pinned))
+        if bucket is not None:
+            span = range_pb2.Int64Range(start=bucket[0], end=bucket[1])
+            m.headers.append(rc.HeaderMatcher(name=names.BUCKET_HEADER, range_match=span))
         return m
 
     def _route(self, index: int, rule: RouteRule, variant: str, target: Target, frac: int | None,
-               pinned: bool = False) -> rc.Route:
+               pinned: bool = False, bucket: tuple[int, int] | None = None,
+               sticky: str | None = None) -> rc.Route:
         opts = self.opts
-        name = f"{self.model.name}/{index}/{variant}/{target.revision}" + ("/pinned" if pinned else "")
-        r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None))
+        suffix = "/pinned" if pinned else (f"/bucket{bucket[0]}" if bucket is not None else "")
+        name = f"{self.model.name}/{index}/{variant}/{target.revision}{suffix}"
+        r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None, bucket))
         _fraction(frac, r)
         upstream_grpc = variant in ("infer", "grpc")
         if target.kind == "unavailable":
@@ -259,6 +296,12 @@ class _RouteBuilder:
             _header_ops(rule.response_headers, r.response_headers_to_add, r.response_headers_to_remove)
             if rule.fault is not None:
                 r.typed_per_filter_config[data_path.FAULT_FILTER].CopyFrom(pack(fault_config(rule.fault)))
+        if sticky is not None:
+            for filter_name, cfg in data_path.sticky_per_route().items():
+                r.typed_per_filter_config[filter_name].CopyFrom(cfg)
+            r.metadata.MergeFrom(data_path.sticky_metadata(sticky))
+        if bucket is not None:
+            r.request_headers_to_remove.append(names.BUCKET_HEADER)
         if variant == "body":
             r.request_headers_to_remove.append(data_path.REST_BODY_HEADER)
         if self.kind == names.REST:
