@@ -35,6 +35,15 @@ TRIMMED_STATS_EXCLUSIONS: list[dict[str, Any]] = [
 ]
 
 
+#: Envoy's internal listeners (the mirror listener, xds_server/translate/listeners.py) need this
+#: bootstrap extension; Istio's gateway bootstrap has it too.
+INTERNAL_LISTENER_EXTENSION: dict[str, Any] = {
+    "name": "envoy.bootstrap.internal_listener",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+}
+
+
 def stats_config(trim_stats: bool) -> dict[str, Any]:
     if not trim_stats:
         return {}
@@ -161,6 +170,7 @@ def static_bootstrap(resources: dict[str, dict[str, Message]], admin_port: int, 
         "node": {"id": node_id, "cluster": "msm-gateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        "bootstrap_extensions": [INTERNAL_LISTENER_EXTENSION],
     }
     if trim_stats:
         boot["stats_config"] = stats_config(True)

@@ -82,6 +82,14 @@ class HeaderOps:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """A copy of a share of a rule's requests, sent to another model (its answer is dropped)."""
+
+    model: str  # a model of the view: the copy takes that model's own routing
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRule:
     """One http route of a model, VirtualService style: the first rule that matches wins.
 
@@ -99,6 +107,7 @@ class RouteRule:
     response_headers: HeaderOps = HeaderOps()
     # a split keyed on this request header: one value always lands on the same destination
     sticky_header: str | None = None
+    mirrors: tuple[Mirror, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +225,11 @@ def check_model(model: Model) -> list[str]:
                 problems.append(f"rule {i}: abort status {f.abort_grpc_status} is not a gRPC status")
             if (f.delay_s or 0) < 0 or not all(0 <= p <= 100 for p in (f.delay_percent, f.abort_percent)):
                 problems.append(f"rule {i}: a fault's delay is negative or a percentage is not 0 to 100")
+        for m in rule.mirrors:
+            if not m.model or "/" in m.model or any(c.isspace() for c in m.model):
+                problems.append(f"rule {i}: invalid mirror model {m.model!r}")
+            if not 0 <= m.percent <= 100:
+                problems.append(f"rule {i}: mirror percentage {m.percent} is not 0 to 100")
         if rule.sticky_header is not None and not _header_name_ok(rule.sticky_header):
             problems.append(f"rule {i}: {rule.sticky_header!r} is not a header name to key a split on")
         for ops in (rule.request_headers, rule.response_headers):

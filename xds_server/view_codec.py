@@ -18,6 +18,7 @@ from xds_server.mesh_view import (
     HeaderMatch,
     HeaderOps,
     MeshView,
+    Mirror,
     Model,
     Revision,
     RouteRule,
@@ -37,7 +38,8 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
                     "abort_http_status": r.fault.abort_http_status,
                     "abort_grpc_status": r.fault.abort_grpc_status, "abort_percent": r.fault.abort_percent},
                 "request_headers": ops(r.request_headers), "response_headers": ops(r.response_headers),
-                "sticky_header": r.sticky_header}
+                "sticky_header": r.sticky_header,
+                "mirrors": [{"model": m.model, "percent": m.percent} for m in r.mirrors]}
 
     def ops(o: HeaderOps) -> dict[str, Any]:
         return {"set": [list(p) for p in o.set], "add": [list(p) for p in o.add], "remove": list(o.remove)}
@@ -141,7 +143,10 @@ def view_from_dict(data: Any) -> MeshView:
                                    _get(r, "retry_on", str, rw, True), _fault(r.get("fault"), rw),
                                    _ops(r.get("request_headers"), f"{rw}.request_headers"),
                                    _ops(r.get("response_headers"), f"{rw}.response_headers"),
-                                   _get(r, "sticky_header", str, rw, True)))
+                                   _get(r, "sticky_header", str, rw, True),
+                                   tuple(Mirror(_get(m, "model", str, f"{rw}.mirrors"),
+                                                float(_get(m, "percent", (int, float), f"{rw}.mirrors")))
+                                         for m in (_get(r, "mirrors", list, rw, True) or ()))))
         model = Model(_get(m, "name", str, w), tuple(revisions), tuple(rules))
         problems = check_model(model)
         if problems:

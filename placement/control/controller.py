@@ -252,6 +252,12 @@ class Controller:
                 if self.traffic_problems.get(host) != problem:
                     log.warning("routing of %s: %s", host, problem)
             self.traffic_problems = problems
+        # a model that takes a mirror's copies is loaded like one with requests: the gateway drops
+        # shadows to a model with no copy rather than hold them (and the mirror's route stats keep
+        # it warm once loaded)
+        for name in sorted({m.host for p in self.traffic.values() for r in p.rules for m in r.mirrors}):
+            if self.engine.has_model(name) and not routes_to_a_copy(engine_view, name):
+                self.engine.request_for_cold_model(name)
         version = await self.publisher.publish(view)
         self._published = (engine_view, version)
         async with self._changed:

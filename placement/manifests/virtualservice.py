@@ -409,9 +409,6 @@ def _problems_with(vs: VirtualService, model_ns: Mapping[str, str], held: Mappin
             elif ns != vs.namespace:
                 out.append(f"http[{rule_index}]: destination {host} is in namespace {ns}; "
                            f"a VirtualService routes to its own namespace's models")
-        if rule.mirrors:
-            out.append(f"http[{rule_index}]: mirror is not supported by msm yet; the rule is refused "
-                       "rather than served without its mirror")
     return out
 
 

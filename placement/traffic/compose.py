@@ -22,7 +22,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from placement.traffic.policy import HostPolicy, HttpMatch, HttpRule, StringMatch
-from xds_server.mesh_view import Destination, HeaderMatch, MeshView, Model, Revision, RouteRule, check_model
+from xds_server.mesh_view import (
+    Destination,
+    HeaderMatch,
+    MeshView,
+    Mirror,
+    Model,
+    Revision,
+    RouteRule,
+    check_model,
+)
 
 #: A destination's weight (0-100) times its revisions' engine shares, out of this many
 SCALE = 1_000_000
@@ -96,7 +105,11 @@ class _Host:
                 per_try_timeout_s=None if retries is None else retries.per_try_timeout_s,
                 retry_on=",".join(retries.retry_on) if retries is not None and retries.retry_on else None,
                 fault=rule.fault, request_headers=rule.request_headers,
-                response_headers=rule.response_headers, sticky_header=policy.sticky_header)
+                response_headers=rule.response_headers, sticky_header=policy.sticky_header,
+                mirrors=tuple(Mirror(m.host, m.percent) for m in rule.mirrors))
+            for m in rule.mirrors:
+                if m.host not in self.view.models:
+                    self.missing.add(m.host)
             # Istio: the entries of ``match`` are alternatives, the conditions of one entry all hold
             for match in rule.matches or (None,):
                 out.append(replace(base, headers=_conditions(match)))

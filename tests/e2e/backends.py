@@ -60,6 +60,8 @@ class RestBackend:
         self.copy = copy
         self.port = 0
         self.requests = 0
+        self.seen: list[dict] = []  # what each request asked for, in order
+        self.arrived = asyncio.Event()  # set on each request
         self.request_ids: list[str] = []
         self.fail: int | str | None = None
         self._server: asyncio.Server | None = None
@@ -86,6 +88,8 @@ class RestBackend:
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 self.requests += 1
                 self.request_ids.append(headers.get("x-request-id", ""))
+                self.seen.append({"method": method, "path": target, "headers": headers})
+                self.arrived.set()
                 if self.fail == "reset":
                     writer.transport.abort()
                     return
@@ -130,6 +134,8 @@ class GrpcBackend:
         self.copy = copy
         self.port = 0
         self.requests = 0
+        self.seen: list[dict] = []  # what each request asked for, in order
+        self.arrived = asyncio.Event()  # set on each request
         self.request_ids: list[str] = []
         self.fail: grpc.StatusCode | str | None = None
         self._server: grpc.aio.Server | None = None
@@ -146,6 +152,9 @@ class GrpcBackend:
                     backend.requests += 1
                     md = dict(context.invocation_metadata() or ())
                     backend.request_ids.append(md.get("x-request-id", ""))
+                    backend.seen.append({"method": method, "model_name": decode_model_name(request),
+                                         "vmodel": md.get("mm-vmodel-id"), "mirror": md.get("x-msm-mirror")})
+                    backend.arrived.set()
                     if backend.fail == "hang":
                         await backend._stopped.wait()
                     if isinstance(backend.fail, grpc.StatusCode):
@@ -267,6 +276,15 @@ class StaticGateway:
         if self.xds is not None:
             await self.xds.stop(0)
             self.xds = None
+
+
+async def first_seen(backend: RestBackend | GrpcBackend, n: int, timeout: float = 10.0) -> list[dict]:
+    """The first ``n`` requests ``backend`` saw, once it has seen them."""
+    async with asyncio.timeout(timeout):
+        while len(backend.seen) < n:
+            backend.arrived.clear()
+            await backend.arrived.wait()
+    return backend.seen[:n]
 
 
 async def grpc_infer(target: str, model: str, body_model: str | None = None,

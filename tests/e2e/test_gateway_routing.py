@@ -17,13 +17,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, RestBackend, StaticGateway, grpc_infer
+from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, RestBackend, StaticGateway, first_seen, grpc_infer
 
 from xds_server.mesh_view import (
     ActivatorEndpoint,
     Destination,
     HeaderMatch,
     MeshView,
+    Mirror,
     Model,
     Revision,
     RouteRule,
@@ -214,6 +215,33 @@ async def test_a_sticky_split_keeps_each_key_on_one_side_and_splits_the_keys_by_
                 assert (await r.json())["copy"] == first[users[0]]
             # no key: split at random, both sides seen
             assert {await side(None) for _ in range(40)} == {"c0", "c1"}
+    finally:
+        await gw.stop()
+
+
+async def test_a_mirror_copies_each_request_to_the_other_model_and_the_client_gets_the_primarys_answer(
+        tmp_path, copies, source):
+    c0, c1, _ = copies
+    rule = RouteRule((Destination("m__1"),), mirrors=(Mirror("s", 100.0),))
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),), rules=(rule,)),
+                        Model("s", (Revision("s__1", copies=(c1.as_copy(),)),))])
+    gw = await gateway(tmp_path, view, source)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{gw.rest_url}/v2/models/m/infer", data=DATA_BODY, headers=DATA_HEADERS) as r:
+                assert (await r.json())["path"] == "/v2/models/m__1/infer"  # the primary answers
+            (shadow,) = await first_seen(c1.rest, 1)  # shadows may arrive after the primary's answer
+            assert shadow["path"] == "/v2/models/s__1/infer"  # the shadow model, under its own revision
+        _, got = await grpc_infer(gw.grpc_target, "m")
+        assert (got["copy"], got["model_name"]) == ("c0", "m__1")
+        (shadow,) = await first_seen(c1.grpc, 1)
+        assert shadow["model_name"] == "s__1"  # the body's model name rewritten for the shadow model
+        assert shadow["vmodel"] == "m" and shadow["mirror"] == "s"
+        assert c0.rest.requests == 1 and c0.grpc.requests == 1  # nothing went twice to the primary
+        # the shadow model itself is called as before, unmirrored
+        _, got = await grpc_infer(gw.grpc_target, "s")
+        assert (got["copy"], got["model_name"]) == ("c1", "s__1")
+        assert c0.grpc.requests == 1 and c1.grpc.requests == 2
     finally:
         await gw.stop()
 

@@ -22,7 +22,8 @@ from xds_server.translate.routes import sticky_bucket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-MODELS = {"svm": "mnist-svm.joblib", "logreg": "mnist-logreg.joblib", "forest": "mnist-forest.joblib"}
+MODELS = {"svm": "mnist-svm.joblib", "logreg": "mnist-logreg.joblib", "forest": "mnist-forest.joblib",
+          "shadow": "mnist-svm.joblib"}  # called by no client: only the mirror sends it requests
 
 
 def virtual_service(rules: list[dict]) -> str:
@@ -39,6 +40,8 @@ def dest(host: str, weight: int | None = None) -> dict:
 SPLIT = {"route": [dest("svm", 90), dest("logreg", 10)]}
 TESTER = {"match": [{"headers": {"x-tester": {"exact": "yes"}}}], "route": [dest("forest")],
           "headers": {"response": {"set": {"x-served-by": "forest"}}}}
+MIRROR = {"match": [{"headers": {"x-shadow": {"exact": "on"}}}], "route": [dest("logreg")],
+          "mirror": {"host": "shadow"}}
 FAULT = {"match": [{"headers": {"x-fault": {"exact": "abort"}}}], "route": [dest("svm")],
          "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}}
 
@@ -66,7 +69,7 @@ def rewrite(mesh: LocalMeshProcess, text: str) -> None:
 @pytest.fixture
 def mesh(make_mesh) -> LocalMeshProcess:
     files = {f"{m}.yaml": isvc_yaml(m, path) for m, path in MODELS.items()}
-    files["digits.yaml"] = virtual_service([FAULT, TESTER, SPLIT])
+    files["digits.yaml"] = virtual_service([MIRROR, FAULT, TESTER, SPLIT])
     return make_mesh(files, replicas=2)
 
 
@@ -93,6 +96,16 @@ def test_a_virtual_model_splits_matches_injects_and_keeps_its_last_good_routing(
 
         r = ask(mesh, c, {"x-fault": "abort"})
         assert r.status_code == 418  # injected by the gateway: no runtime saw it
+
+        # a mirror: the client gets the primary's answer; the shadow model is loaded for the
+        # mirror's sake and receives copies of the requests (the gateway counts them for it)
+        assert {served_by(ask(mesh, c, {"x-shadow": "on"})) for _ in range(5)} == {"logreg"}
+        mesh.wait_status(lambda s: s["models"]["shadow"]["ready_copies"] >= 1, what="the shadow model loaded")
+        deadline = time.monotonic() + 30
+        while not mesh.status()["models"]["shadow"].get("requests_per_min"):
+            assert time.monotonic() < deadline, "the shadow model never received the mirrored requests"
+            assert served_by(ask(mesh, c, {"x-shadow": "on"})) == "logreg"
+            time.sleep(0.2)
 
         # the standard V2 body takes the REST port of the runtime, same routing
         r = c.post(f"{mesh.rest}/v2/models/digits/infer", content=DIGIT_8_V2, headers={"x-tester": "yes"})

@@ -11,6 +11,7 @@ from envoy_check import validate_command, write_static
 
 from placement.traffic.compose import SCALE, compose
 from placement.traffic.policy import HostPolicy, HttpMatch, HttpRule, Retries, RouteDestination, StringMatch
+from placement.traffic.policy import Mirror as PolicyMirror
 from xds_server import resource_types as rt
 from xds_server.bootstrap import static_bootstrap
 from xds_server.mesh_view import (
@@ -211,7 +212,8 @@ def test_envoy_accepts_a_composed_view(tmp_path, cluster_layout, route_layout) -
         retries=Retries(2, 1.0, ("5xx", "retriable-4xx")), timeout_s=9.0,
         request_headers=HeaderOps(set=(("x-a", "1"),), add=(("x-b", "2"),), remove=("x-c",)),
         response_headers=HeaderOps(set=(("x-d", "3"),), remove=("x-e",)))
-    grpc_abort = replace(split(("c", 100)), fault=Fault(abort_grpc_status=14))
+    grpc_abort = replace(split(("c", 100)), fault=Fault(abort_grpc_status=14),
+                         mirrors=(PolicyMirror("a", 100.0), PolicyMirror("b", 12.5)))
     sticky = HostPolicy("s", "VirtualService ns/s", (split(("a", 50), ("b", 50)),), sticky_header="x-user")
     view, problems = compose(engine_view(), {"ab": policy("ab", rule, grpc_abort),
                                              "a": policy("a", split(("c", 100))), "s": sticky})
@@ -241,3 +243,52 @@ def test_a_sticky_split_routes_by_bucket_ranges_before_its_fractions() -> None:
         assert r.metadata.filter_metadata[dp.STICKY_FILTER]["header"] == "x-user"
     assert dp.STICKY_FILTER not in routes[0].typed_per_filter_config  # the replay is pinned already
     assert list(routes[2].request_headers_to_remove) == ["x-msm-bucket"]
+
+
+def test_mirrors_shadow_runtime_routes_to_the_internal_listener_which_routes_them_on() -> None:
+    rule = replace(split(("a", 100)), mirrors=(PolicyMirror("c", 100.0), PolicyMirror("b", 25.0)))
+    view, problems = compose(engine_view(), {"ab": policy("ab", rule)})
+    assert problems == {}
+    assert [(m.model, m.percent) for m in view.models["ab"].rules[0].mirrors] == [("c", 100.0), ("b", 25.0)]
+    res = translate(view, GatewayOptions(cluster_layout="per_revision"))
+    rest = {r.name: r for r in res[rt.ROUTE]["msm_rest/ab"].virtual_hosts[0].routes}
+    body, infer = rest["ab/0/body/a__1"], rest["ab/0/infer/a__1"]
+    # a V2 `data` body goes to the REST port, so does its shadow; a transcoded one is gRPC by then
+    assert [p.cluster for p in body.route.request_mirror_policies] == ["mirror_rest", "mirror_rest"]
+    assert [p.cluster for p in infer.route.request_mirror_policies] == ["mirror_grpc", "mirror_grpc"]
+    full, quarter = infer.route.request_mirror_policies
+    assert [(m.append.header.key, m.append.header.value) for m in full.request_headers_mutations] == [
+        ("x-msm-mirror", "c")]
+    assert not full.HasField("runtime_fraction")
+    assert quarter.runtime_fraction.default_value.numerator == 250_000  # per million
+    # the mirror listener's routes: each mirrored model's own split, rewritten for its revision
+    mirror = {r.name: r for r in res[rt.ROUTE]["msm_mirror"].virtual_hosts[0].routes}
+    assert set(mirror) == {f"mirror/{m}/{k}/{r}" for k in ("rest", "grpc")
+                           for m, r in (("b", "b__1"), ("b", "b__2"), ("c", "c__1"))}
+    c_rest, c_grpc = mirror["mirror/c/rest/c__1"], mirror["mirror/c/grpc/c__1"]
+    assert [(h.name, h.string_match.exact) for h in c_rest.match.headers] == [("x-msm-mirror", "c")]
+    assert c_rest.route.regex_rewrite.substitution == "/v2/models/c__1"
+    assert c_rest.route.cluster == "rev_rest_c__1" and c_grpc.route.cluster == "rev_grpc_c__1"
+    assert c_grpc.metadata == dp.route_target_metadata("c__1")
+    # b's canary revision has no copy: its shadows are dropped, never sent to the activator
+    assert mirror["mirror/b/grpc/b__2"].direct_response.status == 503
+    assert mirror["mirror/b/grpc/b__1"].match.runtime_fraction.default_value.numerator == 800_000
+
+
+def test_the_mirror_routes_follow_the_mirrored_models_incrementally() -> None:
+    rule = replace(split(("a", 100)), mirrors=(PolicyMirror("b", 100.0),))
+    pol = {"ab": policy("ab", rule)}
+    t = IncrementalTranslator(GatewayOptions(cluster_layout="per_revision"))
+    first = t.changes(compose(engine_view(), pol)[0])
+    assert "msm_mirror" in first[rt.ROUTE] and "mirror_rest" in first[rt.CLUSTER]
+    # c changes: nothing mirrors to c, the mirror routes stay
+    a, b, _ = engine_view().models.values()
+    moved = MeshView.of([a, b, Model("c", (Revision("c__1", copies=(C0,)),))], ACT)
+    assert "msm_mirror" not in t.changes(compose(moved, pol)[0]).get(rt.ROUTE, {})
+    # b loses its copy: its shadows now go nowhere
+    gone = t.changes(compose(engine_view(b_copies=()), pol)[0])
+    routes = gone[rt.ROUTE]["msm_mirror"].virtual_hosts[0].routes
+    assert {r.direct_response.status for r in routes} == {503}
+    # no mirror left: the routes are empty (the internal listener keeps its route configuration)
+    assert not t.changes(compose(engine_view(), {"ab": policy("ab", split(("a", 100)))})[0])[rt.ROUTE][
+        "msm_mirror"].virtual_hosts[0].routes

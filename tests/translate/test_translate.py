@@ -49,6 +49,11 @@ def view(activator: ActivatorEndpoint | None = None) -> MeshView:
     ], activator)
 
 
+def upstreams(resources) -> dict:
+    """The clusters of the runtime copies (not the gateway's own mirror clusters)."""
+    return {k: c for k, c in resources[CLUSTER].items() if not k.startswith("mirror_")}
+
+
 def hcm_of(resources, name: str) -> hcm.HttpConnectionManager:
     m = hcm.HttpConnectionManager()
     resources[LISTENER][name].filter_chains[0].filters[0].typed_config.Unpack(m)
@@ -71,7 +76,7 @@ def test_split_fractions_are_cumulative_per_million():
 def test_listeners_ports_and_scope_keys():
     opts = GatewayOptions(rest_port=18080, grpc_port=18081, listen_address="0.0.0.0")
     res = translate(view(), opts)
-    assert set(res[LISTENER]) == {"msm_rest", "msm_grpc"}
+    assert set(res[LISTENER]) == {"msm_rest", "msm_grpc", "msm_mirror"}  # and the internal mirror listener
     addr = res[LISTENER]["msm_rest"].address.socket_address
     assert (addr.address, addr.port_value) == ("0.0.0.0", 18080)
     assert res[LISTENER]["msm_grpc"].address.socket_address.port_value == 18081
@@ -88,12 +93,13 @@ def test_listeners_ports_and_scope_keys():
         assert hcm_of(res, f"msm_{'rest' if b is rest else 'grpc'}").scoped_routes.scope_key_builder \
             .fragments[1].header_value_extractor.index == 1
     assert res[SCOPED]["msm_grpc/n"].route_configuration_name == "msm_grpc/n"
-    assert set(res[ROUTE]) == {f"msm_{k}/{m}" for k in ("rest", "grpc") for m in ("m", "n", "cold")}
+    assert set(res[ROUTE]) == {f"msm_{k}/{m}" for k in ("rest", "grpc") for m in ("m", "n", "cold")} | {
+        "msm_mirror"}  # the internal mirror listener's routes, empty without mirrors
 
     flat = translate(view(), GatewayOptions(route_layout="flat"))
     assert SCOPED not in flat
     assert hcm_of(flat, "msm_rest").rds.route_config_name == "msm_rest"
-    assert set(flat[ROUTE]) == {"msm_rest", "msm_grpc"}
+    assert set(flat[ROUTE]) == {"msm_rest", "msm_grpc", "msm_mirror"}
 
 
 @pytest.mark.parametrize("route_layout", ["scoped", "flat"])
@@ -211,7 +217,7 @@ def test_rule_timeout_and_retries_override_the_defaults():
 
 def test_per_revision_layout_clusters_and_endpoints():
     res = translate(view(), GatewayOptions(cluster_layout="per_revision"))
-    assert set(res[CLUSTER]) == {f"rev_{k}_{r}" for k in ("rest", "grpc")
+    assert set(upstreams(res)) == {f"rev_{k}_{r}" for k in ("rest", "grpc")
                                  for r in ("m__isvc-1", "m__isvc-2", "n__isvc-1")}
     cla = res[ENDPOINT]["rev_grpc_m__isvc-1"]
     ports = [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
@@ -223,7 +229,7 @@ def test_per_revision_layout_clusters_and_endpoints():
 def test_subset_layout_lists_revisions_on_instances_and_routes_select_by_metadata():
     opts = GatewayOptions(cluster_layout="subset", subset_shards=1)
     res = translate(view(), opts)
-    assert set(res[CLUSTER]) == {"rt_rest_default_0", "rt_grpc_default_0"}
+    assert set(upstreams(res)) == {"rt_rest_default_0", "rt_grpc_default_0"}
     c = res[CLUSTER]["rt_rest_default_0"]
     assert c.lb_subset_config.list_as_any
     assert [list(s.keys) for s in c.lb_subset_config.subset_selectors] == [["rev"]]
@@ -241,7 +247,7 @@ def test_subset_shards_keep_a_model_in_one_shard():
     models = [Model(f"m{i}", (Revision(f"m{i}__1", copies=(C0,)),)) for i in range(40)]
     opts = GatewayOptions(cluster_layout="subset", subset_shards=4)
     res = translate(MeshView.of(models), opts)
-    assert len(res[CLUSTER]) == 8
+    assert len(upstreams(res)) == 8
     held = {}
     for name, cla in res[ENDPOINT].items():
         for e in cla.endpoints[0].lb_endpoints:
@@ -254,7 +260,7 @@ def test_subset_shards_keep_a_model_in_one_shard():
 
 def test_upstream_tls_reads_certificates_from_sds():
     res = translate(view(), GatewayOptions(upstream_tls=UpstreamTls(sni="runtime.local"), subset_shards=1))
-    for name, c in res[CLUSTER].items():
+    for name, c in upstreams(res).items():
         assert c.transport_socket.name == "envoy.transport_sockets.tls", name
         ctx = tls_pb2.UpstreamTlsContext()
         c.transport_socket.typed_config.Unpack(ctx)
@@ -278,7 +284,7 @@ def test_istio_mtls_asks_runtimes_for_an_identity_of_their_namespace_and_speaks_
     tls = UpstreamTls(trust_domain="cluster.local")
     res = translate(ns_view, GatewayOptions(upstream_tls=tls, subset_shards=1, cluster_layout=layout))
     seen = {}
-    for name, c in res[CLUSTER].items():
+    for name, c in upstreams(res).items():
         ctx = tls_pb2.UpstreamTlsContext()
         c.transport_socket.typed_config.Unpack(ctx)
         [san] = ctx.common_tls_context.combined_validation_context.default_validation_context.\
@@ -300,8 +306,8 @@ def test_auto_mtls_marks_copies_with_a_sidecar_and_leaves_the_others_plaintext(l
                           cluster_layout=layout)
     for incremental in (False, True):
         res = IncrementalTranslator(opts).translate(v) if incremental else translate(v, opts)
-        assert len(res[CLUSTER]) == 2
-        for name, c in res[CLUSTER].items():
+        assert len(upstreams(res)) == 2
+        for name, c in upstreams(res).items():
             assert not c.HasField("transport_socket")  # chosen per endpoint
             istio, disabled = c.transport_socket_matches
             assert dict(istio.match.fields) == {"tlsMode": struct_pb2.Value(string_value="istio")}

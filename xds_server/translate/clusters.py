@@ -181,6 +181,27 @@ def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> di
     return out
 
 
+def mirror_clusters(opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
+    """Static clusters to the gateway's own internal mirror listener (REST, and gRPC over HTTP/2)."""
+    out = {}
+    for kind in names.KINDS:
+        name = names.mirror_cluster(kind)
+        c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC,
+                                connect_timeout=duration(opts.connect_timeout_s))
+        c.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+                endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+                    address=address_pb2.Address(envoy_internal_address=address_pb2.EnvoyInternalAddress(
+                        server_listener_name=names.MIRROR_LISTENER))))])]))
+        if kind == names.GRPC:
+            http = http_protocol_options_pb2.HttpProtocolOptions(
+                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+            c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+        out[name] = c
+    return out
+
+
 # instance -> (address, rest, grpc, takes Istio mTLS, [revision ids])
 Hosts = dict[str, tuple[str, int, int, bool, list[str]]]
 
@@ -272,4 +293,5 @@ def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
             clas.update(e)
     if view.activator is not None:
         clusters.update(activator_clusters(view.activator, opts))
+    clusters.update(mirror_clusters(opts))
     return clusters, clas

@@ -192,6 +192,11 @@ def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
 STICKY_SOURCE = "sticky"  # the script's name in the filter's source_codes
 
 
+def mirror_http_filters() -> list[hcm.HttpFilter]:
+    """HCM filters of the internal mirror listener: rewrite the gRPC model name, route."""
+    return [_lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+
+
 def _sticky() -> hcm.HttpFilter:
     """Off unless a route turns it on (:func:`sticky_per_route`): most routes never pay for it."""
     source = base_pb2.DataSource(inline_string=lua_source("sticky_bucket.lua"))

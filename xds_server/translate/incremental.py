@@ -19,10 +19,15 @@ from xds_server import resource_types as rt
 from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
 from xds_server.translate import names as nm
 from xds_server.translate import translate
-from xds_server.translate.clusters import activator_clusters, group_clusters, model_revision_clusters
+from xds_server.translate.clusters import (
+    activator_clusters,
+    group_clusters,
+    mirror_clusters,
+    model_revision_clusters,
+)
 from xds_server.translate.listeners import build_listeners
 from xds_server.translate.options import GatewayOptions
-from xds_server.translate.routes import model_scoped_routes
+from xds_server.translate.routes import mirror_route_config, mirror_targets, model_scoped_routes
 
 Resources = dict[str, dict[str, Message]]
 Changes = dict[str, dict[str, Message | None]]
@@ -42,6 +47,8 @@ class IncrementalTranslator:
         types = (rt.LISTENER, rt.ROUTE, rt.SCOPED_ROUTE, rt.CLUSTER, rt.ENDPOINT)
         self._out: Resources = {t: {} for t in types}
         self._started = False
+        self._mirror_sources: dict[str, frozenset[str]] = {}  # model -> the models its rules mirror to
+        self._mirror_key: tuple | None = None  # what the mirror routes were built from
         self.rebuilt = 0  # models and groups rebuilt by the last call
 
     @property
@@ -73,6 +80,8 @@ class IncrementalTranslator:
             self._started = True
             for name, msg in build_listeners(opts).items():
                 put(rt.LISTENER, name, msg)
+            for name, msg in mirror_clusters(opts).items():
+                put(rt.CLUSTER, name, msg)
         if view.activator != self._activator:
             for name in (activator_clusters(self._activator, opts) if self._activator else {}):
                 put(rt.CLUSTER, name, None)
@@ -95,6 +104,7 @@ class IncrementalTranslator:
                 for n in msgs:
                     put(type_url, n, None)
             dirty_groups.update(self._remove(contrib))
+            self._mirror_sources.pop(name, None)
             rebuilt += 1
         for name, model in models.items():
             cached = self._models.get(name)
@@ -118,6 +128,11 @@ class IncrementalTranslator:
                     put(type_url, n, msg)
             dirty_groups.update(self._add(contrib))
             self._models[name] = (model, parts, contrib)
+            targets = mirror_targets(model)
+            if targets:
+                self._mirror_sources[name] = targets
+            else:
+                self._mirror_sources.pop(name, None)
         for key in sorted(dirty_groups):
             rebuilt += 1
             old_names = self._group_names.pop(key, {})
@@ -135,6 +150,13 @@ class IncrementalTranslator:
             for type_url, msgs in new_parts.items():
                 for n, msg in msgs.items():
                     put(type_url, n, msg)
+        # the mirror listener's routes follow the models mirrored to (only those are compared)
+        targets = frozenset().union(*self._mirror_sources.values())
+        key = (tuple((t, models.get(t)) for t in sorted(targets)), bool(targets) and view.activator is None)
+        if key != self._mirror_key:
+            self._mirror_key = key
+            put(rt.ROUTE, nm.MIRROR_ROUTE, mirror_route_config(view, targets, opts))
+            rebuilt += 1
         self.rebuilt = rebuilt
         return {t: c for t, c in changes.items() if c}
 

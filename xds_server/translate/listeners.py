@@ -1,4 +1,5 @@
-"""The REST and gRPC listeners: HTTP connection managers, route discovery, local replies."""
+"""The REST and gRPC listeners: HTTP connection managers, route discovery, local replies; and the
+internal listener that takes mirrored requests (a VirtualService's ``mirror``) on to their model."""
 
 from __future__ import annotations
 
@@ -108,8 +109,22 @@ def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnecti
     return m
 
 
+def mirror_listener() -> listener_pb2.Listener:
+    """An Envoy internal listener (no socket): a rule's shadow requests arrive here with the model
+    that takes them in ``x-msm-mirror``; its routes (RDS ``msm_mirror``) rewrite the model name for
+    that model's revision and send them on. Their answers are dropped by the router that mirrored."""
+    m = hcm.HttpConnectionManager(
+        stat_prefix=names.MIRROR_LISTENER, codec_type=hcm.HttpConnectionManager.AUTO,
+        http_filters=data_path.mirror_http_filters(),
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=names.MIRROR_ROUTE))
+    return listener_pb2.Listener(
+        name=names.MIRROR_LISTENER, internal_listener=listener_pb2.Listener.InternalListenerConfig(),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+            name=HCM_FILTER, typed_config=pack(m))])])
+
+
 def build_listeners(opts: GatewayOptions) -> dict[str, listener_pb2.Listener]:
-    out = {}
+    out = {names.MIRROR_LISTENER: mirror_listener()}
     for kind in names.KINDS:
         name = names.LISTENER[kind]
         port = opts.rest_port if kind == names.REST else opts.grpc_port

@@ -26,6 +26,15 @@ REVISION_HEADER = "x-msm-revision"
 ACTIVATED_HEADER = "x-msm-activated"
 #: a sticky split's bucket (0..9999) of the request's key header, set by the sticky Lua filter
 BUCKET_HEADER = "x-msm-bucket"
+#: mirrors: the gateway sends a rule's shadow requests to its own internal listener, naming the
+#: model that takes them in this header; that listener's routes send them on to the model
+MIRROR_HEADER = "x-msm-mirror"
+MIRROR_LISTENER = "msm_mirror"
+MIRROR_ROUTE = "msm_mirror"
+
+
+def mirror_cluster(kind: str) -> str:
+    return f"mirror_{kind}"
 SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
 LB_METADATA = "envoy.lb"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
@@ -30,7 +31,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import wrappers_pb2
 
-from xds_server.mesh_view import Fault, HeaderMatch, HeaderOps, MeshView, Model, RouteRule
+from xds_server.mesh_view import Fault, HeaderMatch, HeaderOps, MeshView, Mirror, Model, RouteRule
 from xds_server.translate import data_path, names
 from xds_server.translate.common import duration, pack
 from xds_server.translate.options import GatewayOptions
@@ -155,6 +156,72 @@ def fault_config(f: Fault) -> fault_pb2.HTTPFault:
         cfg.abort.CopyFrom(fault_pb2.FaultAbort(grpc_status=f.abort_grpc_status,
                                                 percentage=_percent(f.abort_percent)))
     return cfg
+
+
+def _mirror_policy(m: Mirror, grpc: bool) -> rc.RouteAction.RequestMirrorPolicy:
+    """Shadow a share of the requests to the internal mirror listener, naming the model that takes them."""
+    p = rc.RouteAction.RequestMirrorPolicy(cluster=names.mirror_cluster(names.GRPC if grpc else names.REST),
+                                           disable_shadow_host_suffix_append=True)
+    if m.percent < 100:
+        p.runtime_fraction.CopyFrom(base_pb2.RuntimeFractionalPercent(
+            default_value=_percent(m.percent), runtime_key="msm.mirror.unset"))
+    p.request_headers_mutations.append(mutation_rules_pb2.HeaderMutation(append=base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=names.MIRROR_HEADER, value=m.model),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)))
+    return p
+
+
+def mirror_targets(model: Model) -> frozenset[str]:
+    """The models ``model``'s rules mirror to."""
+    return frozenset(m.model for rule in model.rules for m in rule.mirrors)
+
+
+def _mirror_route(model: Model, kind: str, target: Target, frac: int | None,
+                  opts: GatewayOptions) -> rc.Route:
+    r = rc.Route(name=f"mirror/{model.name}/{kind}/{target.revision}")
+    r.match.prefix = f"/{data_path.INFERENCE_SERVICE}/" if kind == names.GRPC else "/v2/models/"
+    r.match.headers.append(_exact(names.MIRROR_HEADER, model.name))
+    _fraction(frac, r)
+    if target.kind != "runtime":
+        # a shadow is never worth a load on the client's time: it is dropped, and the controller
+        # has the model loaded (placement/control/controller.py)
+        r.direct_response.CopyFrom(_unavailable(model, target))
+        return r
+    a = r.route
+    a.cluster = names.cluster_for(kind, target.model, target.revision, target.runtime, opts)
+    if opts.cluster_layout == "subset":
+        subset = a.metadata_match.filter_metadata[names.LB_METADATA].fields[names.SUBSET_KEY]
+        subset.string_value = target.revision
+    if kind == names.GRPC:
+        r.metadata.CopyFrom(data_path.route_target_metadata(target.revision))
+    else:  # the shadow's path names the revision the primary went to
+        a.regex_rewrite.CopyFrom(regex_pb2.RegexMatchAndSubstitute(
+            pattern=regex_pb2.RegexMatcher(regex="^/v2/models/[^/]+"),
+            substitution=f"/v2/models/{target.revision}"))
+    a.timeout.CopyFrom(duration(opts.timeout_s))
+    if opts.route_stats:  # shadow traffic keeps the model it goes to warm, as its own requests do
+        r.stat_prefix = f"{names.ROUTE_STAT_PREFIX}{target.revision}"
+    return r
+
+
+def mirror_route_config(view: MeshView, targets: frozenset[str] | set[str],
+                        opts: GatewayOptions) -> route_pb2.RouteConfiguration:
+    """The internal mirror listener's routes: per mirrored model, its own split (no rules of a
+    VirtualService on it apply: a shadow is a copy, not a request of its own)."""
+    routes: list[rc.Route] = []
+    for name in sorted(targets):
+        model = view.models.get(name)
+        rule = next((r for r in model.effective_rules() if not r.headers), None) if model else None
+        if model is None or rule is None:
+            continue
+        chosen = _targets(model, RouteRule(rule.destinations), view)
+        fractions = split_fractions([w for _, w in chosen])
+        for kind in names.KINDS:
+            routes += [_mirror_route(model, kind, t, f, opts)
+                       for (t, _), f in zip(chosen, fractions, strict=True)]
+    return route_pb2.RouteConfiguration(
+        name=names.MIRROR_ROUTE, virtual_hosts=[rc.VirtualHost(name="mirror", domains=["*"], routes=routes)],
+        validate_clusters=wrappers_pb2.BoolValue())
 
 
 def _header_ops(ops: HeaderOps, add: list, remove: list) -> None:
@@ -292,6 +359,8 @@ class _RouteBuilder:
                 # and is counted when the activator replays it to the new copy
                 r.stat_prefix = f"{names.ROUTE_STAT_PREFIX}{target.revision}"
         if target.kind == "runtime":
+            r.route.request_mirror_policies.extend(_mirror_policy(m, upstream_grpc) for m in rule.mirrors
+                                                   if m.percent > 0 and m.model in self.view.models)
             _header_ops(rule.request_headers, r.request_headers_to_add, r.request_headers_to_remove)
             _header_ops(rule.response_headers, r.response_headers_to_add, r.response_headers_to_remove)
             if rule.fault is not None:
@@ -347,6 +416,8 @@ def build_routes(view: MeshView, opts: GatewayOptions) -> tuple[
     rcs: dict[str, route_pb2.RouteConfiguration] = {}
     scopes: dict[str, scoped_route_pb2.ScopedRouteConfiguration] = {}
     models = [view.models[k] for k in sorted(view.models)]
+    rcs[names.MIRROR_ROUTE] = mirror_route_config(
+        view, frozenset().union(*(mirror_targets(m) for m in models)), opts)
     if opts.route_layout == "flat":
         for kind in names.KINDS:
             routes = [r for m in models for r in model_routes(m, kind, view, opts)]
