@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class ControlPlane:
                  stats_interval: float = 1.0, poll_interval: float = 0.5,
                  gateway_token: str | None = None, inventory_interval: float = 5.0,
                  activator_ports: tuple[int, int] = (0, 0)) -> None:
+        # msm's own gateway reports the requests of revisions in a rollout over its xDS cluster
+        options = replace(options, measure_cluster="xds", measure_token=gateway_token)
         self.options = options
         self.inventory_interval = inventory_interval
         # fixed across restarts (msm up picks them once): the gateway's routes to the activator
@@ -79,7 +82,8 @@ class ControlPlane:
         self.controller = Controller(
             self.engine, self.stack, {},
             ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port),
-            inventory_interval=self.inventory_interval)
+            inventory_interval=self.inventory_interval, registry=self.stack.registry)
+        self.stack.xds.on_measurements = self.controller.record_measurements
         # Desired state first, then what the runtimes hold: adopted copies then belong to known
         # revisions, and nothing is unloaded as an orphan for want of its manifest.
         await self.source.start()
@@ -108,7 +112,7 @@ class ControlPlane:
     # -- inputs ----------------------------------------------------------------------------------
     async def _on_desired(self, state: DesiredState) -> None:
         assert self.controller is not None  # made in start(), before the source starts
-        self.controller.set_desired(state.desired_models(), state.errors)
+        self.controller.set_desired(state.desired_models(), state.errors, state.rollouts())
         self.controller.set_traffic(state.traffic)
 
     def _on_instance_up(self, info: InstanceInfo, client: RuntimeClient, held: Mapping[str, int]) -> None:

@@ -28,6 +28,7 @@ import contextlib
 import datetime
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -99,6 +100,9 @@ class KubeControlPlane:
                  follow_interval: float = 0.5, istio: IstioGateways | None = None,
                  model_gateway: str = DEFAULT_MODEL_GATEWAY) -> None:
         self.api = api
+        # msm's own gateway reports the requests of revisions in a rollout over its xDS cluster (to
+        # the replica its stream reached: only the leader's reports count, see docs/traffic.md)
+        options = replace(options, measure_cluster="xds", measure_token=gateway_token)
         self.options = options
         self.gateway = gateway
         self.adapter_image = adapter_image
@@ -233,9 +237,10 @@ class KubeControlPlane:
                 ActivatorEndpoint(self.advertise_address, self.activator.rest_port, self.activator.grpc_port),
                 inventory_interval=self.inventory_interval)
             state = self.source.state
-            controller.set_desired(state.desired_models(), state.errors)
+            controller.set_desired(state.desired_models(), state.errors, state.rollouts())
             controller.set_traffic(state.traffic)
             self.controller = controller
+            self.stack.xds.on_measurements = controller.record_measurements
             await self.health.readopt()  # every instance up again, with what it holds now
             self.workloads.forget()
             self.status_writer.forget_all()
@@ -263,6 +268,7 @@ class KubeControlPlane:
                 await self.controller.stop()
                 log.info("%s no longer leads", self.identity)
             self.controller = None
+            self.stack.xds.on_measurements = None
             self.engine = None
             self.followed = None
 
@@ -303,7 +309,7 @@ class KubeControlPlane:
     # -- inputs ----------------------------------------------------------------------------------
     async def _on_desired(self, state: DesiredState) -> None:
         if self.controller is not None:
-            self.controller.set_desired(state.desired_models(), state.errors)
+            self.controller.set_desired(state.desired_models(), state.errors, state.rollouts())
             self.controller.set_traffic(state.traffic)
         self._desired_changed.set()
 
@@ -381,6 +387,7 @@ class KubeControlPlane:
         if self.engine is None:
             return out
         routed = self.stack.routed_models()
+        rollouts = self.controller.rollouts.status(time.monotonic()) if self.controller is not None else {}
         for obj in self.source.objects_of("InferenceService"):
             meta = obj.get("metadata") or {}
             ns, name = meta.get("namespace") or "", meta.get("name") or ""
@@ -389,8 +396,10 @@ class KubeControlPlane:
             m = state.models.get(name)
             model = (self.engine.model_status(name) if m is not None and m.namespace == ns and name in routed
                      else None)  # Pending until every gateway has its route
+            rollout = rollouts.get(name) if model is not None else None
             out.append((ns, name, isvc_status(name, generation=meta.get("generation"), model=model,
-                                              problem=problem, gateway=self.gateway, now=now)))
+                                              problem=problem, gateway=self.gateway, now=now,
+                                              rollout=rollout)))
         return out
 
     async def _status_loop(self) -> None:

@@ -105,6 +105,25 @@ def _role(status: dict[str, Any]) -> list[str]:
 def format_status(status: dict[str, Any]) -> str:
     lines = _role(status) if "role" in status else []
     lines += _models(status.get("models") or {})
+    rollouts = status.get("rollouts") or {}
+    if rollouts:
+        lines += ["", f"ROLLOUTS ({len(rollouts)})"]
+        for model, r in sorted(rollouts.items()):
+            where = ""
+            if r.get("phase") == "stepping":
+                where = (f" (step {r.get('step')} of {len(r.get('steps') or [])}, "
+                         f"{r.get('window_s')}s of {r.get('interval_s')}s)")
+            lines.append(f"  {model}: {r.get('from')} → {r.get('to')}: {r.get('phase')}, "
+                         f"{r.get('weight')}% to the new revision{where}")
+            for side in ("new", "old"):
+                w = r.get(side)
+                if w:
+                    lines.append(f"      {side}: {w.get('requests')} requests, "
+                                 f"{w.get('error_rate')}% errors, p99 {w.get('p99_ms')} ms")
+            if r.get("outcome"):
+                lines.append(f"      {r['outcome']}")
+            elif r.get("last_check"):
+                lines.append(f"      last check: {r['last_check']}")
     traffic = status.get("traffic") or {}
     if traffic:
         lines += ["", f"ROUTED BY VIRTUALSERVICES ({len(traffic)})"]

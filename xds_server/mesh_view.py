@@ -38,6 +38,8 @@ class Revision:
     # set when the routes of another model borrow this revision (a VirtualService sending one
     # model's traffic to another): the model that owns it, and its clusters
     model: str | None = None
+    # the gateway reports each request it sends here (an automated rollout compares revisions)
+    measured: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from xds_server import resource_types as rt
+from xds_server.access_log import ALS_SERVICE, OnMeasurements, measurements
 from xds_server.auth import Authenticator, GatewayToken
 from xds_server.cache import SnapshotCache
 from xds_server.delta import DeltaStream
@@ -84,6 +86,8 @@ class XdsServer:
         self._streams: dict[int, Stream] = {}
         self._progress = asyncio.Event()
         self.port: int | None = None
+        #: where the gateways' measurements go (access log service; None: they are read and dropped)
+        self.on_measurements: OnMeasurements | None = None
         cache.on_publish(self._published)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -117,6 +121,10 @@ class XdsServer:
                 response_serializer=_identity),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        als = {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
+            self._als_handler(auth), request_deserializer=als_pb2.StreamAccessLogsMessage.FromString,
+            response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ALS_SERVICE, als),))
         if tls is None:
             bound = server.add_insecure_port(f"{host}:{port}")
         else:
@@ -145,6 +153,22 @@ class XdsServer:
         async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
             async for out in method(requests, context, auth):
                 yield out
+        return handle
+
+    def _als_handler(self, auth: Authenticator | None) -> Any:
+        """The gateways' measurements (access log entries of measured routes), from gateways only."""
+        async def handle(requests: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+                         context: Context) -> als_pb2.StreamAccessLogsResponse:
+            metadata = tuple(context.invocation_metadata() or ())
+            if auth is not None and await auth.authenticate(metadata) is None:
+                self.metrics.refused.labels("als").inc()
+                log.warning("access log stream from %s refused: %s", context.peer(), auth.refusal)
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, auth.refusal)
+            async for message in requests:
+                batch = measurements(message.http_logs.log_entry)
+                if batch and self.on_measurements is not None:
+                    self.on_measurements(batch)
+            return als_pb2.StreamAccessLogsResponse()
         return handle
 
     # -- streams ----------------------------------------------------------------------------

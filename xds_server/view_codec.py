@@ -50,6 +50,7 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
                                              "grpc_port": a.grpc_port},
         "models": [{"name": m.name, "rules": [rule(r) for r in m.rules], "revisions": [
             {"id": r.id, "runtime": r.runtime, **({"model": r.model} if r.model is not None else {}),
+             **({"measured": True} if r.measured else {}),
              "copies": [
                 {"instance": c.instance, "address": c.address, "rest_port": c.rest_port,
                  "grpc_port": c.grpc_port, **({"mesh_tls": True} if c.mesh_tls else {})}
@@ -126,7 +127,8 @@ def view_from_dict(data: Any) -> MeshView:
                                 bool(_get(c, "mesh_tls", bool, f"{rw}.copies[{k}]", True)))
                            for k, c in enumerate(_get(r, "copies", list, rw)))
             revisions.append(Revision(_get(r, "id", str, rw), _get(r, "runtime", str, rw), copies,
-                                      _get(r, "model", str, rw, True)))
+                                      _get(r, "model", str, rw, True),
+                                      bool(_get(r, "measured", bool, rw, True))))
         rules = []
         for j, r in enumerate(_get(m, "rules", list, w)):
             rw = f"{w}.rules[{j}]"

@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from placement.control.activator import UNKNOWN_MODEL
 from placement.engine.engine import Engine, LoadAction, UnloadAction
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
 from placement.traffic.policy import HostPolicy
+from placement.traffic.rollout import Rollouts, RolloutSpec
 from xds_server.mesh_view import ActivatorEndpoint, MeshView
 
 log = logging.getLogger("msm.controller")
@@ -77,7 +80,8 @@ class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
-                 inventory_interval: float | None = None, unload_grace_s: float = 1.0) -> None:
+                 inventory_interval: float | None = None, unload_grace_s: float = 1.0,
+                 registry: CollectorRegistry | None = None) -> None:
         self.engine = engine
         self.publisher = publisher
         self.clients = dict(clients)
@@ -95,6 +99,15 @@ class Controller:
         self._inventory_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
         self.traffic: dict[str, HostPolicy] = {}  # VirtualServices' routing, by host
+        self.rollouts = Rollouts()  # canary rollouts by steps, between the manifests and the engine
+        self._desired: list[DesiredModel] = []
+        self._rollout_specs: dict[str, RolloutSpec] = {}
+        registry = registry if registry is not None else CollectorRegistry()
+        self._rollout_weight = Gauge("msm_rollout_weight", "The new revision's share of a model in a "
+                                     "rollout, percent", ["model"], registry=registry)
+        self._rollout_events = Counter("msm_rollout_events", "Rollout events (started, advanced, held, "
+                                       "failed-check, promoted, rolled-back)", ["model", "kind"],
+                                       registry=registry)
         self.traffic_problems: dict[str, str] = {}  # hosts whose policy could not be applied
         # the engine's view (before the traffic policy) last published, and its version
         self._published: tuple[MeshView, str] | None = None
@@ -119,11 +132,42 @@ class Controller:
         self._wake.set()
 
     # -- inputs ----------------------------------------------------------------------------------
-    def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str]) -> None:
-        self.engine.set_desired(models)
+    def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str],
+                    rollouts: Mapping[str, RolloutSpec] | None = None) -> None:
+        self._desired = list(models)
+        self._rollout_specs = dict(rollouts or {})
+        self._apply_desired()
         self.desired_errors = dict(errors)
         self._desired_known.set()
         self.wake()
+
+    def _apply_desired(self) -> None:
+        """The engine's desired state: the manifests', with rollouts' canary shares (or rollbacks)."""
+        self.engine.set_desired(self.rollouts.desired(self._desired, self._rollout_specs, time.monotonic()))
+
+    def record_measurements(self, batch: Iterable[Any]) -> None:
+        """What the gateway measured on the routes of revisions in a rollout (revision, failed, latency)."""
+        for m in batch:
+            self.rollouts.observe(m.revision, m.failed, m.latency_s)
+
+    def _revision_ready(self, model: str, revision: str) -> bool:
+        return any(p == "ready" for p in self.engine.model_status(model).revisions.get(revision, {}).values())
+
+    def _tick_rollouts(self) -> bool:
+        """Advance the rollouts; True when one changed what the engine must be told."""
+        events = self.rollouts.tick(time.monotonic(), self._revision_ready)
+        for model, event in events:
+            self._rollout_events.labels(model, event.kind).inc()
+            (log.warning if event.kind in ("rolled-back", "failed-check") else log.info)(
+                "rollout of %s: %s", model, event.message)
+        changed = any(e.kind != "held" for _, e in events)
+        if changed:
+            self._apply_desired()
+            for model, r in self.rollouts.active.items():
+                self._rollout_weight.labels(model).set(r.weight())
+            for model, r in self.rollouts.finished.items():
+                self._rollout_weight.labels(model).set(r.weight())
+        return changed
 
     def set_traffic(self, policies: Mapping[str, HostPolicy]) -> None:
         """The routing users ask for (VirtualServices), applied from the next publish."""
@@ -227,6 +271,7 @@ class Controller:
             woken = self._wake.is_set()
             self._wake.clear()
             try:
+                woken = self._tick_rollouts() or woken
                 actions = self.engine.tick()
                 # The view changes with an input (each wakes the loop) or with what a tick decides
                 # (it returns actions); building and comparing a large view costs tens of ms, so a
@@ -246,7 +291,7 @@ class Controller:
 
     async def _publish(self) -> None:
         engine_view = self.engine.mesh_view(self.activator)
-        view, problems = compose(engine_view, self.traffic)
+        view, problems = compose(engine_view, self.traffic, self.rollouts.measured())
         if problems != self.traffic_problems:
             for host, problem in sorted(problems.items()):
                 if self.traffic_problems.get(host) != problem:
@@ -306,4 +351,5 @@ class Controller:
         for host, problem in self.traffic_problems.items():
             errors[f"routing of {host}"] = problem
         routed = {h: p.source for h, p in sorted(self.traffic.items()) if h not in self.traffic_problems}
-        return {**self.engine.status(), "manifest_errors": errors, "traffic": routed}
+        return {**self.engine.status(), "manifest_errors": errors, "traffic": routed,
+                "rollouts": self.rollouts.status(time.monotonic())}

@@ -48,12 +48,33 @@ def _reason_of_problem(problem: str) -> str:
     return "InvalidPredictorSpec"
 
 
+#: msm's condition on an InferenceService that rolls out by steps (docs/traffic.md)
+ROLLOUT_CONDITION = "RolloutProgressing"
+_ROLLOUT_REASON = {"waiting": "WaitingForNewRevision", "stepping": "Stepping", "promoted": "Promoted",
+                   "rolled back": "RolledBack"}
+
+
+def rollout_condition(rollout: dict[str, Any], ts: str) -> dict[str, Any]:
+    """The rollout's progress or outcome as a condition: True while it runs, False once over."""
+    phase = str(rollout.get("phase"))
+    if phase == "stepping":
+        message = (f"step {rollout.get('step')} of {len(rollout.get('steps') or [])}: "
+                   f"{rollout.get('weight')}% to {rollout.get('to')}")
+    else:
+        message = str(rollout.get("outcome") or f"{rollout.get('to')} is loading")
+    return {"type": ROLLOUT_CONDITION, "status": "True" if phase in ("waiting", "stepping") else "False",
+            "reason": _ROLLOUT_REASON.get(phase, "Unknown"), "message": message[:1000],
+            "lastTransitionTime": ts}
+
+
 def isvc_status(name: str, *, generation: int | None, model: ModelStatus | None, problem: str | None,
-                gateway: Gateway, now: datetime.datetime) -> dict[str, Any]:
+                gateway: Gateway, now: datetime.datetime,
+                rollout: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status subresource of InferenceService ``name``.
 
     ``problem``: why its manifest was refused (then ``model`` is ignored). ``model``: its placement
-    status; None before placement has heard of it (Pending).
+    status; None before placement has heard of it (Pending). ``rollout``: its rollout by steps, if
+    one runs or ran (``Rollout.status``), as the condition ``RolloutProgressing``.
     """
     ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     failure: dict[str, Any] | None = None
@@ -88,6 +109,8 @@ def isvc_status(name: str, *, generation: int | None, model: ModelStatus | None,
     conditions = [{"type": t, "status": status, "reason": why, "lastTransitionTime": ts,
                    **({"message": failure["message"][:1000]} if failure and not ready else {})}
                   for t in ("PredictorReady", "Ready")]
+    if rollout is not None and problem is None:
+        conditions.append(rollout_condition(rollout, ts))
     out: dict[str, Any] = {
         "conditions": conditions,
         "modelStatus": {"states": {"activeModelState": active, "targetModelState": target},

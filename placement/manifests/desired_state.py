@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from placement.engine.model_types import DesiredModel
 from placement.manifests.virtualservice import VirtualService
 from placement.traffic.policy import HostPolicy
+from placement.traffic.rollout import RolloutSpec
 
 #: Size assumed for a model whose files are not local (ModelMesh: until measured).
 DEFAULT_SIZE_ESTIMATE_BYTES = 64 * 1024 * 1024
@@ -99,6 +100,7 @@ class ResolvedModel:
     storage_parameters: Mapping[str, str] = field(default_factory=dict)
     storage_stamp: tuple[int, int] | None = None  # local mode: (mtime_ns, size) of the model's path
     source: str = ""  # "file doc N" it came from
+    rollout: RolloutSpec | None = None  # serving.msm.io/rollout-* annotations: rolls out by steps
 
     def desired(self) -> DesiredModel:
         """This predictor as the placement engine wants it."""
@@ -121,3 +123,7 @@ class DesiredState:
 
     def desired_models(self) -> list[DesiredModel]:
         return [m.desired() for m in self.models.values()]
+
+    def rollouts(self) -> dict[str, RolloutSpec]:
+        """The models that roll out by steps, and how."""
+        return {m.name: m.rollout for m in self.models.values() if m.rollout is not None}

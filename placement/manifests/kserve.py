@@ -36,6 +36,7 @@ from placement.manifests.local_config import (
     LocalConfig,
     load_local_config,
 )
+from placement.manifests.rollout_annotations import rollout_spec
 from placement.manifests.safe_yaml import one_line, shown, size_problem, structure_problem
 from placement.manifests.storage import StorageError, resolve_storage
 from placement.manifests.validation import (
@@ -465,6 +466,10 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
     rt = select_runtime(runtimes, namespace, fmt, version, model.get("runtime"))
     storage = resolve_storage(model, local_config)
     pred = body["spec"]["predictor"]
+    try:
+        rollout = rollout_spec(meta.get("annotations"), _int(pred.get("canaryTrafficPercent")))
+    except ValueError as e:
+        raise ResolveError(str(e)) from None
     size = DEFAULT_SIZE_ESTIMATE_BYTES
     if storage.disk_bytes is not None:
         size = max(1, int(storage.disk_bytes * DISK_TO_MEMORY_FACTOR))
@@ -484,6 +489,7 @@ def resolve_model(doc: Document, runtimes: Sequence[RuntimeSpec],
         storage_parameters=storage.parameters,
         storage_stamp=storage.stamp,
         source=doc.origin,
+        rollout=rollout,
     )
 
 

@@ -130,11 +130,25 @@ def compose_host(policy: HostPolicy, view: MeshView) -> tuple[Model | None, str 
     return model, None
 
 
-def compose(view: MeshView, policies: Mapping[str, HostPolicy]) -> tuple[MeshView, dict[str, str]]:
-    """``view`` with every host of ``policies`` routed by its policy; problems by host.
+def mark_measured(view: MeshView, measured: frozenset[str]) -> MeshView:
+    """``view`` with the revisions in ``measured`` marked: the gateway reports their requests."""
+    models = dict(view.models)
+    for name, model in view.models.items():
+        if any(r.id in measured for r in model.revisions):
+            models[name] = replace(model, revisions=tuple(
+                replace(r, measured=True) if r.id in measured else r for r in model.revisions))
+    return MeshView(models, view.activator)
+
+
+def compose(view: MeshView, policies: Mapping[str, HostPolicy],
+            measured: frozenset[str] = frozenset()) -> tuple[MeshView, dict[str, str]]:
+    """``view`` with every host of ``policies`` routed by its policy; problems by host. Revisions
+    in ``measured`` (an automated rollout compares them) are marked, wherever they are routed.
 
     A host whose policy cannot be applied keeps the engine's routing (none for a virtual name).
     """
+    if measured:
+        view = mark_measured(view, measured)
     if not policies:
         return view, {}
     models = dict(view.models)

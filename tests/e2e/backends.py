@@ -241,6 +241,11 @@ class StaticGateway:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.opts.grpc_port}"
 
+    async def start_with(self, prepare) -> StaticGateway:
+        """``start``, calling ``prepare(xds_server)`` before Envoy connects (ADS source only)."""
+        self._prepare = prepare
+        return await self.start()
+
     async def start(self) -> StaticGateway:
         from xds_server.bootstrap import static_bootstrap
         from xds_server.envoy_process import EnvoyProcess
@@ -256,6 +261,8 @@ class StaticGateway:
             snap = Snapshot.build(translate(self.view, self.opts))
             cache.publish(snap)
             self.xds = XdsServer(cache)
+            if getattr(self, "_prepare", None) is not None:
+                self._prepare(self.xds)
             port = await self.xds.start("127.0.0.1", 0)
             path = self.workdir / "bootstrap.yaml"
             path.write_text(render_bootstrap("test-gw", "127.0.0.1", port, self.admin_port))

@@ -88,9 +88,11 @@ async def test_the_gateway_is_istios_own_configured_by_msm(cluster: Cluster, art
     boot = next(c for c in dump["configs"] if c["@type"].endswith("BootstrapConfigDump"))["bootstrap"]
     assert {c["name"] for c in boot["static_resources"]["clusters"]} >= {"sds-grpc", "xds-grpc"}
     listeners = next(c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump"))
-    ports = {ln["active_state"]["listener"]["address"]["socket_address"]["port_value"]
-             for ln in listeners.get("dynamic_listeners", []) if "active_state" in ln}
+    active = {ln["name"]: ln["active_state"]["listener"] for ln in listeners.get("dynamic_listeners", [])
+              if "active_state" in ln}
+    ports = {ln["address"]["socket_address"]["port_value"] for ln in active.values() if "address" in ln}
     assert {cluster.rest_port, cluster.grpc_port} <= ports
+    assert "internal_listener" in active["msm_mirror"]  # mirrors: Istio's bootstrap has the extension
 
     # msm (the replica it dialled: leader or follower) knows it as an Istio gateway that proved its
     # ServiceAccount with a reviewed token
@@ -174,6 +176,46 @@ async def test_the_gateway_reaches_runtime_pods_over_istio_mtls(cluster: Cluster
     other = await fetch_certificate("127.0.9.1:15012", root, token, f"spiffe://cluster.local/ns/{NS}/sa/default",
                                     server_name="istiod.istio-system.svc")
     assert (await tls_probe(ip, port, other[:2], root)).startswith(("refused", "closed"))
+
+
+def virtual_service(name: str, hosts: list[str], gateways: list[str], route: list[dict]) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"hosts": hosts, "gateways": gateways, "http": [{"route": route}]}}
+
+
+async def test_a_virtualservice_bound_to_the_model_gateway_routes_a_virtual_name(
+        cluster: Cluster, article: None) -> None:
+    """``kubectl apply`` of an Istio VirtualService: Istio's own gateway, configured by msm, routes
+    the virtual model name; a VirtualService of another gateway is left alone."""
+    cluster.apply(virtual_service("digits", ["digits"], ["istio-system/msm-model-gateway"],
+                                  [{"destination": {"host": "sklearn-mnist"}}]))
+    cluster.apply(virtual_service("web", ["*.example.com"], ["web-gateway"],
+                                  [{"destination": {"host": "web.default.svc.cluster.local"}}]))
+
+    async def answers() -> tuple[int, str]:
+        return await infer(cluster.infer_url("digits"))
+
+    deadline = asyncio.get_running_loop().time() + 90
+    while (got := await answers())[0] != 200:
+        assert asyncio.get_running_loop().time() < deadline, got
+        await asyncio.sleep(0.5)
+    assert json.loads(got[1])["modelName"].startswith("sklearn-mnist__isvc-")
+    st = await cluster.status()
+    assert st["traffic"] == {"digits": f"VirtualService {NS}/digits"}
+    assert not [k for k in st["manifest_errors"] if "web" in k]  # another gateway's: not msm's business
+
+    # a bad edit is reported under the object, and the routing in force stays
+    cluster.apply(virtual_service("digits", ["digits"], ["istio-system/msm-model-gateway"],
+                                  [{"destination": {"host": "no-such-model"}}]))
+    await until(lambda: "no-such-model" in json.dumps(asyncio.run(cluster.status())["manifest_errors"]),
+                what="the problem reported")
+    assert (await answers())[0] == 200
+    cluster.kubectl("delete", "virtualservice", "digits", "web", "-n", NS)
+    deadline = asyncio.get_running_loop().time() + 60
+    while (got := await answers())[0] != 404:
+        assert asyncio.get_running_loop().time() < deadline, got
+        await asyncio.sleep(0.5)
 
 
 async def test_istiod_restarted_under_traffic(cluster: Cluster, article: None) -> None:

@@ -49,6 +49,37 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("phase, status, reason, says", [
+    ("stepping", "True", "Stepping", "step 2 of 3: 25% to m__isvc-2"),
+    ("rolled back", "False", "RolledBack", "rolled back at 25%: error rate 20.0% against 0.0%"),
+    ("promoted", "False", "Promoted", "promoted after 3 steps"),
+])
+def test_a_rollout_by_steps_is_a_condition_of_its_own(phase, status, reason, says) -> None:
+    from placement.traffic.rollout import Rollout, RolloutSpec
+
+    spec = RolloutSpec(steps=(5, 25, 50), interval_s=1, min_requests=1)
+    r = Rollout("m", "m__isvc-1", "m__isvc-2", spec, 0)
+    r.tick(0.0, True)
+    r.observe("m__isvc-2", False, 0.01)
+    r.tick(1.0, True)  # step 2
+    if phase == "rolled back":
+        r.observe("m__isvc-2", True, 0.01)
+        for _ in range(4):
+            r.observe("m__isvc-2", False, 0.01)
+        r.tick(2.0, True)
+    elif phase == "promoted":
+        for t in (2.0, 3.0):
+            r.observe("m__isvc-2", False, 0.01)
+            r.tick(t, True)
+    assert r.phase.value == phase
+    model = CASES["rolling"][0]
+    st = isvc_status("m", generation=1, model=model, problem=None, gateway=GW, now=NOW, rollout=r.status(3.0))
+    assert [e.message for e in status_schema().iter_errors(st)] == []
+    cond = {c["type"]: c for c in st["conditions"]}["RolloutProgressing"]
+    assert (cond["status"], cond["reason"]) == (status, reason) and cond["message"].startswith(says)
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"  # it serves meanwhile
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_state_is_valid_per_the_crd_and_says_what_modelmesh_says(case: str) -> None:
     model, problem, (active, target, transition, ready) = CASES[case]

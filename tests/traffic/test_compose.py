@@ -7,6 +7,9 @@ from dataclasses import replace
 
 import pytest
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy_check import validate_command, write_static
 
 from placement.traffic.compose import SCALE, compose
@@ -292,3 +295,31 @@ def test_the_mirror_routes_follow_the_mirrored_models_incrementally() -> None:
     # no mirror left: the routes are empty (the internal listener keeps its route configuration)
     assert not t.changes(compose(engine_view(), {"ab": policy("ab", split(("a", 100)))})[0])[rt.ROUTE][
         "msm_mirror"].virtual_hosts[0].routes
+
+
+def test_revisions_in_a_rollout_are_measured_wherever_they_are_routed() -> None:
+    pol = {"ab": policy("ab", split(("a", 50), ("b", 50)))}
+    view, _ = compose(engine_view(), pol, measured=frozenset({"b__1"}))
+    assert [r.id for r in view.models["b"].revisions if r.measured] == ["b__1"]
+    assert [r.id for r in view.models["ab"].revisions if r.measured] == ["b__1"]  # borrowed, still measured
+    opts = GatewayOptions(cluster_layout="per_revision", measure_cluster="xds", measure_token="secret")
+    res = translate(view, opts)
+    routes = {r.name: r for r in res[rt.ROUTE]["msm_grpc/ab"].virtual_hosts[0].routes}
+    assert routes["ab/0/grpc/b__1"].metadata.filter_metadata["msm.measure"]["on"] is True
+    assert "msm.measure" not in routes["ab/0/grpc/a__1"].metadata.filter_metadata
+    m = hcm.HttpConnectionManager()
+    res[rt.LISTENER]["msm_grpc"].filter_chains[0].filters[0].typed_config.Unpack(m)
+    (log,) = m.access_log
+    assert log.name == "envoy.access_loggers.http_grpc"
+    cfg = als_pb2.HttpGrpcAccessLogConfig()
+    log.typed_config.Unpack(cfg)
+    service = cfg.common_config.grpc_service
+    assert service.envoy_grpc.cluster_name == "xds"
+    assert [(h.key, h.value) for h in service.initial_metadata] == [("x-msm-gateway-token", "secret")]
+    cel = cel_pb2.ExpressionFilter()
+    log.filter.extension_filter.typed_config.Unpack(cel)
+    assert "msm.measure" in cel.expression
+    plain = translate(view, GatewayOptions(cluster_layout="per_revision"))  # no cluster: no reports
+    m = hcm.HttpConnectionManager()
+    plain[rt.LISTENER]["msm_grpc"].filter_chains[0].filters[0].typed_config.Unpack(m)
+    assert not m.access_log

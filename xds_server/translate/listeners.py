@@ -4,13 +4,22 @@ internal listener that takes mirrored requests (a VirtualService's ``mirror``) o
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2 as al
-from envoy.config.core.v3 import address_pb2, base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf import struct_pb2, wrappers_pb2
 
+from xds_server.auth import GATEWAY_TOKEN_HEADER
 from xds_server.translate import data_path, names
-from xds_server.translate.common import ads_source, pack
+from xds_server.translate.common import ads_source, duration, pack
 from xds_server.translate.options import GatewayOptions
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -75,6 +84,32 @@ def local_reply_config(kind: str) -> hcm.LocalReplyConfig:
     )
 
 
+MEASURE_LOG = "msm"  # the access log service's log_name
+#: CEL over the route's metadata: only the routes of revisions being compared are reported
+MEASURE_EXPRESSION = (f"xds.route_metadata.filter_metadata['{names.MEASURE_METADATA}']"
+                      f"['{names.MEASURE_KEY}'] == true")
+
+
+def measure_log(opts: GatewayOptions) -> al.AccessLog:
+    """Reports of measured routes' requests to msm's access log service (xds_server/access_log.py):
+    batched, over the gateway's own stream to msm, with its token."""
+    service = grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=opts.measure_cluster or ""))
+    if opts.measure_token:
+        service.initial_metadata.append(
+            base_pb2.HeaderValue(key=GATEWAY_TOKEN_HEADER, value=opts.measure_token))
+    cfg = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name=MEASURE_LOG, grpc_service=service, transport_api_version=config_source_pb2.V3,
+            buffer_flush_interval=duration(0.2), buffer_size_bytes=wrappers_pb2.UInt32Value(value=16384)),
+        additional_response_headers_to_log=["grpc-status"],  # a trailers-only gRPC answer
+        additional_response_trailers_to_log=["grpc-status"])
+    only = al.AccessLogFilter(extension_filter=al.ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel",
+        typed_config=pack(cel_pb2.ExpressionFilter(expression=MEASURE_EXPRESSION))))
+    return al.AccessLog(name="envoy.access_loggers.http_grpc", filter=only, typed_config=pack(cfg))
+
+
 def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnectionManager:
     m = hcm.HttpConnectionManager(
         stat_prefix=names.VHOST[kind],
@@ -87,6 +122,8 @@ def http_connection_manager(kind: str, opts: GatewayOptions) -> hcm.HttpConnecti
                       else data_path.grpc_http_filters(opts)),
         local_reply_config=local_reply_config(kind),
     )
+    if opts.measure_cluster:
+        m.access_log.append(measure_log(opts))
     if opts.route_layout == "scoped":
         if kind == names.REST:  # /v2/models/<name>/... split by "/" -> ["", "v2", "models", "<name>", ...]
             extractor = hcm.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(

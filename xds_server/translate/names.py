@@ -35,6 +35,23 @@ MIRROR_ROUTE = "msm_mirror"
 
 def mirror_cluster(kind: str) -> str:
     return f"mirror_{kind}"
+
+
+#: route metadata of routes whose requests the gateway reports to msm (access log service):
+#: filter_metadata[MEASURE_METADATA][MEASURE_KEY] = true
+MEASURE_METADATA = "msm.measure"
+MEASURE_KEY = "on"
+
+
+def route_name(model: str, rule: int, variant: str, revision: str, suffix: str = "") -> str:
+    """``<model>/<rule>/<variant>/<revision>[/<suffix>]``: neither model nor revision has a ``/``."""
+    return f"{model}/{rule}/{variant}/{revision}" + (f"/{suffix}" if suffix else "")
+
+
+def revision_of_route(name: str) -> str | None:
+    """The revision a route (of :func:`route_name`, or a mirror route) sends to, or None."""
+    parts = name.split("/")
+    return parts[3] if len(parts) >= 4 and parts[3] else None
 SUBSET_KEY = "rev"  # endpoint metadata key (filter "envoy.lb") listing the revisions a host holds
 LB_METADATA = "envoy.lb"
 

@@ -67,6 +67,11 @@ class GatewayOptions:
     max_request_bytes: int = 64 * 1024 * 1024  # request bodies buffered for retries and transcoding
     upstream_tls: UpstreamTls | None = None
     ads: bool = True  # RDS/EDS/SRDS through ADS (the bootstrap's xds cluster)
+    #: the gateway reports what it measured on the routes of revisions in an automated rollout
+    #: (``Revision.measured``) to msm's access log service through this cluster of its bootstrap
+    #: (msm's own gateway: ``xds``), with ``measure_token`` as its gateway token; None: no reports
+    measure_cluster: str | None = None
+    measure_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.cluster_layout not in ("per_revision", "subset"):

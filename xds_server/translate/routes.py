@@ -54,6 +54,7 @@ class Target:
     kind: str  # "runtime", "activator" or "unavailable"
     runtime: str = ""
     model: str = ""  # the model that owns the revision (its clusters; what the activator loads)
+    measured: bool = False  # the gateway reports its requests (Revision.measured)
 
 
 def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target, int]]:
@@ -68,7 +69,7 @@ def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target
         if rev is None or d.weight <= 0:
             continue
         if rev.copies:
-            out.append((Target(rev.id, "runtime", rev.runtime, model.owner(rev)), d.weight))
+            out.append((Target(rev.id, "runtime", rev.runtime, model.owner(rev), rev.measured), d.weight))
         elif view.activator is not None:
             out.append((Target(rev.id, "activator", model=model.owner(rev)), d.weight))
         else:
@@ -320,8 +321,8 @@ class _RouteBuilder:
                pinned: bool = False, bucket: tuple[int, int] | None = None,
                sticky: str | None = None) -> rc.Route:
         opts = self.opts
-        suffix = "/pinned" if pinned else (f"/bucket{bucket[0]}" if bucket is not None else "")
-        name = f"{self.model.name}/{index}/{variant}/{target.revision}{suffix}"
+        suffix = "pinned" if pinned else (f"bucket{bucket[0]}" if bucket is not None else "")
+        name = names.route_name(self.model.name, index, variant, target.revision, suffix)
         r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None, bucket))
         _fraction(frac, r)
         upstream_grpc = variant in ("infer", "grpc")
@@ -365,6 +366,8 @@ class _RouteBuilder:
             _header_ops(rule.response_headers, r.response_headers_to_add, r.response_headers_to_remove)
             if rule.fault is not None:
                 r.typed_per_filter_config[data_path.FAULT_FILTER].CopyFrom(pack(fault_config(rule.fault)))
+        if target.measured and target.kind == "runtime":
+            r.metadata.filter_metadata[names.MEASURE_METADATA].update({names.MEASURE_KEY: True})
         if sticky is not None:
             for filter_name, cfg in data_path.sticky_per_route().items():
                 r.typed_per_filter_config[filter_name].CopyFrom(cfg)
