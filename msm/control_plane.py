@@ -38,8 +38,9 @@ from placement.local.runtime_process import read_instances_file
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, load_local_config
 from placement.sources.local_dir import LocalDirSource
-from xds_server.mesh_view import ActivatorEndpoint
+from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint
 from xds_server.translate import GatewayOptions
+from xds_server.translate.names import MEASURE_CLUSTER
 
 log = logging.getLogger("msm.control_plane")
 
@@ -54,7 +55,7 @@ class ControlPlane:
                  gateway_token: str | None = None, inventory_interval: float = 5.0,
                  activator_ports: tuple[int, int] = (0, 0)) -> None:
         # msm's own gateway reports the requests of revisions in a rollout over its xDS cluster
-        options = replace(options, measure_cluster="xds", measure_token=gateway_token)
+        options = replace(options, measure_cluster=MEASURE_CLUSTER, measure_token=gateway_token)
         self.options = options
         self.inventory_interval = inventory_interval
         # fixed across restarts (msm up picks them once): the gateway's routes to the activator
@@ -90,6 +91,10 @@ class ControlPlane:
         await self.health.check_all()
         await self.controller.start()
         await self.stack.start_xds(xds_host, xds_port)
+        # the gateway reports measurements to this xDS port (the bootstrap knows it, the view says it)
+        assert self.stack.xds_port is not None
+        self.controller.measure = MeasureEndpoint(xds_host, self.stack.xds_port)
+        self.controller.wake()
         self.health.start()
         if self.stats is not None:
             self.stats.start()

@@ -58,9 +58,10 @@ from placement.sources.kube import DEFAULT_MODEL_GATEWAY, KubeSource
 from placement.sources.pods import PodInstance, RuntimePods
 from xds_server.auth import BearerTokens
 from xds_server.gateway_kind import ISTIO_GATEWAY
-from xds_server.mesh_view import ActivatorEndpoint
+from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint
 from xds_server.server import ServerTls
 from xds_server.translate import GatewayOptions
+from xds_server.translate.names import MEASURE_CLUSTER
 from xds_server.translate.options import UpstreamTls
 from xds_server.view_codec import view_from_dict
 
@@ -100,9 +101,9 @@ class KubeControlPlane:
                  follow_interval: float = 0.5, istio: IstioGateways | None = None,
                  model_gateway: str = DEFAULT_MODEL_GATEWAY) -> None:
         self.api = api
-        # msm's own gateway reports the requests of revisions in a rollout over its xDS cluster (to
-        # the replica its stream reached: only the leader's reports count, see docs/traffic.md)
-        options = replace(options, measure_cluster="xds", measure_token=gateway_token)
+        # msm's own gateway reports the requests of revisions in a rollout to the leader's xDS port
+        # (the view names it: MeshView.measure), whichever replica its own xDS stream is on
+        options = replace(options, measure_cluster=MEASURE_CLUSTER, measure_token=gateway_token)
         self.options = options
         self.gateway = gateway
         self.adapter_image = adapter_image
@@ -235,7 +236,9 @@ class KubeControlPlane:
             controller = Controller(
                 self.engine, self.stack, {},
                 ActivatorEndpoint(self.advertise_address, self.activator.rest_port, self.activator.grpc_port),
-                inventory_interval=self.inventory_interval)
+                inventory_interval=self.inventory_interval,
+                measure=(MeasureEndpoint(self.advertise_address, self.stack.xds_port)
+                         if self.stack.xds_port else None))
             state = self.source.state
             controller.set_desired(state.desired_models(), state.errors, state.rollouts())
             controller.set_traffic(state.traffic)

@@ -158,11 +158,21 @@ class ActivatorEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class MeasureEndpoint:
+    """Where the gateway reports the requests of measured revisions: the xDS port of the control
+    plane that decides rollouts (the leader, in Kubernetes mode; its access log service)."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class MeshView:
     """All models the gateway routes. Treat as immutable: a change is a new MeshView."""
 
     models: Mapping[str, Model] = field(default_factory=dict)
     activator: ActivatorEndpoint | None = None
+    measure: MeasureEndpoint | None = None
 
     @staticmethod
     def of(models: list[Model] | tuple[Model, ...], activator: ActivatorEndpoint | None = None) -> MeshView:

@@ -17,6 +17,7 @@ from xds_server.mesh_view import (
     Fault,
     HeaderMatch,
     HeaderOps,
+    MeasureEndpoint,
     MeshView,
     Mirror,
     Model,
@@ -45,7 +46,9 @@ def view_to_dict(view: MeshView) -> dict[str, Any]:
         return {"set": [list(p) for p in o.set], "add": [list(p) for p in o.add], "remove": list(o.remove)}
 
     a = view.activator
+    m = view.measure
     return {
+        **({"measure": {"address": m.address, "port": m.port}} if m is not None else {}),
         "activator": None if a is None else {"address": a.address, "rest_port": a.rest_port,
                                              "grpc_port": a.grpc_port},
         "models": [{"name": m.name, "rules": [rule(r) for r in m.rules], "revisions": [
@@ -114,6 +117,9 @@ def view_from_dict(data: Any) -> MeshView:
     activator = None if act is None else ActivatorEndpoint(
         _get(act, "address", str, "activator"), _port(act, "rest_port", "activator"),
         _port(act, "grpc_port", "activator"))
+    ms = _get(data, "measure", dict, "view", optional=True)
+    measure = None if ms is None else MeasureEndpoint(_get(ms, "address", str, "measure"),
+                                                      _port(ms, "port", "measure"))
     models = []
     for i, m in enumerate(_get(data, "models", list, "view")):
         w = f"models[{i}]"
@@ -154,4 +160,4 @@ def view_from_dict(data: Any) -> MeshView:
         if problems:
             raise ValueError(f"model {model.name}: {'; '.join(problems)}")
         models.append(model)
-    return MeshView.of(models, activator)
+    return MeshView({m.name: m for m in models}, activator, measure)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -26,7 +27,7 @@ from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
 from placement.traffic.policy import HostPolicy
 from placement.traffic.rollout import Rollouts, RolloutSpec
-from xds_server.mesh_view import ActivatorEndpoint, MeshView
+from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView
 
 log = logging.getLogger("msm.controller")
 
@@ -81,7 +82,7 @@ class Controller:
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
                  inventory_interval: float | None = None, unload_grace_s: float = 1.0,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, measure: MeasureEndpoint | None = None) -> None:
         self.engine = engine
         self.publisher = publisher
         self.clients = dict(clients)
@@ -98,6 +99,7 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._inventory_task: asyncio.Task[None] | None = None
         self.desired_errors: dict[str, str] = {}
+        self.measure = measure  # where gateways report measurements (this process's xDS port)
         self.traffic: dict[str, HostPolicy] = {}  # VirtualServices' routing, by host
         self.rollouts = Rollouts()  # canary rollouts by steps, between the manifests and the engine
         self._desired: list[DesiredModel] = []
@@ -199,10 +201,19 @@ class Controller:
                 return "msm has not read its manifests yet"
         if self.engine.has_model(model) is False:
             return f"{UNKNOWN_MODEL} '{model}'"
-        self.engine.request_for_cold_model(model)
-        self.wake()
+        asked: object = ()  # the routed revisions the load was asked for
         async with self._changed:
             while True:
+                # Asked again whenever what the gateway routes the model to changes while the
+                # request waits (a new revision, a rollout's step, a delete and re-create): the
+                # request waits for that, so that must load.
+                if self.engine.has_model(model) is False:
+                    return f"{UNKNOWN_MODEL} '{model}'"
+                routed = self._routed_revisions(model)
+                if routed != asked:
+                    asked = routed
+                    self.engine.request_for_cold_model(model)
+                    self.wake()
                 # Published, not just decided: the engine has a ready copy as soon as its load
                 # returns, but the gateway can route to it only from the next published view.
                 if self._published is not None and routes_to_a_copy(self._published[0], model, revision):
@@ -223,6 +234,13 @@ class Controller:
         if not await self.publisher.wait_for_ack(version, max(1.0, deadline - time.monotonic())):
             return "the gateway did not acknowledge the new routes in time"
         return None
+
+    def _routed_revisions(self, model: str) -> tuple[str, ...] | None:
+        """The revisions the last published view routes ``model`` to (None: not published)."""
+        m = self._published[0].models.get(model) if self._published is not None else None
+        if m is None:
+            return None
+        return tuple(d.revision for rule in m.effective_rules() for d in rule.destinations)
 
     async def check_inventory(self, instance_id: str) -> tuple[list[str], list[str]]:
         """Ask one instance what it holds and repair the engine's view: ``(lost, found)``.
@@ -292,6 +310,8 @@ class Controller:
     async def _publish(self) -> None:
         engine_view = self.engine.mesh_view(self.activator)
         view, problems = compose(engine_view, self.traffic, self.rollouts.measured())
+        if self.measure is not None:
+            view = replace(view, measure=self.measure)
         if problems != self.traffic_problems:
             for host, problem in sorted(problems.items()):
                 if self.traffic_problems.get(host) != problem:

@@ -36,6 +36,9 @@ STICKY_ANNOTATION = "serving.msm.io/sticky-header"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: a model name (DNS-1123 label-ish, as InferenceService names are); ``*`` is not a model
 HOST = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+#: what Python's re accepts and RE2 (Envoy) does not: lookarounds, backreferences, atomic groups,
+#: conditionals, possessive quantifiers
+_NOT_RE2 = re.compile(r"\(\?[=!<>(]|\\[1-9]|(?<!\\)[*+?}]\+")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]{1,256}$")  # an HTTP token: no ':', no spaces
 #: headers a rule may not change: they say where the request goes and how its body is framed
 _RESERVED_HEADERS = frozenset({"host", "mm-vmodel-id", "content-length", "content-type",
@@ -127,8 +130,9 @@ class _Reader:
             except re.error as e:
                 self.bad(f"{where}.regex", f"not a valid regular expression: {e}")
                 return None
-            if re.search(r"\(\?[=!<]|\\[1-9]", value):
-                self.bad(f"{where}.regex", "lookarounds and backreferences are not RE2 (Envoy refuses them)")
+            if _NOT_RE2.search(value):
+                self.bad(f"{where}.regex", "lookarounds, backreferences, atomic groups, possessive "
+                                           "quantifiers and conditionals are not RE2 (Envoy refuses them)")
                 return None
         return StringMatch(**{kind: value})
 

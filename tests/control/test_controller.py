@@ -386,3 +386,21 @@ def test_a_revision_named_by_the_activator_must_itself_have_a_copy() -> None:
     assert routes_to_a_copy(v, "m", "m__1")
     assert routes_to_a_copy(v, "m", "m__0")  # a revision the model no longer has: any copy will do
     assert not routes_to_a_copy(v, "other", "m__1")
+
+
+async def test_a_waiting_cold_request_follows_the_model_to_its_new_revision() -> None:
+    """A cold request waits; meanwhile the InferenceService changes (the old revision had no copy,
+    so the new one takes over at once). The request must get what the gateway now routes to,
+    loaded, not wait for a revision nobody loads any more."""
+    rt = Runtime(delay=0.3)
+    ctl, _ = await make({"i0": rt})
+    try:
+        ctl.set_desired([desired("m")], {})
+        waiter = asyncio.create_task(ctl.ensure_ready("m", timeout=10, revision="m__isvc-1"))
+        await asyncio.sleep(0.05)  # the old revision's load has started
+        ctl.set_desired([DesiredModel("m", "m__isvc-2", "rt", "sklearn", "/m/m2", MB)], {})
+        assert await asyncio.wait_for(waiter, 5) is None
+        assert ("load", "m__isvc-2") in rt.calls
+        assert ctl.publisher.last_view.models["m"].revisions[0].id == "m__isvc-2"
+    finally:
+        await ctl.stop()

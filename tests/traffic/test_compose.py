@@ -323,3 +323,20 @@ def test_revisions_in_a_rollout_are_measured_wherever_they_are_routed() -> None:
     m = hcm.HttpConnectionManager()
     plain[rt.LISTENER]["msm_grpc"].filter_chains[0].filters[0].typed_config.Unpack(m)
     assert not m.access_log
+
+
+def test_reports_go_to_the_deciding_control_plane_the_view_names() -> None:
+    from xds_server.mesh_view import MeasureEndpoint
+
+    opts = GatewayOptions(cluster_layout="per_revision", measure_cluster="msm_measure", measure_token="t")
+    leader = replace(engine_view(), measure=MeasureEndpoint("10.0.0.7", 18000))
+    c = translate(leader, opts)[rt.CLUSTER]["msm_measure"]
+    ep = c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (ep.address, ep.port_value) == ("10.0.0.7", 18000)
+    assert "msm_measure" not in translate(engine_view(), opts)[rt.CLUSTER]  # no endpoint: no cluster
+    t = IncrementalTranslator(opts)
+    assert "msm_measure" in t.changes(leader)[rt.CLUSTER]
+    assert "msm_measure" not in t.changes(leader).get(rt.CLUSTER, {})  # unchanged: not resent
+    moved = t.changes(replace(leader, measure=MeasureEndpoint("10.0.0.8", 18000)))[rt.CLUSTER]["msm_measure"]
+    address = moved.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert address.address == "10.0.0.8"

@@ -15,6 +15,7 @@ from xds_server.mesh_view import (
     Fault,
     HeaderMatch,
     HeaderOps,
+    MeasureEndpoint,
     MeshView,
     Model,
     Revision,
@@ -40,7 +41,8 @@ def a_view() -> MeshView:
         response_headers=HeaderOps(set=(("x-d", "3"),)))
     borrowed = (replace(revisions[0], model="m"), Revision("cold__v1", "mlserver-1.x", (), "cold"))
     virtual = Model("digits", borrowed, (policy,))
-    return MeshView.of([canary, cold, virtual], ActivatorEndpoint("10.0.0.9", 9001, 9002))
+    view = MeshView.of([canary, cold, virtual], ActivatorEndpoint("10.0.0.9", 9001, 9002))
+    return replace(view, measure=MeasureEndpoint("10.0.0.9", 18000))
 
 
 def test_a_view_survives_the_round_trip_through_json() -> None:
@@ -63,6 +65,7 @@ def test_a_view_survives_the_round_trip_through_json() -> None:
     (lambda d: d["models"][2]["rules"][0]["request_headers"].update(set=[["x-a"]]), "pairs"),
     (lambda d: d["models"][2]["rules"][0]["response_headers"].update(remove=[":path"]), "may change"),
     (lambda d: d["models"][2]["revisions"][0].update(model=5), "model"),
+    (lambda d: d["measure"].update(port=0), "not a port"),
 ])
 def test_a_malformed_view_is_refused_saying_what_is_wrong(breakage, says: str) -> None:
     data = view_to_dict(a_view())

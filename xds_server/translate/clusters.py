@@ -181,6 +181,26 @@ def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> di
     return out
 
 
+def measure_clusters(view: MeshView, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
+    """The cluster to the control plane's access log service (HTTP/2, as its xDS port speaks)."""
+    m = view.measure
+    if m is None or opts.measure_cluster != names.MEASURE_CLUSTER:
+        return {}
+    try:
+        ipaddress.ip_address(m.address)
+        discovery = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        discovery = cluster_pb2.Cluster.STRICT_DNS
+    c = cluster_pb2.Cluster(name=names.MEASURE_CLUSTER, type=discovery,
+                            connect_timeout=duration(opts.connect_timeout_s))
+    c.load_assignment.CopyFrom(_cla(names.MEASURE_CLUSTER, [_lb_endpoint(m.address, m.port)]))
+    http = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+    c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+    return {names.MEASURE_CLUSTER: c}
+
+
 def mirror_clusters(opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
     """Static clusters to the gateway's own internal mirror listener (REST, and gRPC over HTTP/2)."""
     out = {}
@@ -294,4 +314,5 @@ def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
     if view.activator is not None:
         clusters.update(activator_clusters(view.activator, opts))
     clusters.update(mirror_clusters(opts))
+    clusters.update(measure_clusters(view, opts))
     return clusters, clas

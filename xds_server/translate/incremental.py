@@ -16,12 +16,13 @@ from collections import Counter
 from google.protobuf.message import Message
 
 from xds_server import resource_types as rt
-from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
+from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView, Model
 from xds_server.translate import names as nm
 from xds_server.translate import translate
 from xds_server.translate.clusters import (
     activator_clusters,
     group_clusters,
+    measure_clusters,
     mirror_clusters,
     model_revision_clusters,
 )
@@ -40,6 +41,7 @@ class IncrementalTranslator:
     def __init__(self, opts: GatewayOptions | None = None) -> None:
         self.opts = opts or GatewayOptions()
         self._activator: ActivatorEndpoint | None = None
+        self._measure: MeasureEndpoint | None = None
         self._models: dict[str, tuple[Model, Resources, list[Contribution]]] = {}
         # group → instance → [address tuple, Counter of revision ids]
         self._groups: dict[GroupKey, dict[str, list]] = {}
@@ -91,6 +93,10 @@ class IncrementalTranslator:
             stale = list(self._models)  # routes of models without copies name the activator
         else:
             stale = []
+        if view.measure != self._measure:
+            self._measure = view.measure
+            built = measure_clusters(view, opts)
+            put(rt.CLUSTER, nm.MEASURE_CLUSTER, built.get(nm.MEASURE_CLUSTER))
         for name in stale:
             self._models[name] = (_NEVER, *self._models[name][1:])
 

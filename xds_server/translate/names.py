@@ -41,6 +41,8 @@ def mirror_cluster(kind: str) -> str:
 #: filter_metadata[MEASURE_METADATA][MEASURE_KEY] = true
 MEASURE_METADATA = "msm.measure"
 MEASURE_KEY = "on"
+#: the cluster to the control plane's access log service (MeshView.measure)
+MEASURE_CLUSTER = "msm_measure"
 
 
 def route_name(model: str, rule: int, variant: str, revision: str, suffix: str = "") -> str:

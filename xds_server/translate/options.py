@@ -68,8 +68,10 @@ class GatewayOptions:
     upstream_tls: UpstreamTls | None = None
     ads: bool = True  # RDS/EDS/SRDS through ADS (the bootstrap's xds cluster)
     #: the gateway reports what it measured on the routes of revisions in an automated rollout
-    #: (``Revision.measured``) to msm's access log service through this cluster of its bootstrap
-    #: (msm's own gateway: ``xds``), with ``measure_token`` as its gateway token; None: no reports
+    #: (``Revision.measured``) to msm's access log service through this cluster, with
+    #: ``measure_token`` as its gateway token; None: no reports. ``msm_measure``
+    #: (names.MEASURE_CLUSTER) is made from the view's ``measure`` endpoint (the deciding control
+    #: plane); another name must be a cluster of the gateway's bootstrap
     measure_cluster: str | None = None
     measure_token: str | None = None
 
