@@ -31,6 +31,10 @@ from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView
 
 log = logging.getLogger("msm.controller")
 
+#: After the gateway ACKs routes without a copy, requests it started on the old routes may still be
+#: running (and a worker thread of Envoy may start one for a moment): the unload waits this long.
+UNLOAD_GRACE_S = 1.0
+
 
 class ModelLoader(Protocol):
     """What the controller needs of one runtime instance: load and unload (the SPI's calls)."""
@@ -81,7 +85,7 @@ class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
-                 inventory_interval: float | None = None, unload_grace_s: float = 1.0,
+                 inventory_interval: float | None = None, unload_grace_s: float = UNLOAD_GRACE_S,
                  registry: CollectorRegistry | None = None, measure: MeasureEndpoint | None = None) -> None:
         self.engine = engine
         self.publisher = publisher

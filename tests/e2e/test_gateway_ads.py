@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from placement.control.controller import UNLOAD_GRACE_S
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 server_mod = pytest.importorskip("xds_server.server")
 
@@ -118,7 +120,11 @@ async def test_placement_change_moves_traffic_without_a_failed_request(tmp_path,
             v2 = await gw.publish(MeshView.of([Model("m", (Revision("m__2", copies=(c1.as_copy(),)),))]))
             await asyncio.wait_for(gw.server.wait_for_ack(v2), 20)
             before_unload = served["c1"]
-            await c0.kill()  # the old copy unloads only after the ACK
+            # the old copy unloads only after the ACK and the controller's unload grace: an ACK
+            # says the main thread has the routes, a worker may still start a request on the old
+            # ones for a moment (placement/control/controller.py, unload_grace_s)
+            await asyncio.sleep(UNLOAD_GRACE_S)
+            await c0.kill()
             await asyncio.sleep(0.5)
             stop.set()
             await asyncio.gather(*workers)

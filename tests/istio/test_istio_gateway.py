@@ -38,8 +38,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from dev_cluster(tmp_path_factory, "--istio", ready_s=300)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def article(cluster: Cluster) -> AsyncIterator[None]:
+    """The article's InferenceService, applied once for the module: the tests kill processes under
+    traffic to a model that serves, not to one being deleted and made again between tests."""
     cluster.kubectl("apply", "-f", str(ARTICLE_ISVC))
     cluster.kubectl("wait", "--for=condition=Ready", "isvc/sklearn-mnist", "-n", NS, "--timeout=120s")
     yield
