@@ -30,7 +30,9 @@ class RolloutSpec:
     min_requests: int = 20  # the new revision's requests a window needs before it is judged
     max_error_rate_increase: float = 1.0  # percentage points over the old revision's error rate
     max_latency_ratio: float = 1.5  # the new revision's p99 over the old one's
-    latency_floor_s: float = 0.005  # p99s under this are not compared (noise, not a regression)
+    # ... and slower by more than this too: a few milliseconds between small windows' p99s (their
+    # slowest request) is noise, not a regression
+    latency_slack_s: float = 0.025
     threshold: int = 1  # failed checks that roll back
 
     def problems(self) -> list[str]:
@@ -114,11 +116,12 @@ def judge(spec: RolloutSpec, new: Window, old: Window) -> Check:
         return Check(False, f"error rate {new_rate:.1f}% against {old_rate:.1f}% for the old revision "
                             f"(allowed: +{spec.max_error_rate_increase:g} points)")
     new_p99, old_p99 = new.p99(), old.p99()
-    if new_p99 is not None and new_p99 > spec.latency_floor_s:
-        bound = max(spec.latency_floor_s, (old_p99 or 0.0) * spec.max_latency_ratio)
-        if old_p99 is not None and new_p99 > bound:
+    if new_p99 is not None and old_p99 is not None:
+        bound = max(old_p99 * spec.max_latency_ratio, old_p99 + spec.latency_slack_s)
+        if new_p99 > bound:
             return Check(False, f"p99 latency {new_p99 * 1000:.0f} ms against {old_p99 * 1000:.0f} ms "
-                                f"for the old revision (allowed: x{spec.max_latency_ratio:g})")
+                                f"for the old revision (allowed: x{spec.max_latency_ratio:g}, "
+                                f"and +{spec.latency_slack_s * 1000:.0f} ms)")
     return Check(True, f"error rate {new_rate:.1f}% (old {old_rate:.1f}%), "
                        f"p99 {_ms(new_p99)} (old {_ms(old_p99)}) over {new.requests} requests")
 

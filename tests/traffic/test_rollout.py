@@ -46,18 +46,21 @@ def test_errors_roll_back_at_the_step_they_appear() -> None:
     assert "error rate 20.0% against 0.5%" in event.message and r.outcome.startswith("rolled back at 5%")
 
 
-def test_slower_by_more_than_the_ratio_rolls_back_and_within_it_passes() -> None:
+@pytest.mark.parametrize("old_s, new_s, kind", [
+    (0.100, 0.160, "rolled-back"),  # x1.6 and 60 ms slower
+    (0.100, 0.140, "promoted"),  # within x1.5
+    (0.005, 0.010, "promoted"),  # x2, but 5 ms: small windows' noise, not a regression
+    (0.005, 0.040, "rolled-back"),  # x8 and 35 ms slower
+])
+def test_slower_by_more_than_the_ratio_and_the_slack_rolls_back(old_s, new_s, kind) -> None:
     spec = RolloutSpec(steps=(10,), interval_s=1.0, min_requests=10, max_latency_ratio=1.5)
-    slow = Rollout("m", "a", "b", spec, 0.0)
-    slow.tick(0.0, True)
-    feed(slow, "a", 100, latency_s=0.020)
-    feed(slow, "b", 20, latency_s=0.031)
-    assert slow.tick(1.0, True).kind == "rolled-back" and "p99 latency 31 ms against 20 ms" in slow.outcome
-    fine = Rollout("m", "a", "b", spec, 0.0)
-    fine.tick(0.0, True)
-    feed(fine, "a", 100, latency_s=0.020)
-    feed(fine, "b", 20, latency_s=0.029)
-    assert fine.tick(1.0, True).kind == "promoted"
+    r = Rollout("m", "a", "b", spec, 0.0)
+    r.tick(0.0, True)
+    feed(r, "a", 100, latency_s=old_s)
+    feed(r, "b", 20, latency_s=new_s)
+    assert r.tick(1.0, True).kind == kind
+    if kind == "rolled-back":
+        assert f"p99 latency {new_s * 1000:.0f} ms against {old_s * 1000:.0f} ms" in r.outcome
 
 
 def test_too_few_requests_holds_the_step_and_the_window_goes_on() -> None:
