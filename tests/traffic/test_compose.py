@@ -340,3 +340,13 @@ def test_reports_go_to_the_deciding_control_plane_the_view_names() -> None:
     moved = t.changes(replace(leader, measure=MeasureEndpoint("10.0.0.8", 18000)))[rt.CLUSTER]["msm_measure"]
     address = moved.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert address.address == "10.0.0.8"
+
+
+def test_a_model_named_by_several_rules_is_borrowed_once_and_a_one_percent_share_routes() -> None:
+    tester = HttpRule("", (HttpMatch(None, (("x-a", StringMatch(exact="1")),)),),
+                      (RouteDestination("b", 100),))
+    rules = (tester, split(("a", 99), ("b", 1)))
+    view, problems = compose(engine_view(), {"ab": policy("ab", *rules)})
+    assert problems == {}
+    assert [r.id for r in view.models["ab"].revisions] == ["b__1", "b__2", "a__1"]  # each once
+    assert weights(view.models["ab"].rules[1]) == pytest.approx({"a__1": 0.99, "b__1": 0.008, "b__2": 0.002})

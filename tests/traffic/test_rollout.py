@@ -161,3 +161,50 @@ def test_a_model_that_goes_away_takes_its_rollout_with_it() -> None:
     assert ro.active
     assert ro.desired([], {}, 1.0) == []
     assert not ro.active and not ro.stable and ro.status(1.0) == {}
+
+
+def test_p99_is_the_nearest_rank_of_the_window() -> None:
+    w = Window()
+    assert w.p99() is None
+    w.add(False, 0.5)
+    assert w.p99() == 0.5  # one request: itself
+    w.add(False, 0.1)
+    assert w.p99() == 0.5  # two: the slower
+    hundred = Window()
+    for i in range(1, 101):
+        hundred.add(False, i / 1000)
+    assert hundred.p99() == pytest.approx(0.099)
+    assert Window().error_rate() == 0.0
+
+
+def test_exactly_at_a_bound_passes() -> None:
+    spec = RolloutSpec(steps=(5,), min_requests=100, max_error_rate_increase=1.0, max_latency_ratio=2.0,
+                       latency_slack_s=0.010)
+    old, new = Window(), Window()
+    for _ in range(100):
+        old.add(False, 0.040)
+    for i in range(100):
+        new.add(i < 1, 0.080)  # 1 % errors (0 + 1 point), p99 80 ms (x2 of 40 ms)
+    assert judge(spec, new, old).passed is True
+    new.add(True, 0.080)  # 101 requests, 2 failed: 1.98 %
+    assert judge(spec, new, old).passed is False
+
+
+def test_every_rollout_ticks_and_each_is_asked_about_its_own_revision() -> None:
+    ro = Rollouts()
+    specs = {"a": RolloutSpec(steps=(10,), interval_s=1.0, min_requests=1),
+             "b": RolloutSpec(steps=(10,), interval_s=1.0, min_requests=1)}
+    a1, b1 = (DesiredModel(n, f"{n}__1", "rt", "sklearn", f"/{n}1", 1000) for n in "ab")
+    a2, b2 = (DesiredModel(n, f"{n}__2", "rt", "sklearn", f"/{n}2", 1000) for n in "ab")
+    ro.desired([a1, b1], specs, 0.0)
+    ro.desired([a2, b2], specs, 0.0)
+    asked = []
+    ro.tick(0.0, lambda model, rev: asked.append((model, rev)) or True)
+    assert asked == [("a", "a__2"), ("b", "b__2")]
+    ro.observe("a__2", True, 0.01)  # a fails its check and is done; b must still be judged
+    ro.observe("b__2", False, 0.01)
+    events = ro.tick(1.0, lambda model, rev: True)
+    assert [(m, e.kind) for m, e in events] == [("a", "rolled-back"), ("b", "promoted")]
+    assert [d.revision for d in ro.desired([a2, b2], specs, 1.0)] == ["a__1", "b__2"]
+    st = ro.status(1.0)
+    assert (st["a"]["phase"], st["b"]["phase"]) == ("rolled back", "promoted")
