@@ -86,6 +86,16 @@ def local_config(models_dir: Path, replicas: int) -> str:
             "defaultNamespace: modelmesh-serving\n")
 
 
+def rewrite(path: Path, text: str) -> float:
+    """Replace a manifest with a new mtime (the folder watch sees the change); when it was written."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    while path.stat().st_mtime_ns == before:  # coarse file-system clocks
+        time.sleep(0.01)
+        path.write_text(text)
+    return time.monotonic()
+
+
 class LocalMeshProcess:
     """``msm up DIR`` in the background; ``start`` returns once it printed where everything listens."""
 

@@ -12,7 +12,7 @@ import joblib
 import numpy as np
 import pytest
 import yaml
-from mesh_harness import LocalMeshProcess, Traffic, isvc_yaml, prediction
+from mesh_harness import Traffic, isvc_yaml, prediction, rewrite
 from sklearn.linear_model import LogisticRegression
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -25,16 +25,6 @@ def isvc(path: str) -> str:
     doc = yaml.safe_load(isvc_yaml("m", path))
     doc["metadata"]["annotations"].update(ROLLOUT)
     return yaml.safe_dump(doc, sort_keys=False)
-
-
-def rewrite(mesh: LocalMeshProcess, text: str) -> float:
-    p = mesh.dir / "m.yaml"
-    before = p.stat().st_mtime_ns
-    p.write_text(text)
-    while p.stat().st_mtime_ns == before:  # coarse file-system clocks
-        time.sleep(0.01)
-        p.write_text(text)
-    return time.monotonic()
 
 
 def revision(st: dict) -> str:
@@ -52,7 +42,7 @@ def test_a_healthy_revision_steps_through_and_is_promoted(make_mesh) -> None:
     old = revision(mesh.status())
     seen_weights = set()
     with Traffic(lambda c: mesh.infer(c, "m")) as traffic:
-        rewrite(mesh, isvc("mnist-logreg.joblib"))
+        rewrite(mesh.dir / "m.yaml", isvc("mnist-logreg.joblib"))
         deadline = time.monotonic() + 90
         while rollout(st := mesh.status()).get("phase") != "promoted":
             assert time.monotonic() < deadline, st.get("rollouts")
@@ -88,7 +78,7 @@ def test_a_revision_that_answers_errors_is_rolled_back_by_itself(make_mesh, brok
         assert prediction(mesh.infer(c, "m")) == 8
     old = revision(mesh.status())
     with Traffic(lambda c: mesh.infer(c, "m")) as traffic:
-        changed = rewrite(mesh, isvc(broken_model))
+        changed = rewrite(mesh.dir / "m.yaml", isvc(broken_model))
         st = mesh.wait_status(lambda s: rollout(s).get("phase") == "rolled back", timeout=90,
                               what="the rollout rolled back")
         rolled_back = time.monotonic()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
-from mesh_harness import DIGIT_8, DIGIT_8_V2, LocalMeshProcess, isvc_yaml
+from mesh_harness import DIGIT_8, DIGIT_8_V2, LocalMeshProcess, isvc_yaml, rewrite
 
 from xds_server.translate.routes import sticky_bucket
 
@@ -54,16 +54,6 @@ def served_by(r: httpx.Response) -> str:
 
 def ask(mesh: LocalMeshProcess, c: httpx.Client, headers: dict | None = None) -> httpx.Response:
     return c.post(f"{mesh.rest}/v2/models/digits/infer", content=DIGIT_8, headers=headers or {})
-
-
-def rewrite(mesh: LocalMeshProcess, text: str) -> None:
-    """Replace the VirtualService file (a new mtime: the folder watch sees the change)."""
-    p = mesh.dir / "digits.yaml"
-    before = p.stat().st_mtime_ns
-    p.write_text(text)
-    while p.stat().st_mtime_ns == before:  # coarse file-system clocks
-        time.sleep(0.01)
-        p.write_text(text)
 
 
 @pytest.fixture
@@ -112,7 +102,7 @@ def test_a_virtual_model_splits_matches_injects_and_keeps_its_last_good_routing(
         assert r.status_code == 200 and r.json()["model_name"].startswith("forest__"), r.text
 
         # a bad edit: reported where the user looks, the routing in force stays
-        rewrite(mesh, virtual_service([{"route": [dest("svm", 50), dest("nope", 50)]}]))
+        rewrite(mesh.dir / "digits.yaml", virtual_service([{"route": [dest("svm", 50), dest("nope", 50)]}]))
         st = mesh.wait_status(lambda s: "digits.yaml" in s["manifest_errors"], what="the problem reported")
         problem = st["manifest_errors"]["digits.yaml"]
         assert "destination nope is not an InferenceService msm serves" in problem
@@ -121,7 +111,7 @@ def test_a_virtual_model_splits_matches_injects_and_keeps_its_last_good_routing(
         assert "previous version stays in use" in mesh.status_cli().stdout
 
         # a good edit takes over: everything to logreg
-        rewrite(mesh, virtual_service([{"route": [dest("logreg")]}]))
+        rewrite(mesh.dir / "digits.yaml", virtual_service([{"route": [dest("logreg")]}]))
         mesh.wait_status(lambda s: not s["manifest_errors"], what="the problem gone")
         deadline = time.monotonic() + 30
         while served_by(ask(mesh, c, {"x-tester": "yes"})) != "logreg":

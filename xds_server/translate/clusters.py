@@ -106,10 +106,7 @@ def _prototype(kind: str, opts: GatewayOptions, subset: bool) -> cluster_pb2.Clu
     )
     c.eds_cluster_config.eds_config.CopyFrom(ads_source())
     if kind == names.GRPC:
-        http = http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-        c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+        _speak_h2(c)
     if subset:
         c.lb_subset_config.CopyFrom(cluster_pb2.Cluster.LbSubsetConfig(
             fallback_policy=cluster_pb2.Cluster.LbSubsetConfig.NO_FALLBACK,
@@ -158,25 +155,34 @@ def _port(kind: str, rest_port: int, grpc_port: int) -> int:
     return rest_port if kind == names.REST else grpc_port
 
 
+def _speak_h2(c: cluster_pb2.Cluster) -> None:
+    """Upstream HTTP/2 (gRPC) on ``c``."""
+    http = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+    c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+
+
+def _discovery(address: str) -> cluster_pb2.Cluster.DiscoveryType.ValueType:
+    """STATIC for an IP address, STRICT_DNS for a name."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return cluster_pb2.Cluster.STRICT_DNS
+    return cluster_pb2.Cluster.STATIC
+
+
 def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
     """Static clusters to msm's activator (no TLS: it runs beside the control plane)."""
-    try:
-        ipaddress.ip_address(activator.address)
-        kind_of_discovery = cluster_pb2.Cluster.STATIC
-    except ValueError:
-        kind_of_discovery = cluster_pb2.Cluster.STRICT_DNS
     out = {}
     for kind in names.KINDS:
         name = names.activator_cluster(kind)
-        c = cluster_pb2.Cluster(name=name, type=kind_of_discovery,
+        c = cluster_pb2.Cluster(name=name, type=_discovery(activator.address),
                                 connect_timeout=duration(opts.connect_timeout_s))
         c.load_assignment.CopyFrom(_cla(name, [_lb_endpoint(
             activator.address, _port(kind, activator.rest_port, activator.grpc_port))]))
         if kind == names.GRPC:
-            http = http_protocol_options_pb2.HttpProtocolOptions(
-                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-            c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+            _speak_h2(c)
         out[name] = c
     return out
 
@@ -186,18 +192,10 @@ def measure_clusters(view: MeshView, opts: GatewayOptions) -> dict[str, cluster_
     m = view.measure
     if m is None or opts.measure_cluster != names.MEASURE_CLUSTER:
         return {}
-    try:
-        ipaddress.ip_address(m.address)
-        discovery = cluster_pb2.Cluster.STATIC
-    except ValueError:
-        discovery = cluster_pb2.Cluster.STRICT_DNS
-    c = cluster_pb2.Cluster(name=names.MEASURE_CLUSTER, type=discovery,
+    c = cluster_pb2.Cluster(name=names.MEASURE_CLUSTER, type=_discovery(m.address),
                             connect_timeout=duration(opts.connect_timeout_s))
     c.load_assignment.CopyFrom(_cla(names.MEASURE_CLUSTER, [_lb_endpoint(m.address, m.port)]))
-    http = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-    c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+    _speak_h2(c)
     return {names.MEASURE_CLUSTER: c}
 
 
@@ -214,10 +212,7 @@ def mirror_clusters(opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
                     address=address_pb2.Address(envoy_internal_address=address_pb2.EnvoyInternalAddress(
                         server_listener_name=names.MIRROR_LISTENER))))])]))
         if kind == names.GRPC:
-            http = http_protocol_options_pb2.HttpProtocolOptions(
-                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-            c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(http))
+            _speak_h2(c)
         out[name] = c
     return out
 
