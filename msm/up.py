@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 import time
@@ -30,9 +31,10 @@ from placement.local.runtime_process import RuntimeReplica, local_mesh_notes, wr
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
 
-SAMPLE_CURL = (
-    'curl -X POST -k "http://127.0.0.1:{port}/v2/models/{model}/infer" -d @examples/quickstart/digit-8.json'
-)
+SAMPLE_CURL = 'curl -X POST -k "http://127.0.0.1:{port}/v2/models/{model}/infer" -d @{body}'
+SAMPLE_BODY = "examples/quickstart/digit-8.json"
+EXAMPLE_BODY = "input.json"
+"""An example folder's request body (the article's name for it), shown in the ``try`` line."""
 
 
 def _say(msg: str) -> None:
@@ -127,15 +129,15 @@ class LocalMesh:
         return True
 
     def _prepare(self):
-        from placement.local.samples import ensure_sample_models
+        from placement.local.samples import ensure_sample_set
         from placement.manifests.local_config import load_local_config
 
         config = load_local_config(self.dir, self.args.pvc)
         sample_dir = getattr(config, "sample_models_dir", None)
         if sample_dir is not None:
-            made = ensure_sample_models(Path(sample_dir))
+            made = ensure_sample_set(Path(sample_dir), config.sample_set)
             if made:
-                _say(f"trained sample models into {sample_dir}: {', '.join(str(p.name) for p in made)}")
+                _say(f"made sample models in {sample_dir}: {', '.join(str(p.name) for p in made)}")
         return load_desired(self.dir, self.args.pvc)
 
     async def _start_runtimes(self, runtimes, config) -> None:
@@ -146,7 +148,8 @@ class LocalMesh:
             count = self.args.replicas or config.replicas_for(rt.name, rt.replicas)
             for i in range(count):
                 replicas.append(
-                    RuntimeReplica.for_runtime(rt, index=i, state_dir=self.state_dir / "runtimes"))
+                    RuntimeReplica.for_runtime(rt, index=i, state_dir=self.state_dir / "runtimes",
+                                               base_dir=self.dir))
         _say(f"starting {len(replicas)} runtime replicas: {', '.join(r.instance_id for r in replicas)}")
 
         async def start_one(replica) -> None:
@@ -217,7 +220,9 @@ class LocalMesh:
         print(f"  logs   {self.state_dir}")
         if desired.models:
             model = sorted(desired.models)[0]
-            print(f"  try    {SAMPLE_CURL.format(port=a.rest_port, model=model)}")
+            body = self.dir / EXAMPLE_BODY
+            shown_body = os.path.relpath(body) if body.is_file() else SAMPLE_BODY
+            print(f"  try    {SAMPLE_CURL.format(port=a.rest_port, model=model, body=shown_body)}")
         print("  Ctrl-C stops everything.", flush=True)
 
     async def _report_changes(self, session: aiohttp.ClientSession, seen: dict[str, str]) -> None:

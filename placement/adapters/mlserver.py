@@ -127,6 +127,12 @@ class AdapterConfig:
     """MLServer's log file, if this adapter can read it: load errors then quote its exception line."""
     pvc_mount_root: Path | None = None
     """In a pod: where the PVCs are mounted (``<root>/<pvc>``); then only ``pvc://`` paths load."""
+    mlserver_metrics_url: str | None = None
+    """MLServer's Prometheus endpoint (``http://127.0.0.1:8082/metrics``)."""
+    measure_model_size: bool = False
+    """Account a model by what MLServer's resident memory grew by while it loaded (read from
+    ``mlserver_metrics_url``), never less than the estimate from disk; a model that turns out
+    bigger than the capacity is unloaded and refused."""
 
     def capacity(self) -> int:
         """Bytes for models: ``capacity_bytes``, else container memory request - buffer."""
@@ -149,9 +155,10 @@ class MLServerError(Exception):
 class MLServerBackend:
     """MLServer's health, metadata and model repository APIs (REST; loads over gRPC if known)."""
 
-    def __init__(self, rest_url: str, grpc_address: str | None) -> None:
+    def __init__(self, rest_url: str, grpc_address: str | None, metrics_url: str | None = None) -> None:
         self.rest_url = rest_url.rstrip("/")
         self.grpc_address = grpc_address
+        self.metrics_url = metrics_url
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
 
@@ -208,6 +215,21 @@ class MLServerBackend:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
         return ""
+
+    async def resident_bytes(self) -> int | None:
+        """MLServer's resident memory (its ``process_resident_memory_bytes``), or None if unknown.
+
+        With parallel workers the models live in the workers, which this does not see."""
+        if not self.metrics_url:
+            return None
+        try:
+            async with self.session.get(self.metrics_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                if r.status != 200:
+                    return None
+                text = await r.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return parse_resident_bytes(text)
 
     async def load(self, name: str, timeout: float) -> None:
         if self._channel is not None:
@@ -278,6 +300,24 @@ def _error_text(status: int, body: str) -> str:
     return body.strip() or f"HTTP {status}"
 
 
+def parse_resident_bytes(metrics_text: str) -> int | None:
+    """``process_resident_memory_bytes`` from a Prometheus text exposition, or None."""
+    for line in metrics_text.splitlines():
+        if line.startswith("process_resident_memory_bytes"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "process_resident_memory_bytes":
+                try:
+                    value = float(parts[1])
+                except ValueError:
+                    return None
+                return int(value) if value >= 0 and value == value and value != float("inf") else None
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
 def safe_model_dir(models_dir: Path, model_id: str) -> Path:
     """``models_dir/model_id``, refusing ids that would leave ``models_dir``."""
     if (not model_id or model_id in (".", "..") or "/" in model_id or "\\" in model_id
@@ -342,7 +382,10 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
     def __init__(self, config: AdapterConfig, backend: MLServerBackend | None = None) -> None:
         self.config = config
         self.models_dir = Path(config.models_dir).resolve()
-        self.backend = backend or MLServerBackend(config.mlserver_rest_url, config.mlserver_grpc_address)
+        self.backend = backend or MLServerBackend(config.mlserver_rest_url, config.mlserver_grpc_address,
+                                                  config.mlserver_metrics_url)
+        self._loading = 0  # loads in MLServer now
+        self._loads_started = 0  # ever: a measurement is clean only if no other load overlapped it
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._was_ready = False  # the last runtimeStatus said READY
@@ -449,6 +492,11 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"model {model_id}: cannot write MLServer settings: {e}")
             log.info("loading %s (%s) from %s", model_id, fmt or "?", model_path)
+            measuring = self.config.measure_model_size and self._loading == 0
+            before = await self.backend.resident_bytes() if measuring else None
+            self._loads_started += 1
+            seq = self._loads_started
+            self._loading += 1
             task = asyncio.create_task(self._load_in_mlserver(model_id))
             self._inflight[model_id] = task
             task.add_done_callback(lambda _t, m=model_id: self._inflight.pop(m, None))
@@ -458,8 +506,41 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
                 await asyncio.shield(task)
             except MLServerError as e:
                 await context.abort(e.code, await self._explain(model_id, fmt, settings, e))
+            finally:
+                self._loading -= 1
+            if before is not None and seq == self._loads_started:
+                after = await self.backend.resident_bytes()
+                if after is not None:
+                    size = await self._account_measured(model_id, state, size, after - before, context)
         log.info("loaded %s (%d bytes)", model_id, size)
         return pb.LoadModelResponse(sizeInBytes=size, maxConcurrency=self.config.limit_model_concurrency)
+
+    async def _account_measured(self, model_id: str, state: dict[str, Any], estimate: int, grew: int,
+                                context: grpc.aio.ServicerContext) -> int:
+        """The size of a model just loaded, from what MLServer's memory grew by (never below the
+        estimate); a model bigger than this runtime's capacity is unloaded and refused."""
+        size = max(estimate, grew)
+        capacity = self.config.capacity()
+        if size > capacity:
+            with contextlib.suppress(Exception):
+                await self.backend.unload(model_id, 30.0)
+            await asyncio.to_thread(self._remove_model_dir, model_id)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {model_id} takes {_mib(size)} once loaded (MLServer's resident memory grew by "
+                f"{_mib(grew)}), more than this runtime's capacity of {_mib(capacity)} (memory request "
+                "less memBufferBytes): it was unloaded")
+        state = {**state, "sizeInBytes": size, "measuredBytes": grew, "estimatedBytes": estimate}
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_state, model_id, state)
+        log.info("%s: resident memory grew by %d bytes while loading (estimate %d)", model_id, grew, estimate)
+        return size
+
+    def _write_state(self, model_id: str, state: dict[str, Any]) -> None:
+        d = self.models_dir / model_id
+        tmp = d / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, d / STATE_FILE)
 
     async def _explain(self, model_id: str, fmt: str, settings: dict[str, Any], e: MLServerError) -> str:
         """The text of a failed load: MLServer's message, with what else is known of the cause."""
@@ -654,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pvc-mount-root", type=Path, default=None,
                    help="in a pod: where the PVCs are mounted (<root>/<pvc name>); model paths must then "
                         "be pvc://<pvc>/<path> and stay inside their PVC")
+    p.add_argument("--mlserver-metrics-url", default=None,
+                   help="MLServer's Prometheus endpoint, e.g. http://127.0.0.1:8082/metrics")
+    p.add_argument("--measure-model-size", action="store_true",
+                   help="account each model by what MLServer's resident memory grew by while it loaded "
+                        "(needs --mlserver-metrics-url and no parallel workers); never less than the "
+                        "estimate from disk")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -665,6 +752,8 @@ def config_from_args(args: argparse.Namespace) -> AdapterConfig:
         if not sep or not fmt or not impl:
             raise SystemExit(f"--implementation wants FORMAT=MODULE.CLASS, not {item!r}")
         impls[fmt.strip().lower()] = impl.strip()
+    if args.measure_model_size and not args.mlserver_metrics_url:
+        raise SystemExit("--measure-model-size needs --mlserver-metrics-url (MLServer's /metrics)")
     return AdapterConfig(
         mlserver_rest_url=args.mlserver_rest_url, models_dir=args.models_dir, port=args.port, host=args.host,
         mlserver_grpc_address=args.mlserver_grpc_address, capacity_bytes=args.capacity_bytes,
@@ -674,7 +763,8 @@ def config_from_args(args: argparse.Namespace) -> AdapterConfig:
         default_model_size_bytes=args.default_model_size_bytes,
         model_size_multiplier=args.model_size_multiplier,
         limit_model_concurrency=args.limit_model_concurrency, implementations=impls,
-        mlserver_log=args.mlserver_log, pvc_mount_root=args.pvc_mount_root)
+        mlserver_log=args.mlserver_log, pvc_mount_root=args.pvc_mount_root,
+        mlserver_metrics_url=args.mlserver_metrics_url, measure_model_size=args.measure_model_size)
 
 
 def main(argv: list[str] | None = None) -> int:

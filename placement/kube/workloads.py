@@ -49,7 +49,7 @@ from placement.manifests.validation import GROUP
 log = logging.getLogger("msm.kube.workloads")
 
 DEFAULT_CAPACITY_BYTES = 1 << 30
-MLSERVER_DEFAULT_HTTP, MLSERVER_DEFAULT_GRPC = 8080, 8081
+MLSERVER_DEFAULT_HTTP, MLSERVER_DEFAULT_GRPC, MLSERVER_DEFAULT_METRICS = 8080, 8081, 8082
 #: Environment msm sets on the MLServer container whatever the ServingRuntime says.
 MLSERVER_OWNED_ENV = {"MLSERVER_HOST": "0.0.0.0", "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
                       "MLSERVER_MODELS_DIR": f"{MODELS_MOUNT}/_mlserver_models/"}
@@ -80,6 +80,11 @@ def _data_ports(rt: RuntimeSpec) -> tuple[int, int]:
     rest = int(env.get("MLSERVER_HTTP_PORT") or rt.http_data_port or MLSERVER_DEFAULT_HTTP)
     grpc = int(env.get("MLSERVER_GRPC_PORT") or rt.grpc_data_port or MLSERVER_DEFAULT_GRPC)
     return rest, grpc
+
+
+def _metrics_port(rt: RuntimeSpec) -> int:
+    """MLServer's Prometheus port: its env, else MLServer's default."""
+    return int(dict(rt.env).get("MLSERVER_METRICS_PORT") or MLSERVER_DEFAULT_METRICS)
 
 
 def _server_container(containers: list[dict[str, Any]], server_type: str | None) -> int:
@@ -126,7 +131,9 @@ def runtime_workloads(sr: Mapping[str, Any], rt: RuntimeSpec, *, namespace: str,
                  "--mem-buffer-bytes", str(rt.mem_buffer_bytes or 0),
                  "--model-loading-timeout-ms", str(rt.load_timeout_ms),
                  "--max-loading-concurrency", str(rt.max_loading_concurrency or 1),
-                 "--pvc-mount-root", PVC_MOUNT_ROOT],
+                 "--pvc-mount-root", PVC_MOUNT_ROOT,
+                 *(["--mlserver-metrics-url", f"http://127.0.0.1:{_metrics_port(rt)}/metrics",
+                    "--measure-model-size"] if rt.measure_model_size else [])],
         "ports": [{"name": "grpc-spi", "containerPort": ADAPTER_PORT}],
         "readinessProbe": {"tcpSocket": {"port": ADAPTER_PORT}, "periodSeconds": 2},
         "volumeMounts": mounts,

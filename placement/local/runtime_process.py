@@ -96,6 +96,7 @@ class RuntimeReplica:
                  env: Mapping[str, str] | None = None, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
                  model_loading_timeout_ms: int = 90_000, max_loading_concurrency: int = 1,
                  unload_headroom_bytes: int = 0, implementations: Mapping[str, str] | None = None,
+                 measure_model_size: bool = False, base_dir: Path | str | None = None,
                  host: str = "127.0.0.1",
                  start_timeout: float = 90.0, python: str = sys.executable) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", instance_id):
@@ -112,6 +113,10 @@ class RuntimeReplica:
         self.max_loading_concurrency = max_loading_concurrency
         self.unload_headroom_bytes = unload_headroom_bytes  # memBufferBytes: see InstanceInfo
         self.implementations = dict(implementations or {})
+        self.measure_model_size = measure_model_size
+        # what a relative PYTHONPATH of the manifest is relative to (the manifests folder; in a
+        # pod it would be the image's working directory)
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else None
         self.host = host
         self.start_timeout = start_timeout
         self.python = python
@@ -139,6 +144,7 @@ class RuntimeReplica:
         conc = _attr(rt, ("max_loading_concurrency",))
         if conc is not None:
             kwargs.setdefault("max_loading_concurrency", int(conc))
+        kwargs.setdefault("measure_model_size", bool(_attr(rt, ("measure_model_size",), False)))
         kwargs.setdefault("env", _env_dict(_attr(rt, ("env",))))
         instance_id = f"{name}-{index}"
         return cls(instance_id, Path(state_dir) / instance_id, runtime_name=name, **kwargs)
@@ -179,6 +185,7 @@ class RuntimeReplica:
             "capacity_bytes": self.capacity_bytes, "model_loading_timeout_ms": self.model_loading_timeout_ms,
             "max_loading_concurrency": self.max_loading_concurrency,
             "unload_headroom_bytes": self.unload_headroom_bytes, "models_dir": str(self.models_dir),
+            "measure_model_size": self.measure_model_size,
             "mlserver_pid": self._mlserver.pid if self._mlserver else None,
             "adapter_pid": self._adapter.pid if self._adapter else None,
             "mlserver_log": str(self.mlserver_log), "adapter_log": str(self.adapter_log),
@@ -242,10 +249,19 @@ class RuntimeReplica:
             if k in OWNED_ENV:
                 continue
             if k == "PYTHONPATH":  # the manifest's first (a custom runtime's modules), then msm's
-                env[k] = os.pathsep.join(p for p in (v, env.get(k, "")) if p)
+                env[k] = os.pathsep.join(p for p in (*self._manifest_paths(v), env.get(k, "")) if p)
             else:
                 env[k] = v
         return env
+
+    def _manifest_paths(self, value: str) -> list[str]:
+        """A manifest's PYTHONPATH entries, the relative ones made relative to ``base_dir``."""
+        out = []
+        for entry in value.split(os.pathsep):
+            if entry and self.base_dir is not None and not os.path.isabs(entry):
+                entry = str((self.base_dir / entry).resolve())
+            out.append(entry)
+        return out
 
     async def _open_log(self, path: Path) -> BinaryIO:
         f = await asyncio.to_thread(open, path, "ab")
@@ -277,6 +293,9 @@ class RuntimeReplica:
                "--mlserver-log", str(self.mlserver_log)]
         for fmt, impl in sorted(self.implementations.items()):
             cmd += ["--implementation", f"{fmt}={impl}"]
+        if self.measure_model_size:
+            cmd += ["--mlserver-metrics-url", f"http://{self.host}:{self.metrics_port}/metrics",
+                    "--measure-model-size"]
         log = await self._open_log(self.adapter_log)
         self._adapter = await asyncio.create_subprocess_exec(
             *cmd, env=self._msm_env(), cwd=self.work_dir, stdout=log, stderr=log,

@@ -59,6 +59,7 @@ class RuntimeSpec:
     image: str | None = None
     memory_request_bytes: int | None = None
     max_loading_concurrency: int | None = None  # annotation maxLoadingConcurrency
+    measure_model_size: bool = False  # annotation serving.msm.io/model-size: measured
     command: tuple[str, ...] = ()  # the model server container's command and args (a pod's;
     args: tuple[str, ...] = ()  # the local mesh runs MLServer from msm's environment instead)
     source: str = ""  # "file doc N" it came from

@@ -45,6 +45,7 @@ from placement.manifests.validation import (
     GROUP,
     LEGACY_PREDICTORS,
     MAX_LOADING_ANNOTATION,
+    MODEL_SIZE_ANNOTATION,
     describe,
     parse_endpoint_port,
     parse_quantity,
@@ -333,6 +334,8 @@ def runtime_from_document(doc: Document, local_config: LocalConfig | None = None
         memory_request_bytes=_bytes((resources.get("requests") or {}).get("memory")),
         max_loading_concurrency=_int_text(((body.get("metadata") or {}).get("annotations") or {})
                                           .get(MAX_LOADING_ANNOTATION)),
+        measure_model_size=((body.get("metadata") or {}).get("annotations") or {})
+        .get(MODEL_SIZE_ANNOTATION) == "measured",
         command=tuple(str(x) for x in server.get("command") or ()),
         args=tuple(str(x) for x in server.get("args") or ()),
         source=doc.origin,

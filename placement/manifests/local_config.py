@@ -10,6 +10,7 @@
       mlserver-1.x: 2
     defaultNamespace: modelmesh-serving   # for manifests without metadata.namespace
     sampleModels: ./models                 # where `msm up` trains the sample models if missing
+    sampleSet: digits                      # which: digits (default), complaints, peft-demo
     placement:            # placement engine tunables (EngineConfig fields; read at start)
       scale_up_rpm_per_copy: 2000
 
@@ -29,7 +30,10 @@ from placement.engine.model_types import EngineConfig
 
 LOCAL_CONFIG_NAME = "msm-local.yaml"
 DEFAULT_NAMESPACE = "default"
-_KEYS = {"pvcs", "storageKeys", "runtimeReplicas", "defaultNamespace", "sampleModels", "placement"}
+_KEYS = {"pvcs", "storageKeys", "runtimeReplicas", "defaultNamespace", "sampleModels", "sampleSet",
+         "placement"}
+#: What ``sampleSet`` may name (placement.local.samples.SAMPLE_SETS makes them).
+SAMPLE_SETS = ("digits", "complaints", "peft-demo")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class LocalConfig:
     runtime_replicas: Mapping[str, int] = field(default_factory=dict)
     default_namespace: str = DEFAULT_NAMESPACE
     sample_models_dir: Path | None = None
+    sample_set: str = "digits"
     placement: Mapping[str, Any] = field(default_factory=dict)  # EngineConfig overrides
 
     def replicas_for(self, runtime: str, default: int) -> int:
@@ -137,6 +142,9 @@ def config_from_mapping(raw: Any, base_dir: Path, where: str = LOCAL_CONFIG_NAME
     sample = raw.get("sampleModels")
     if sample is not None and not isinstance(sample, str):
         raise ValueError(f"{where}: sampleModels must be a folder path (string)")
+    sample_set = raw.get("sampleSet", "digits")
+    if sample_set not in SAMPLE_SETS:
+        raise ValueError(f"{where}: sampleSet must be one of {', '.join(SAMPLE_SETS)}, got {sample_set!r}")
     return LocalConfig(
         placement=_placement(raw.get("placement"), where),
         base_dir=base_dir,
@@ -145,6 +153,7 @@ def config_from_mapping(raw: Any, base_dir: Path, where: str = LOCAL_CONFIG_NAME
         runtime_replicas=replicas,
         default_namespace=namespace,
         sample_models_dir=(base_dir / sample).resolve() if sample else None,
+        sample_set=sample_set,
     )
 
 

@@ -45,6 +45,11 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 #: ModelMesh's ServingRuntime annotation: loads one runtime instance runs at once.
 MAX_LOADING_ANNOTATION = "maxLoadingConcurrency"
 MAX_LOADING_LIMIT = 64
+#: msm's ServingRuntime annotation: how the adapter accounts a model's bytes, ``estimated``
+#: (ModelMesh's size on disk x 1.25, the default) or ``measured`` (what the model server's memory
+#: grew by while the model loaded, never less than the estimate).
+MODEL_SIZE_ANNOTATION = "serving.msm.io/model-size"
+MODEL_SIZE_MODES = ("estimated", "measured")
 #: Replicas (of a runtime, or a model's copies) msm accepts; more is a typo, not a plan.
 MAX_REPLICAS = 1000
 MAX_QUANTITY = 2**63 - 1
@@ -294,6 +299,11 @@ def _check_runtime(c: _Checker, doc: Mapping[str, Any]) -> None:
         if not (v.isdigit() and len(v) <= 3 and 1 <= int(v) <= MAX_LOADING_LIMIT):
             c.add(f"metadata.annotations.{MAX_LOADING_ANNOTATION}",
                   f"must be a whole number from 1 to {MAX_LOADING_LIMIT} (a string), got {shown(v)}")
+    if isinstance(annotations, dict) and MODEL_SIZE_ANNOTATION in annotations:
+        v = annotations[MODEL_SIZE_ANNOTATION]
+        if v not in MODEL_SIZE_MODES:
+            c.add(f"metadata.annotations.{MODEL_SIZE_ANNOTATION}",
+                  f"must be one of {', '.join(MODEL_SIZE_MODES)}, got {shown(v)}")
     spec = c.mapping(doc, "spec", "", required=True)
     if spec is None:
         return

@@ -382,3 +382,21 @@ def test_projected_volumes_with_a_token_bound_to_the_pod(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="clusterTrustBundle"):
         w.write({"name": "x", "projected": {"sources": [{"clusterTrustBundle": {}}]}}, tmp_path / "x",
                 POD, {})
+
+
+def test_a_measuring_runtime_gives_its_adapter_mlservers_metrics() -> None:
+    sr, isvc = objects()
+    plain_dep, _ = runtime_workloads(sr, state(sr, isvc).runtimes[f"{NS}/mlserver-1.x"], namespace=NS,
+                                     replicas=1, pvcs=[], adapter_image="m")
+    sr["metadata"].setdefault("annotations", {})["serving.msm.io/model-size"] = "measured"
+    dep, _ = runtime_workloads(sr, state(sr, isvc).runtimes[f"{NS}/mlserver-1.x"], namespace=NS, replicas=1,
+                               pvcs=[], adapter_image="m")
+
+    def adapter_args(d: dict) -> list[str]:
+        [a] = [c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "msm-adapter"]
+        return a["args"]
+
+    assert "--measure-model-size" not in adapter_args(plain_dep)
+    args = adapter_args(dep)
+    assert args[args.index("--mlserver-metrics-url") + 1] == "http://127.0.0.1:8082/metrics"
+    assert "--measure-model-size" in args

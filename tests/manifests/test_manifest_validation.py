@@ -191,3 +191,13 @@ def test_local_config_file_and_flags(tmp_path: Path) -> None:
         load_local_config(tmp_path)
     (tmp_path / "msm-local.yaml").unlink()
     assert load_local_config(tmp_path).pvcs == {}  # no config file: nothing mapped
+
+
+def test_local_config_sample_set(tmp_path: Path) -> None:
+    write(tmp_path / "msm-local.yaml", "sampleModels: ./models\nsampleSet: peft-demo\n")
+    assert load_local_config(tmp_path).sample_set == "peft-demo"
+    write(tmp_path / "msm-local.yaml", "sampleModels: ./models\n")
+    assert load_local_config(tmp_path).sample_set == "digits"
+    write(tmp_path / "msm-local.yaml", "sampleSet: llama\n")
+    with pytest.raises(ValueError, match=r"sampleSet must be one of digits, complaints, peft-demo, got 'l"):
+        load_local_config(tmp_path)

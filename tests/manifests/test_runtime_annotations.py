@@ -42,3 +42,27 @@ def test_a_number_instead_of_a_string_is_reported_once() -> None:
     assert [p for p in mf.errors if "maxLoadingConcurrency" in p] == [
         "rt.yaml doc 1 ServingRuntime/rt: metadata.annotations.maxLoadingConcurrency must be a string, "
         "got integer"]
+
+
+def _model_size(value: object) -> str:
+    doc = yaml.safe_load(runtime("rt"))
+    doc["metadata"]["annotations"] = {"serving.msm.io/model-size": value}
+    return yaml.safe_dump(doc)
+
+
+def test_model_size_annotation_turns_measuring_on() -> None:
+    (measured,) = parse_manifest_text(_model_size("measured"), "rt.yaml").documents
+    (estimated,) = parse_manifest_text(_model_size("estimated"), "rt.yaml").documents
+    (plain,) = parse_manifest_text(runtime("rt"), "rt.yaml").documents
+    assert not measured.problems and not estimated.problems
+    assert runtime_from_document(measured).measure_model_size is True
+    assert runtime_from_document(estimated).measure_model_size is False
+    assert runtime_from_document(plain).measure_model_size is False
+
+
+@pytest.mark.parametrize("value", ["Measured", "true", 1])
+def test_model_size_annotation_refuses_other_values(value: object) -> None:
+    mf = parse_manifest_text(_model_size(value), "rt.yaml")
+    problems = [p for p in mf.errors if "model-size" in p]
+    assert problems[-1] == ("rt.yaml doc 1 ServingRuntime/rt: metadata.annotations.serving.msm.io/model-size "
+                            f"must be one of estimated, measured, got {value!r}"), mf.errors

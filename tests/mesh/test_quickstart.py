@@ -31,7 +31,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory):
 
 def test_up_trains_the_sample_models_and_says_where_everything_listens(quickstart: LocalMeshProcess) -> None:
     out = "".join(quickstart.lines)
-    assert "trained sample models" in out and (quickstart.dir / "models" / "mnist-svm.joblib").is_file()
+    assert "made sample models" in out and (quickstart.dir / "models" / "mnist-svm.joblib").is_file()
     assert f"http://127.0.0.1:{quickstart.rest_port}/v2/models/<model>/infer" in out
     assert f"127.0.0.1:{quickstart.grpc_port}" in out
 

@@ -85,3 +85,20 @@ async def test_manifest_pythonpath_code_runs_in_mlserver_only(tmp_path: Path) ->
     adapter = [a for a in argvs if "--mlserver-rest-url" in a]  # only the adapter takes this flag
     assert adapter == [], f"the adapter ran the manifest's code: {adapter}"
     assert any("start" in a for a in argvs), argvs  # `mlserver start <models dir>`
+
+
+def test_a_relative_pythonpath_is_relative_to_the_manifests_folder(tmp_path: Path) -> None:
+    manifests = tmp_path / "examples" / "llm"
+    env = {"PYTHONPATH": os.pathsep.join([".", "lib", "/abs/site"])}
+    r = RuntimeReplica.for_runtime(spec(env=env), index=0, state_dir=tmp_path / "state", base_dir=manifests)
+    entries = r._mlserver_env()["PYTHONPATH"].split(os.pathsep)
+    assert entries[:3] == [str(manifests.resolve()), str((manifests / "lib").resolve()), "/abs/site"]
+    # without a folder (a replica not started from manifests) the value is passed as written
+    bare = RuntimeReplica("rt-0", tmp_path / "bare", env=env)
+    assert bare._mlserver_env()["PYTHONPATH"].split(os.pathsep)[:3] == [".", "lib", "/abs/site"]
+
+
+def test_a_measuring_runtime_starts_its_adapter_with_mlservers_metrics(tmp_path: Path) -> None:
+    r = RuntimeReplica.for_runtime(spec(measure_model_size=True), index=0, state_dir=tmp_path)
+    assert r.measure_model_size and r.describe()["measure_model_size"] is True
+    assert not RuntimeReplica.for_runtime(spec(), index=0, state_dir=tmp_path).measure_model_size
