@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xds_server.regex_check import regex_problem
+
 
 @dataclass(frozen=True, slots=True)
 class Copy:
@@ -220,6 +222,8 @@ def check_model(model: Model) -> list[str]:
         for h in rule.headers:
             if sum(x is not None for x in (h.exact, h.prefix, h.regex)) != 1:
                 problems.append(f"rule {i}: header '{h.name}' needs exactly one of exact/prefix/regex")
+            elif h.regex is not None and (why := regex_problem(h.regex)) is not None:
+                problems.append(f"rule {i}: header '{h.name}' regex {h.regex[:100]!r}: {why}")
         if rule.retries is not None and rule.retries < 0:
             problems.append(f"rule {i}: negative retries")
         for what, value in (("timeout", rule.timeout_s), ("per-try timeout", rule.per_try_timeout_s)):

@@ -28,6 +28,7 @@ from placement.traffic.policy import (
     StringMatch,
 )
 from xds_server.mesh_view import Fault, HeaderOps
+from xds_server.regex_check import regex_problem
 
 GROUP = "networking.istio.io"
 #: Istio has no field for a split that keeps one caller on one side: this annotation names the
@@ -36,9 +37,6 @@ STICKY_ANNOTATION = "serving.msm.io/sticky-header"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: a model name (DNS-1123 label-ish, as InferenceService names are); ``*`` is not a model
 HOST = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-#: what Python's re accepts and RE2 (Envoy) does not: lookarounds, backreferences, atomic groups,
-#: conditionals, possessive quantifiers
-_NOT_RE2 = re.compile(r"\(\?[=!<>(]|\\[1-9]|(?<!\\)[*+?}]\+")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]{1,256}$")  # an HTTP token: no ':', no spaces
 #: headers a rule may not change: they say where the request goes and how its body is framed
 _RESERVED_HEADERS = frozenset({"host", "mm-vmodel-id", "content-length", "content-type",
@@ -125,14 +123,9 @@ class _Reader:
             self.bad(f"{where}.{kind}", "a string")
             return None
         if kind == "regex":
-            try:  # a first check; Envoy's RE2 is stricter (lookarounds, backreferences)
-                re.compile(value)
-            except re.error as e:
-                self.bad(f"{where}.regex", f"not a valid regular expression: {e}")
-                return None
-            if _NOT_RE2.search(value):
-                self.bad(f"{where}.regex", "lookarounds, backreferences, atomic groups, possessive "
-                                           "quantifiers and conditionals are not RE2 (Envoy refuses them)")
+            why = regex_problem(value)  # RE2 itself, and Envoy's limit on its program size
+            if why is not None:
+                self.bad(f"{where}.regex", why)
                 return None
         return StringMatch(**{kind: value})
 

@@ -76,7 +76,7 @@ async def test_older_api_versions_are_read(folder, version) -> None:
     (vs("split", ["ab"], [("a", 80), ("b", 10)]), "weights add up to 90, not 100"),
     (vs("split", ["ab"], [("a", 90), ("b", 10)], extra_rule={
         "match": [{"headers": {"x": {"regex": "a(?=b)"}}}], "route": [{"destination": {"host": "c"}}]}),
-     "not RE2"),
+     "not an RE2 regular expression"),
     (vs("split", ["ab"], [("a", 90), ("b", 10)], extra_rule={
         "route": [{"destination": {"host": "c"}}], "mirror": {"host": "gone"}}),
      "destination gone is not an InferenceService msm serves"),
