@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("control-plane", help=argparse.SUPPRESS)  # started by `msm up`
     p.add_argument("dir")
     p.add_argument("--instances-file", required=True)
+    p.add_argument("--rollout-state", default=None, help="file where rollouts outlive a restart")
     p.add_argument("--pvc", action="append", default=[])
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "istio/model-gateway.yaml's is istio-system/msm-model-gateway-service-account)")
     p.add_argument("--istio-xds-port", type=int, default=15012,
                    help="TLS xDS port for Istio gateways' agents (15012)")
+    p.add_argument("--istio-measure-port", type=int, default=15013,
+                   help="mutual-TLS port where Istio gateways report the requests of revisions in a "
+                        "rollout (their workload certificate, signed by the mesh's root); 0: none (15013)")
     p.add_argument("--istio-rest-port", type=int, default=DEFAULT_REST_PORT,
                    help="the Istio gateway's REST listener: its Service's targetPort (8008)")
     p.add_argument("--istio-grpc-port", type=int, default=DEFAULT_GRPC_PORT,

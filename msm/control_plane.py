@@ -34,6 +34,7 @@ from placement.control.runtime_client import RuntimeClient
 from placement.engine.clock import MonotonicClock
 from placement.engine.engine import Engine
 from placement.engine.model_types import EngineConfig, InstanceInfo
+from placement.local.rollout_store import FileRolloutStore
 from placement.local.runtime_process import read_instances_file
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.local_config import LOCAL_CONFIG_NAME, load_local_config
@@ -53,7 +54,7 @@ class ControlPlane:
                  engine_config: EngineConfig | None = None, health_interval: float = 1.0,
                  stats_interval: float = 1.0, poll_interval: float = 0.5,
                  gateway_token: str | None = None, inventory_interval: float = 5.0,
-                 activator_ports: tuple[int, int] = (0, 0)) -> None:
+                 activator_ports: tuple[int, int] = (0, 0), rollout_state: Path | None = None) -> None:
         # msm's own gateway reports the requests of revisions in a rollout over its xDS cluster
         options = replace(options, measure_cluster=MEASURE_CLUSTER, measure_token=gateway_token)
         self.options = options
@@ -61,6 +62,7 @@ class ControlPlane:
         # fixed across restarts (msm up picks them once): the gateway's routes to the activator
         # stay right while a restarted control plane's xDS stream is not back yet
         self.activator_ports = activator_ports
+        self.rollout_store = FileRolloutStore(rollout_state) if rollout_state is not None else None
         self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self.engine = Engine(MonotonicClock(), engine_config)
         self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port)
@@ -83,8 +85,10 @@ class ControlPlane:
         self.controller = Controller(
             self.engine, self.stack, {},
             ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port),
-            inventory_interval=self.inventory_interval, registry=self.stack.registry)
+            inventory_interval=self.inventory_interval, registry=self.stack.registry,
+            rollout_store=self.rollout_store)
         self.stack.xds.on_measurements = self.controller.record_measurements
+        await self.controller.load_rollouts()  # a restart carries on the rollouts in progress
         # Desired state first, then what the runtimes hold: adopted copies then belong to known
         # revisions, and nothing is unloaded as an orphan for want of its manifest.
         await self.source.start()
@@ -161,7 +165,8 @@ def run_control_plane(args: argparse.Namespace, options: GatewayOptions) -> int:
                       envoy_admin_url=f"http://127.0.0.1:{args.envoy_admin_port}",
                       pvc_flags=tuple(args.pvc), engine_config=EngineConfig(**tunables),
                       gateway_token=token,
-                      activator_ports=(args.activator_rest_port, args.activator_grpc_port))
+                      activator_ports=(args.activator_rest_port, args.activator_grpc_port),
+                      rollout_state=Path(args.rollout_state) if args.rollout_state else None)
 
     async def start() -> None:
         await cp.start("127.0.0.1", args.xds_port, args.admin_port)

@@ -48,21 +48,33 @@ from placement.engine.clock import MonotonicClock
 from placement.engine.engine import Engine
 from placement.engine.model_types import EngineConfig, InstanceInfo
 from placement.kube.leader import LeaseElector
-from placement.kube.status import Gateway, StatusWriter, isvc_status
+from placement.kube.rollout_store import ConfigMapRolloutStore
+from placement.kube.status import (
+    VIRTUAL_SERVICES,
+    Gateway,
+    StatusWriter,
+    isvc_status,
+    virtual_service_status,
+)
 from placement.kube.workloads import WorkloadApplier, desired_workloads
 from placement.kube.xds_security import XdsSecurity, make_serving_cert, service_account
 from placement.manifests.desired_state import DesiredState
 from placement.manifests.kserve import model_key
-from placement.manifests.kube_names import LEADER_LEASE, XDS_SECURE_PORT, xds_service_names
+from placement.manifests.kube_names import (
+    LEADER_LEASE,
+    MEASURE_SECURE_PORT,
+    XDS_SECURE_PORT,
+    xds_service_names,
+)
 from placement.sources.kube import DEFAULT_MODEL_GATEWAY, KubeSource
 from placement.sources.pods import PodInstance, RuntimePods
-from xds_server.auth import BearerTokens
+from xds_server.auth import BearerTokens, MeshIdentities
 from xds_server.gateway_kind import ISTIO_GATEWAY
 from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint
 from xds_server.server import ServerTls
 from xds_server.translate import GatewayOptions
 from xds_server.translate.names import MEASURE_CLUSTER
-from xds_server.translate.options import UpstreamTls
+from xds_server.translate.options import MeasureTls, UpstreamTls
 from xds_server.view_codec import view_from_dict
 
 log = logging.getLogger("msm.kube_control_plane")
@@ -78,6 +90,7 @@ class IstioGateways:
     namespace: str  # msm's own (its xDS Service's and CA Secret's)
     options: GatewayOptions  # the istio-gateway kind's listeners and clusters
     secure_port: int = XDS_SECURE_PORT
+    measure_port: int = MEASURE_SECURE_PORT  # 0: the gateways report nothing (rollouts hold)
 
     @property
     def gateway_namespaces(self) -> list[str]:
@@ -99,8 +112,11 @@ class KubeControlPlane:
                  watch_timeout_s: int = 60, lease_namespace: str | None = None, identity: str = "",
                  lease_s: float = 15.0, renew_deadline_s: float = 10.0, retry_s: float = 2.0,
                  follow_interval: float = 0.5, istio: IstioGateways | None = None,
-                 model_gateway: str = DEFAULT_MODEL_GATEWAY) -> None:
+                 model_gateway: str = DEFAULT_MODEL_GATEWAY, state_namespace: str | None = None) -> None:
         self.api = api
+        # where the leader keeps what must outlive it (the rollouts' state): msm's own namespace
+        ns = state_namespace or lease_namespace
+        self.rollout_store = ConfigMapRolloutStore(api, ns) if ns else None
         # msm's own gateway reports the requests of revisions in a rollout to the leader's xDS port
         # (the view names it: MeshView.measure), whichever replica its own xDS stream is on
         options = replace(options, measure_cluster=MEASURE_CLUSTER, measure_token=gateway_token)
@@ -118,6 +134,10 @@ class KubeControlPlane:
         self.xds_security = (XdsSecurity(api, istio.namespace, istio.gateway_namespaces)
                              if istio is not None else None)
         self.root_cert_problems: list[str] = []
+        self.measure_port: int | None = None  # the mutual-TLS port Istio gateways report to, once up
+        self._measure_address = advertise_address
+        self._measure_tls: tuple[str, bytes, bytes] | None = None  # where, and the serving cert
+        self.measure_problem: str | None = None
         self._ca_cert = b""  # msm's xDS CA's certificate, once read (Istio gateways only)
         self.secure_xds_port: int | None = None
         self.engine_config = engine_config
@@ -151,6 +171,9 @@ class KubeControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, xds_host: str, xds_port: int, admin_host: str, admin_port: int) -> None:
+        # where gateways reach this replica's xDS and measure ports: its listen address, or the
+        # advertised one when it listens on every address
+        self._measure_address = self.advertise_address if xds_host in ("0.0.0.0", "::", "") else xds_host
         await self.activator.start(self.advertise_address)
         assert self.activator.rest_port is not None and self.activator.grpc_port is not None
         # desired state first, then the runtime pods and what they hold (adopted, not reloaded)
@@ -165,6 +188,9 @@ class KubeControlPlane:
         if self.stats is not None:
             self.stats.start()
         self._tasks = [asyncio.create_task(self._pods_loop(), name="runtime-pods")]
+        if self._measure_tls is not None:
+            self._tasks.append(asyncio.create_task(self._measure_port_loop(*self._measure_tls),
+                                                   name="istio-measure-port"))
         admin = await self.stack.start_admin(admin_port, admin_host)
         if self.elector is None:
             await self._lead()
@@ -189,6 +215,39 @@ class KubeControlPlane:
         self.secure_xds_port = port
         log.info("xDS for Istio gateways on %s:%d (TLS as %s; tokens of %s)", host, port,
                  xds_service_names(self.istio.namespace)[0], ", ".join(self.istio.service_accounts))
+        if self.istio.measure_port:
+            # the gateways report the requests of revisions in a rollout to the leader's measure
+            # port, over mutual TLS: their workload certificate against msm's CA and name
+            await self.stack.publisher.set_kind_options(ISTIO_GATEWAY, replace(
+                self.istio.options, measure_cluster=MEASURE_CLUSTER, measure_token=None,
+                measure_tls=MeasureTls(ca_pem=ca_cert.decode(), server_name=xds_service_names(
+                    self.istio.namespace)[0], port=self.istio.measure_port)))
+            self._measure_tls = (host, chain, key)
+
+    async def _measure_port_loop(self, host: str, chain: bytes, key: bytes) -> None:
+        """Open the measure port once istiod has put the mesh's root in msm's namespace: only
+        certificates it signed, of the gateways' ServiceAccounts, may report."""
+        assert self.istio is not None and self.xds_security is not None
+        while True:
+            try:
+                root = await self.xds_security.mesh_root()
+                problem = None if root else ("no mesh root yet (ConfigMap istio-ca-root-cert in "
+                                             f"{self.istio.namespace}, written by istiod)")
+            except Exception as e:  # the API server away: try again
+                root, problem = None, f"reading the mesh root: {e}"
+            if root:
+                auth = MeshIdentities(self.istio.service_accounts)
+                self.measure_port = await self.stack.start_measure_port(
+                    host, self.istio.measure_port, ServerTls(chain, key, client_ca=root), auth)
+                self.measure_problem = None
+                log.info("measurements from Istio gateways on %s:%d (mutual TLS, the mesh's root; "
+                         "certificates of %s)", host, self.measure_port,
+                         ", ".join(self.istio.service_accounts))
+                return
+            if problem != self.measure_problem:
+                log.warning("the Istio gateways' measure port waits: %s", problem)
+            self.measure_problem = problem
+            await asyncio.sleep(2.0)
 
     async def _root_cert_loop(self) -> None:
         """Keep the CA's certificate in each gateway namespace (it may be made after msm starts)."""
@@ -237,8 +296,10 @@ class KubeControlPlane:
                 self.engine, self.stack, {},
                 ActivatorEndpoint(self.advertise_address, self.activator.rest_port, self.activator.grpc_port),
                 inventory_interval=self.inventory_interval,
-                measure=(MeasureEndpoint(self.advertise_address, self.stack.xds_port)
-                         if self.stack.xds_port else None))
+                measure=(MeasureEndpoint(self._measure_address, self.stack.xds_port)
+                         if self.stack.xds_port else None),
+                rollout_store=self.rollout_store)
+            await controller.load_rollouts()  # the last leader's rollouts carry on
             state = self.source.state
             controller.set_desired(state.desired_models(), state.errors, state.rollouts())
             controller.set_traffic(state.traffic)
@@ -405,6 +466,24 @@ class KubeControlPlane:
                                               rollout=rollout)))
         return out
 
+    def virtual_service_statuses(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(namespace, name, status) of every VirtualService bound to the model gateway."""
+        state = self.source.state
+        now = datetime.datetime.now(datetime.UTC)
+        held: dict[str, list[str]] = {}
+        for host, policy in state.traffic.items():
+            held.setdefault(policy.source, []).append(host)
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for obj in self.source.virtual_services():
+            meta = obj.get("metadata") or {}
+            ns, name = meta.get("namespace") or "", meta.get("name") or ""
+            key = f"VirtualService {ns}/{name}"
+            others = list(((obj.get("status") or {}).get("conditions")) or [])
+            out.append((ns, name, virtual_service_status(
+                generation=meta.get("generation"), hosts=held.get(key, []), problem=state.errors.get(key),
+                others=[c for c in others if isinstance(c, dict)], now=now)))
+        return out
+
     async def _status_loop(self) -> None:
         while True:
             for ns, name, st in self.isvc_statuses():
@@ -412,6 +491,11 @@ class KubeControlPlane:
                     await self.status_writer.write(ns, name, st)
                 except Exception as e:  # one object's write failing must not stop the others
                     log.warning("writing the status of InferenceService %s/%s failed: %s", ns, name, e)
+            for ns, name, st in self.virtual_service_statuses():
+                try:
+                    await self.status_writer.write(ns, name, st, VIRTUAL_SERVICES)
+                except Exception as e:
+                    log.warning("writing the status of VirtualService %s/%s failed: %s", ns, name, e)
             await asyncio.sleep(self.status_interval)
 
     # -- status ----------------------------------------------------------------------------------
@@ -426,7 +510,8 @@ class KubeControlPlane:
                             "following_version": self.followed}
         st["gateway"] = self.stack.gateway_status(self.activator)
         if self.istio is not None:
-            st["istio"] = {"secure_xds_port": self.secure_xds_port,
+            st["istio"] = {"secure_xds_port": self.secure_xds_port, "measure_port": self.measure_port,
+                           "measure_problem": self.measure_problem,
                            "service_accounts": list(self.istio.service_accounts),
                            "root_cert_problems": list(self.root_cert_problems)}
         st["kubernetes"] = {"workload_errors": dict(self.workloads.errors),
@@ -466,7 +551,7 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
                     grpc_port=args.istio_grpc_port,
                     upstream_tls=None if args.istio_upstream_tls == "off" else UpstreamTls(
                         trust_domain=args.istio_trust_domain, auto=args.istio_upstream_tls == "auto")),
-            secure_port=args.istio_xds_port)
+            secure_port=args.istio_xds_port, measure_port=args.istio_measure_port)
     try:
         cp = KubeControlPlane(
             api, options, gateway=Gateway(args.gateway_host, options.rest_port, options.grpc_port),
@@ -475,7 +560,7 @@ def run_kube_control_plane(args: argparse.Namespace, options: GatewayOptions) ->
             gateway_address=args.gateway_address,
             lease_namespace=args.lease_namespace if args.leader_elect else None, identity=args.identity,
             lease_s=args.lease_duration, renew_deadline_s=args.renew_deadline, retry_s=args.retry_period,
-            istio=istio, model_gateway=args.model_gateway)
+            istio=istio, model_gateway=args.model_gateway, state_namespace=args.lease_namespace)
     except ValueError as e:
         log.error("%s", e)
         api.close()

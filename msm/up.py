@@ -33,6 +33,7 @@ from xds_server.envoy_process import EnvoyProcess
 
 SAMPLE_CURL = 'curl -X POST -k "http://127.0.0.1:{port}/v2/models/{model}/infer" -d @{body}'
 SAMPLE_BODY = "examples/quickstart/digit-8.json"
+ROLLOUT_STATE = "rollouts.json"  # in the state folder: the control plane's rollouts, across its restarts
 EXAMPLE_BODY = "input.json"
 """An example folder's request body (the article's name for it), shown in the ``try`` line."""
 
@@ -166,11 +167,14 @@ class LocalMesh:
         for e in errors:
             _say(f"  a runtime replica failed to start: {e}")
         write_instances_file(self.state_dir / "instances.json", self.replicas)
+        # rollouts carry on across control-plane restarts within this run, not from an earlier run
+        (self.state_dir / ROLLOUT_STATE).unlink(missing_ok=True)
 
     def _control_plane_cmd(self) -> list[str]:
         a = self.args
         cmd = [sys.executable, "-m", "msm.cli", "control-plane", str(self.dir),
                "--instances-file", str(self.state_dir / "instances.json"),
+               "--rollout-state", str(self.state_dir / ROLLOUT_STATE),
                "--xds-port", str(a.xds_port), "--admin-port", str(a.admin_port),
                "--envoy-admin-port", str(self.envoy_admin_port),
                "--rest-port", str(a.rest_port), "--grpc-port", str(a.grpc_port)]

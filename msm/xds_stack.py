@@ -80,6 +80,10 @@ class XdsStack:
         """One more xDS port, with TLS and its own authentication (Istio gateways' agents)."""
         return await self.xds.start(host, port, tls=tls, auth=auth)
 
+    async def start_measure_port(self, host: str, port: int, tls: ServerTls, auth: Authenticator) -> int:
+        """A port for gateways' measurements only (the access log service, no xDS)."""
+        return await self.xds.start(host, port, tls=tls, auth=auth, ads=False)
+
     async def start_admin(self, port: int, host: str = "127.0.0.1") -> int:
         return await self.admin.start(host, port)
 

@@ -7,6 +7,10 @@
   plane: this package never talks to Kubernetes) says whose token it is; only ``allowed``
   identities are served. Answers are remembered for a while, so a reconnecting gateway does not
   cost a review each time and a client repeating a bad token does not either.
+- :class:`MeshIdentities`: on a port whose TLS requires a client certificate signed by the mesh's
+  root (Istio's), the certificate's SPIFFE identity must be one of the allowed workloads'. Istio's
+  gateways report what they measured this way: their Envoy holds its workload certificate (SDS
+  ``default``) but no token.
 
 An authenticator returns what the client proved (shown in status), or None to refuse it.
 """
@@ -29,7 +33,9 @@ class Authenticator(Protocol):
     #: what a refused client is told
     refusal: str
 
-    async def authenticate(self, metadata: Metadata) -> str | None: ...
+    async def authenticate(self, metadata: Metadata, peer: str = "") -> str | None:
+        """``peer``: the identity of the client's certificate (TLS with client certificates), or ""."""
+        ...
 
 
 def _value(v: str | bytes) -> str:
@@ -42,7 +48,7 @@ class GatewayToken:
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    async def authenticate(self, metadata: Metadata) -> str | None:
+    async def authenticate(self, metadata: Metadata, peer: str = "") -> str | None:
         for key, value in metadata:
             if key == GATEWAY_TOKEN_HEADER and hmac.compare_digest(_value(value).encode(), self._token):
                 return "gateway token"
@@ -73,7 +79,7 @@ class BearerTokens:
                     return token.strip()
         return None
 
-    async def authenticate(self, metadata: Metadata) -> str | None:
+    async def authenticate(self, metadata: Metadata, peer: str = "") -> str | None:
         token = self.bearer(metadata)
         if token is None:
             return None
@@ -93,3 +99,33 @@ class BearerTokens:
         if identity is None or identity not in self.allowed:
             return None
         return f"token of {identity}"
+
+
+def spiffe_workload(identity: str) -> str | None:
+    """``NAMESPACE/SERVICEACCOUNT`` of an Istio workload's SPIFFE id
+    (``spiffe://<trust domain>/ns/<ns>/sa/<sa>``), or None if it is not one."""
+    scheme, sep, rest = identity.partition("://")
+    if scheme != "spiffe" or not sep:
+        return None
+    parts = rest.split("/")
+    if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa" or not all(parts):
+        return None
+    return f"{parts[2]}/{parts[4]}"
+
+
+class MeshIdentities:
+    """The client certificate (checked against the mesh root by TLS) names an allowed workload.
+
+    Any trust domain is taken: the certificate was signed by the root this port trusts, which is
+    the mesh's; what is checked here is which workload it is."""
+
+    refusal = "this port serves msm's model gateways only: no certificate of an allowed workload"
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self.allowed = frozenset(allowed)  # NAMESPACE/SERVICEACCOUNT
+
+    async def authenticate(self, metadata: Metadata, peer: str = "") -> str | None:
+        workload = spiffe_workload(peer)
+        if workload is None or workload not in self.allowed:
+            return None
+        return f"certificate of {workload}"

@@ -48,6 +48,13 @@ class SnapshotPublisher:
     def options(self) -> GatewayOptions:
         return self._options
 
+    async def set_kind_options(self, kind: str, options: GatewayOptions) -> None:
+        """New options for a gateway kind (say, what only the running control plane knows, such as
+        its CA); the next publication translates the whole view for it again."""
+        async with self._lock:
+            self._builders[kind] = _Builder(options)
+            self._last_view = None
+
     async def publish(self, view: MeshView) -> str:
         """Publish ``view``; returns the snapshot version now current (unchanged views are skipped)."""
         async with self._lock:

@@ -92,11 +92,12 @@ class XdsServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 18000, tls: ServerTls | None = None,
-                    auth: Authenticator | None = None) -> int:
+                    auth: Authenticator | None = None, ads: bool = True) -> int:
         """Listen on ``host:port`` (0 picks a free port), with ``tls`` if given; returns the port.
 
         May be called again for more ports (say a TLS port for Istio gateways beside the plain
         one), each with its own ``auth`` (default: the gateway token, if the server has one).
+        ``ads=False``: the port serves the access log service only (a gateway's measurements).
         """
         auth = auth if auth is not None else self._default_auth
         server = grpc.aio.server(options=[
@@ -120,7 +121,8 @@ class XdsServer:
                 request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
                 response_serializer=_identity),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        if ads:
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
         als = {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
             self._als_handler(auth), request_deserializer=als_pb2.StreamAccessLogsMessage.FromString,
             response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString)}
@@ -138,7 +140,8 @@ class XdsServer:
         self._servers.append(server)
         if self.port is None:
             self.port = bound
-        log.info("xDS (ADS, SotW and delta) listening on %s:%d%s", host, bound,
+        log.info("%s listening on %s:%d%s", "xDS (ADS, SotW and delta)" if ads else "access log service",
+                 host, bound,
                  "" if tls is None else " (TLS, client certificates required)" if tls.client_ca else " (TLS)")
         return bound
 
@@ -160,7 +163,7 @@ class XdsServer:
         async def handle(requests: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                          context: Context) -> als_pb2.StreamAccessLogsResponse:
             metadata = tuple(context.invocation_metadata() or ())
-            if auth is not None and await auth.authenticate(metadata) is None:
+            if auth is not None and await auth.authenticate(metadata, _peer_identity(context)) is None:
                 self.metrics.refused.labels("als").inc()
                 log.warning("access log stream from %s refused: %s", context.peer(), auth.refusal)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, auth.refusal)
@@ -191,10 +194,11 @@ class XdsServer:
     async def _authenticate(self, stream: AdsStream, context: Context, auth: Authenticator | None) -> str:
         """What the client proved: its certificate's identity (mTLS), what ``auth`` accepted, both,
         or ``""`` when nothing is required."""
-        proofs = [f"mTLS {peer}"] if (peer := _peer_identity(context)) else []
+        peer = _peer_identity(context)
+        proofs = [f"mTLS {peer}"] if peer else []
         if auth is None:
             return ", ".join(proofs)
-        proved = await auth.authenticate(tuple(context.invocation_metadata() or ()))
+        proved = await auth.authenticate(tuple(context.invocation_metadata() or ()), peer)
         if proved is not None:
             return ", ".join([*proofs, proved])
         self.metrics.refused.labels(stream.variant).inc()

@@ -50,6 +50,14 @@ class Inventory(Protocol):
     async def loaded_models(self, timeout: float | None = None) -> Mapping[str, int]: ...
 
 
+class RolloutStore(Protocol):
+    """Where the rollouts' state outlives the deciding process (a file, a ConfigMap): a control
+    plane that restarts, or a new leader, carries on from it."""
+
+    async def load(self) -> Mapping[str, Any]: ...
+    async def save(self, state: Mapping[str, Any]) -> None: ...
+
+
 class ViewPublisher(Protocol):
     """Where mesh views go, and how the controller learns that the gateways have applied one."""
 
@@ -86,8 +94,11 @@ class Controller:
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
                  inventory_interval: float | None = None, unload_grace_s: float = UNLOAD_GRACE_S,
-                 registry: CollectorRegistry | None = None, measure: MeasureEndpoint | None = None) -> None:
+                 registry: CollectorRegistry | None = None, measure: MeasureEndpoint | None = None,
+                 rollout_store: RolloutStore | None = None) -> None:
         self.engine = engine
+        self.rollout_store = rollout_store
+        self._rollouts_saved: dict[str, Any] = {}
         self.publisher = publisher
         self.clients = dict(clients)
         self.activator = activator
@@ -136,6 +147,40 @@ class Controller:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def load_rollouts(self) -> None:
+        """Carry on the rollouts the store kept (call before the first :meth:`set_desired`)."""
+        if self.rollout_store is None:
+            return
+        try:
+            async with asyncio.timeout(10):
+                state = dict(await self.rollout_store.load())
+        except Exception as e:  # unreadable: rollouts in flight finish as rolling updates
+            log.warning("reading the rollouts' saved state failed: %s; rollouts in progress are forgotten", e)
+            return
+        for problem in self.rollouts.restore(state, time.monotonic()):
+            log.warning("%s", problem)
+        self._rollouts_saved = self.rollouts.export()
+        # the engine learns each model's stable revision first, so that the manifests' new
+        # revision comes to it as the canary of a rollout, not as a rolling update
+        seeds = [self.rollouts.stable[name] for name in sorted(self.rollouts.active)]
+        if seeds:
+            self.engine.set_desired(seeds)
+        for name, r in sorted(self.rollouts.active.items()):
+            log.info("rollout of %s carries on: %s", name, r.status(time.monotonic()).get("phase"))
+
+    async def _save_rollouts(self) -> None:
+        if self.rollout_store is None:
+            return
+        state = self.rollouts.export()
+        if state == self._rollouts_saved:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await self.rollout_store.save(state)
+            self._rollouts_saved = state
+        except Exception as e:  # tried again on the next tick
+            log.warning("saving the rollouts' state failed: %s", e)
 
     # -- inputs ----------------------------------------------------------------------------------
     def set_desired(self, models: list[DesiredModel], errors: Mapping[str, str],
@@ -294,6 +339,7 @@ class Controller:
             self._wake.clear()
             try:
                 woken = self._tick_rollouts() or woken
+                await self._save_rollouts()
                 actions = self.engine.tick()
                 # The view changes with an input (each wakes the loop) or with what a tick decides
                 # (it returns actions); building and comparing a large view costs tens of ms, so a

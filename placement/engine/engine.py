@@ -480,9 +480,10 @@ class Engine:
             return
         old = ms.revisions.get(ms.active) if ms.active else None
         target = ms.revisions[ms.spec.revision]
-        if old is not None and old.ready() > 0:
-            if self._canary(ms) is not None or target.ready() < self._rollout_need(ms, target, now):
-                return
+        if old is not None and old.retire_at is None and self._canary(ms) is not None:
+            return  # a canary split holds until the manifests (or a rollout) promote it
+        if old is not None and old.ready() > 0 and target.ready() < self._rollout_need(ms, target, now):
+            return
         ms.active = ms.spec.revision
         if old is not None and old.retire_at is None:
             self._retire(ms, old.spec.revision, now + (self.config.rollout_drain_s if old.ready() else 0.0))

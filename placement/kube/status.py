@@ -126,30 +126,62 @@ def isvc_status(name: str, *, generation: int | None, model: ModelStatus | None,
     return out
 
 
+#: msm's condition on a VirtualService bound to its model gateway: whether it routes
+VS_CONDITION = "ModelRoutesAccepted"
+
+
+def virtual_service_status(*, generation: int | None, hosts: list[str], problem: str | None,
+                           others: list[dict[str, Any]], now: datetime.datetime) -> dict[str, Any]:
+    """The status msm writes on a VirtualService of its model gateway: the condition
+    ``ModelRoutesAccepted`` (True: it routes ``hosts``; False: ``problem``, msm validate's message),
+    beside the conditions others (istiod) keep there (``others``)."""
+    ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if problem is None:
+        ours = {"type": VS_CONDITION, "status": "True", "reason": "Accepted",
+                "message": f"routes {', '.join(sorted(hosts))} on the model gateway"[:1000]}
+    else:
+        kept = "previous version stays in use" in problem
+        ours = {"type": VS_CONDITION, "status": "True" if kept else "False",
+                "reason": "PreviousVersionInUse" if kept else "Refused", "message": problem[:1000]}
+    out: dict[str, Any] = {"conditions": [*(c for c in others if c.get("type") != VS_CONDITION),
+                                          {**ours, "lastTransitionTime": ts}]}
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
 def _same_apart_from_times(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     def strip(s: dict[str, Any]) -> Any:
         s = dict(s)
         s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s["conditions"]]
-        ms = dict(s["modelStatus"])
-        if "lastFailureInfo" in ms:
-            ms["lastFailureInfo"] = {k: v for k, v in ms["lastFailureInfo"].items() if k != "time"}
-        s["modelStatus"] = ms
+        if "modelStatus" in s:
+            ms = dict(s["modelStatus"])
+            if "lastFailureInfo" in ms:
+                ms["lastFailureInfo"] = {k: v for k, v in ms["lastFailureInfo"].items() if k != "time"}
+            s["modelStatus"] = ms
         return s
 
     return a is not None and strip(a) == strip(b)
 
 
+#: (group, version, plural) of the objects whose status msm writes
+INFERENCE_SERVICES = (GROUP, "v1beta1", "inferenceservices")
+VIRTUAL_SERVICES = ("networking.istio.io", "v1", "virtualservices")
+
+
 class StatusWriter:
-    """Writes InferenceService status (merge patch of the status subresource) when it changed."""
+    """Writes InferenceService (and VirtualService) status, a merge patch of the status subresource,
+    when it changed."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
-        self._written: dict[tuple[str, str], dict[str, Any]] = {}
+        self._written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes = 0
 
-    async def write(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+    async def write(self, namespace: str, name: str, status: dict[str, Any],
+                    resource: tuple[str, str, str] = INFERENCE_SERVICES) -> bool:
         """True when something was written; a condition keeps its time while its status holds."""
-        key = (namespace, name)
+        key = (resource[2], namespace, name)
         before = self._written.get(key)
         if _same_apart_from_times(before, status):
             return False
@@ -160,8 +192,8 @@ class StatusWriter:
                 if c["type"] in old and old[c["type"]]["status"] == c["status"] else c
                 for c in status["conditions"]]}
         try:
-            await asyncio.to_thread(self.custom.patch_namespaced_custom_object_status, GROUP, "v1beta1",
-                                    namespace, "inferenceservices", name, {"status": status})
+            await asyncio.to_thread(self.custom.patch_namespaced_custom_object_status, resource[0],
+                                    resource[1], namespace, resource[2], name, {"status": status})
         except ApiException as e:
             if e.status == 404:  # deleted meanwhile
                 self._written.pop(key, None)
@@ -171,8 +203,8 @@ class StatusWriter:
         self.writes += 1
         return True
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._written.pop((namespace, name), None)
+    def forget(self, namespace: str, name: str, resource: tuple[str, str, str] = INFERENCE_SERVICES) -> None:
+        self._written.pop((resource[2], namespace, name), None)
 
     def forget_all(self) -> None:
         """Write every status again (a new leader does not trust what it wrote before)."""

@@ -35,6 +35,8 @@ from placement.manifests.kube_names import (
     FIELD_MANAGER,
     ISTIO_TOKEN_AUDIENCE,
     LABEL_MANAGED_BY,
+    MESH_ROOT_CERT_KEY,
+    MESH_ROOT_CONFIGMAP,
     XDS_CA_SECRET,
     XDS_ROOT_CERT_KEY,
     XDS_ROOT_CONFIGMAP,
@@ -164,6 +166,21 @@ class XdsSecurity:
             except ApiException as e:
                 if e.status != 409 or attempt == 2:
                     raise
+
+    async def mesh_root(self) -> bytes | None:
+        """The mesh's root certificate (istiod's ``istio-ca-root-cert`` in msm's namespace), or
+        None while istiod has not put it there."""
+        return await asyncio.to_thread(self._mesh_root)
+
+    def _mesh_root(self) -> bytes | None:
+        try:
+            cm = self.core.read_namespaced_config_map(MESH_ROOT_CONFIGMAP, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        pem = (cm.data or {}).get(MESH_ROOT_CERT_KEY)
+        return pem.encode() if pem else None
 
     async def review(self, token: str) -> str | None:
         """Whose token this is (``system:serviceaccount:<ns>:<name>``), per the API server's

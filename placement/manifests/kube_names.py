@@ -46,6 +46,16 @@ def runtime_service_name(runtime: str) -> str:
 XDS_SERVICE = "msm-xds"
 #: The TLS port for Istio gateways' agents (Istio's own secure xDS port is 15012 too).
 XDS_SECURE_PORT = 15012
+#: The ConfigMap (msm's namespace) where the leader keeps the rollouts' state: a new leader
+#: carries on from it (placement/kube/rollout_store.py).
+ROLLOUTS_CONFIGMAP = "msm-rollouts"
+ROLLOUTS_KEY = "rollouts.json"
+#: The mutual-TLS port where Istio gateways report what they measured (the access log service):
+#: the gateway's workload certificate, signed by the mesh's root, is its credential.
+MEASURE_SECURE_PORT = 15013
+#: The mesh's root certificate, which istiod puts in every namespace (Istio's name and key).
+MESH_ROOT_CONFIGMAP = "istio-ca-root-cert"
+MESH_ROOT_CERT_KEY = "root-cert.pem"
 #: The Secret holding the CA msm signs its xDS serving certificates with (msm's namespace).
 XDS_CA_SECRET = "msm-xds-ca"
 #: The ConfigMap with that CA's certificate, in each Istio gateway's namespace; the gateway's

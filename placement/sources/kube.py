@@ -276,6 +276,10 @@ class KubeSource(Informer):
         """The API objects of ``kind`` as last seen (for status and runtime workloads)."""
         return [obj for key, obj in sorted(self.objects.items()) if key[0] == kind]
 
+    def virtual_services(self) -> list[dict[str, Any]]:
+        """The VirtualServices bound to msm's model gateway, as last seen (msm writes their status)."""
+        return [obj for obj in self.objects_of(VIRTUAL_SERVICE.kind) if bound_to(obj, self.model_gateway)]
+
     # -- API calls (threads) --------------------------------------------------------------------
     def _list(self, kind: Kind) -> tuple[list[dict[str, Any]], str]:
         r = self.custom.list_cluster_custom_object(kind.group, kind.version, kind.plural)

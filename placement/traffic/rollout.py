@@ -16,7 +16,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from placement.engine.model_types import DesiredModel
 
@@ -197,6 +198,23 @@ class Rollout:
         return Event("failed-check", f"check {self.failed_checks} of {self.spec.threshold} failed at "
                                      f"{self.weight()}%: {check.reason}")
 
+    def saved(self) -> dict[str, Any]:
+        """What a new decider needs to carry on (JSON-ready); its window starts again."""
+        return {"old": self.old, "new": self.new, "spec": asdict(self.spec), "phase": self.phase.value,
+                "step": self.step, "failed_checks": self.failed_checks, "outcome": self.outcome}
+
+    @classmethod
+    def from_saved(cls, model: str, d: Mapping[str, Any], now: float) -> Rollout:
+        spec = RolloutSpec(**{**d["spec"], "steps": tuple(d["spec"]["steps"])})
+        r = cls(model, str(d["old"]), str(d["new"]), spec, now)
+        r.phase = Phase(d["phase"])
+        r.step = int(d["step"])
+        r.failed_checks = int(d["failed_checks"])
+        r.outcome = str(d.get("outcome") or "")
+        if not 0 <= r.step < len(r.spec.steps) or r.phase is Phase.PROMOTED:
+            raise ValueError(f"step {r.step} of {len(r.spec.steps)} in phase {r.phase.value}")
+        return r
+
     def status(self, now: float) -> dict[str, object]:
         out: dict[str, object] = {
             "from": self.old, "to": self.new, "phase": self.phase.value, "weight": self.weight(),
@@ -290,3 +308,40 @@ class Rollouts:
         out = {name: r.status(now) for name, r in sorted(self.finished.items())}
         out.update({name: r.status(now) for name, r in sorted(self.active.items())})
         return out
+
+    def export(self) -> dict[str, Any]:
+        """The state a control plane that takes over needs (JSON-ready): for each model in a
+        rollout, or rolled back, its stable revision and the rollout. Models that roll nowhere are
+        not in it: their stable revision is what the manifests say."""
+        return {name: {"stable": _model_dict(self.stable[name]), "rollout": r.saved()}
+                for name, r in sorted(self.active.items()) if name in self.stable}
+
+    def restore(self, state: Mapping[str, Any], now: float) -> list[str]:
+        """Carry on from :meth:`export`'s state (before the first :meth:`desired`); a rollout goes
+        on from its step with a new window, a rolled-back one keeps serving its stable revision.
+        Returns the problems of entries that could not be read (they are skipped)."""
+        problems = []
+        for name, entry in state.items():
+            try:
+                stable = _model_of(entry["stable"])
+                r = Rollout.from_saved(name, entry["rollout"], now)
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"rollout of {name}: saved state not usable ({type(e).__name__}: {e})")
+                continue
+            self.stable[name] = stable
+            self.active[name] = r
+            if r.phase is Phase.ROLLED_BACK:
+                self.finished[name] = r
+        return problems
+
+
+def _model_dict(m: DesiredModel) -> dict[str, Any]:
+    return asdict(m)
+
+
+def _model_of(d: Mapping[str, Any]) -> DesiredModel:
+    names = {f.name for f in fields(DesiredModel)}
+    values = {k: v for k, v in d.items() if k in names}
+    if values.get("storage_stamp") is not None:
+        values["storage_stamp"] = tuple(values["storage_stamp"])
+    return DesiredModel(**values)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc as grpcclient
+import yaml
 from kube_env import NS, Cluster, Traffic, dev_cluster, infer, pid_of, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(500)]
@@ -207,17 +208,66 @@ async def test_a_virtualservice_bound_to_the_model_gateway_routes_a_virtual_name
     assert st["traffic"] == {"digits": f"VirtualService {NS}/digits"}
     assert not [k for k in st["manifest_errors"] if "web" in k]  # another gateway's: not msm's business
 
+    def routes_condition(name: str) -> dict:
+        obj = json.loads(cluster.kubectl("get", "virtualservice", name, "-n", NS, "-o", "json").stdout)
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "ModelRoutesAccepted"), {})
+
+    # the VirtualService's own status says it routes (kubectl get … -o yaml, where users look)
+    await until(lambda: routes_condition("digits").get("reason") == "Accepted", what="the Accepted condition")
+    assert routes_condition("digits")["message"] == "routes digits on the model gateway"
+    assert routes_condition("web") == {}  # another gateway's: msm writes nothing on it
+
     # a bad edit is reported under the object, and the routing in force stays
     cluster.apply(virtual_service("digits", ["digits"], ["istio-system/msm-model-gateway"],
                                   [{"destination": {"host": "no-such-model"}}]))
     await until(lambda: "no-such-model" in json.dumps(asyncio.run(cluster.status())["manifest_errors"]),
                 what="the problem reported")
+    await until(lambda: routes_condition("digits").get("reason") == "PreviousVersionInUse",
+                what="the problem in the VirtualService's status")
+    assert "no-such-model" in routes_condition("digits")["message"]
     assert (await answers())[0] == 200
     cluster.kubectl("delete", "virtualservice", "digits", "web", "-n", NS)
     deadline = asyncio.get_running_loop().time() + 60
     while (got := await answers())[0] != 404:
         assert asyncio.get_running_loop().time() < deadline, got
         await asyncio.sleep(0.5)
+
+
+async def test_a_rollout_by_steps_through_istios_gateway(cluster: Cluster, article: None) -> None:
+    """A rollout decided on what Istio's own gateway measured: its Envoy reports each request of
+    the revisions in the rollout to the leader's measure port over mutual TLS, with the workload
+    certificate istiod issued it (no token: its agent has one, its Envoy not)."""
+    doc = yaml.safe_load(ARTICLE_ISVC.read_text())
+    doc["metadata"]["name"] = "rolling"
+    doc["metadata"]["annotations"].update({"serving.msm.io/rollout-steps": "30",
+                                           "serving.msm.io/rollout-interval": "2s",
+                                           "serving.msm.io/rollout-min-requests": "5"})
+    cluster.apply(doc)
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", "isvc/rolling", "-n", NS, "--timeout=120s")
+        st = await cluster.status()
+        assert st["istio"]["measure_port"] == 15013 and st["istio"]["measure_problem"] is None, st["istio"]
+
+        def rollout() -> dict:
+            conds = (cluster.isvc("rolling").get("status") or {}).get("conditions") or []
+            return next((c for c in conds if c["type"] == "RolloutProgressing"), {})
+
+        async with Traffic(cluster.infer_url("rolling")) as traffic:
+            doc["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
+            cluster.apply(doc)
+            await until(lambda: rollout().get("reason") == "Promoted", timeout=120,
+                        what="the rollout promoted on the Istio gateway's reports")
+        assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+        assert rollout()["message"].startswith("promoted after 1 steps"), rollout()
+        dump = json.loads(await admin("/config_dump?resource=dynamic_active_clusters"))
+        [measure] = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "msm_measure"]
+        tls = measure["transport_socket"]["typed_config"]
+        assert tls["sni"] == f"msm-xds.{NS}.svc"
+        certs = tls["common_tls_context"]["tls_certificate_sds_secret_configs"]
+        assert [c["name"] for c in certs] == ["default"]
+    finally:
+        cluster.kubectl("delete", "isvc", "rolling", "-n", NS, "--wait=true")
 
 
 async def test_istiod_restarted_under_traffic(cluster: Cluster, article: None) -> None:

@@ -34,6 +34,8 @@ BASE_OBJECTS = sorted([
     ("ClusterRoleBinding", None, "msm-controller"),
     ("Role", NS, "msm-leader-election"),
     ("RoleBinding", NS, "msm-leader-election"),
+    ("Role", NS, "msm-rollouts"),
+    ("RoleBinding", NS, "msm-rollouts"),
     ("Deployment", NS, "msm-controller"),
     ("Service", NS, "msm-xds"),
     ("Service", NS, "msm-admin"),
@@ -58,6 +60,7 @@ CLUSTER_RULES = [
     ("", ("pods",), ("get", "list", "watch")),
     ("", ("events",), ("create", "patch")),
     ("networking.istio.io", ("virtualservices",), ("get", "list", "watch")),
+    ("networking.istio.io", ("virtualservices/status",), ("get", "patch", "update")),
 ]
 LEASE_RULES = [("coordination.k8s.io", ("leases",), ("get", "list", "watch", "create", "update", "patch"))]
 
@@ -98,6 +101,7 @@ ISTIO_OBJECTS = sorted([
     ("ClusterRole", None, "msm-controller-istio"), ("ClusterRoleBinding", None, "msm-controller-istio"),
     ("Role", NS, "msm-xds-ca"), ("RoleBinding", NS, "msm-xds-ca"),
     ("Role", "istio-system", "msm-xds-root-cert"), ("RoleBinding", "istio-system", "msm-xds-root-cert"),
+    ("Role", NS, "msm-mesh-root"), ("RoleBinding", NS, "msm-mesh-root"),
 ], key=str)
 
 
@@ -118,9 +122,18 @@ def test_the_base_objects_are_what_docs_deploy_md_says() -> None:
     assert rules(one(objs, "Role", "msm-leader-election")) == LEASE_RULES
     every = [r for o in objs if o["kind"] in ("ClusterRole", "Role") for r in rules(o)]
     assert not any("*" in g or "*" in res or "*" in verbs for g, res, verbs in every)
-    assert not any({"secrets", "configmaps"} & set(res) for _, res, _ in every)
+    # no secrets; ConfigMaps only the rollouts' state, in msm's namespace, get and update by name
+    assert not any("secrets" in res for _, res, _ in every)
+    rollouts = one(objs, "Role", "msm-rollouts")
+    assert rollouts["metadata"]["namespace"] == NS
+    assert rollouts["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["msm-rollouts"],
+         "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+    assert [o for o in objs if o["kind"] == "ClusterRole" and "configmaps" in str(o["rules"])] == []
     for kind, role_kind, name in [("ClusterRoleBinding", "ClusterRole", "msm-controller"),
-                                  ("RoleBinding", "Role", "msm-leader-election")]:
+                                  ("RoleBinding", "Role", "msm-leader-election"),
+                                  ("RoleBinding", "Role", "msm-rollouts")]:
         binding = one(objs, kind, name)  # each binding has its role's name
         assert binding["roleRef"] == {"apiGroup": RBAC_GROUP, "kind": role_kind, "name": name}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "msm-controller", "namespace": NS}]
@@ -171,7 +184,7 @@ def test_deploy_istio_is_the_base_plus_the_secure_xds_port_and_the_gateway_flag(
     gateway_sa = "istio-system/msm-model-gateway-service-account"
     assert c["command"] == [*c0["command"], "--istio-gateway", gateway_sa]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"xds": 18000, "admin": 18001,
-                                                                   "xds-tls": 15012}
+                                                                   "xds-tls": 15012, "measure-tls": 15013}
     ports = {p["name"]: p for p in one(istio, "Service", "msm-xds")["spec"]["ports"]}
     assert ports["grpc-xds-tls"] == {"name": "grpc-xds-tls", "port": 15012, "targetPort": "xds-tls",
                                      "appProtocol": "grpc"}
@@ -185,6 +198,12 @@ def test_deploy_istio_is_the_base_plus_the_secure_xds_port_and_the_gateway_flag(
         # reads and updates only the one object; create cannot be limited by name in RBAC
         assert [r.get("resourceNames") for r in role["rules"]] == [[name], None]
         assert role["rules"][1]["verbs"] == ["create"]
+    # the mesh's root, read only: the one ConfigMap istiod writes in msm's namespace
+    role, binding = one(istio, "Role", "msm-mesh-root"), one(istio, "RoleBinding", "msm-mesh-root")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NS
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["istio-ca-root-cert"], "verbs": ["get"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "msm-controller", "namespace": NS}]
 
 
 def test_the_crds_are_the_ones_msm_ships() -> None:
@@ -296,8 +315,11 @@ CAN = [
     ("create", "deployments.apps", "-n", NS),
     ("watch", "pods", "-A"),
     ("create", "leases.coordination.k8s.io", "-n", NS),
+    ("update", "configmaps/msm-rollouts", "-n", NS),
 ]
 CANNOT = [
+    ("update", "configmaps/other", "-n", NS),
+    ("get", "configmaps/msm-rollouts", "-n", "default"),
     ("get", "secrets", "-A"),
     ("list", "configmaps", "-A"),
     ("create", "pods", "-A"),
@@ -312,8 +334,11 @@ ISTIO_CAN = [
     ("create", "secrets", "-n", NS),
     ("update", "configmaps/msm-xds-root-cert", "-n", "istio-system"),
     ("create", "configmaps", "-n", "istio-system"),
+    ("get", "configmaps/istio-ca-root-cert", "-n", NS),
 ]
 ISTIO_CANNOT = [
+    ("update", "configmaps/istio-ca-root-cert", "-n", NS),
+    ("get", "configmaps/other", "-n", NS),
     ("get", "secrets/istio-ca-secret", "-n", "istio-system"),
     ("get", "secrets/other", "-n", NS),
     ("list", "secrets", "-n", NS),
@@ -334,7 +359,8 @@ async def test_the_api_server_enforces_the_istio_rbac(cluster: Path) -> None:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_api_server_enforces_the_least_privilege_rbac(cluster: Path) -> None:
     rbac = [o for o in build(DEPLOY / "base") if o["kind"] in RBAC_KINDS]
-    assert len(rbac) == len(RBAC_KINDS)
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in rbac) == sorted(
+        (kind, name) for kind, _, name in BASE_OBJECTS if kind in RBAC_KINDS)
     await assert_rbac(cluster, rbac, CAN, CANNOT)
 
 

@@ -400,3 +400,28 @@ def test_a_measuring_runtime_gives_its_adapter_mlservers_metrics() -> None:
     args = adapter_args(dep)
     assert args[args.index("--mlserver-metrics-url") + 1] == "http://127.0.0.1:8082/metrics"
     assert "--measure-model-size" in args
+
+
+def test_virtual_service_status_says_what_it_routes_or_why_not_and_keeps_istiods_conditions() -> None:
+    import datetime
+
+    from placement.kube.status import VS_CONDITION, virtual_service_status
+
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+    istiod = {"type": "Reconciled", "status": "True", "lastTransitionTime": "2026-11-30T11:00:00Z"}
+    ok = virtual_service_status(generation=3, hosts=["digits", "beta"], problem=None,
+                                others=[istiod, {"type": VS_CONDITION, "status": "False"}], now=now)
+    assert ok == {"observedGeneration": 3, "conditions": [
+        istiod, {"type": VS_CONDITION, "status": "True", "reason": "Accepted",
+                 "message": "routes beta, digits on the model gateway",
+                 "lastTransitionTime": "2026-11-30T12:00:00Z"}]}
+    bad = virtual_service_status(generation=4, hosts=[], problem="VirtualService ns/digits: http[0]: "
+                                 "destination nope is not an InferenceService msm serves", others=[], now=now)
+    [c] = bad["conditions"]
+    assert (c["status"], c["reason"]) == ("False", "Refused") and "destination nope" in c["message"]
+    kept = virtual_service_status(generation=5, hosts=["digits"], others=[], now=now,
+                                  problem="…; its previous version stays in use")
+    [c] = kept["conditions"]
+    assert (c["status"], c["reason"]) == ("True", "PreviousVersionInUse")
+    long = virtual_service_status(generation=None, hosts=[], problem="x" * 5000, others=[], now=now)
+    assert len(long["conditions"][0]["message"]) == 1000 and "observedGeneration" not in long

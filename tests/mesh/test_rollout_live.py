@@ -4,6 +4,8 @@ by the control plane, the old revision still loaded, and no request fails outsid
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,10 +23,24 @@ ROLLOUT = {"serving.msm.io/rollout-steps": "20,50", "serving.msm.io/rollout-inte
            "serving.msm.io/rollout-min-requests": "10"}
 
 
-def isvc(path: str) -> str:
+def isvc(path: str, **rollout: str) -> str:
     doc = yaml.safe_load(isvc_yaml("m", path))
-    doc["metadata"]["annotations"].update(ROLLOUT)
+    doc["metadata"]["annotations"].update({**ROLLOUT, **rollout})
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def restart_control_plane(mesh) -> dict:
+    """Kill the control plane (msm up starts another); the new one's status once it syncs the gateway."""
+    old_pid = mesh.control_plane_pid()
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+
+    def synced(s: dict) -> bool:
+        clients = s["gateway"]["clients"]
+        return mesh.control_plane_pid() not in (None, old_pid) and bool(clients) and all(
+            x["in_sync"] for x in clients)
+
+    return mesh.wait_status(synced, what="the restarted control plane to sync the gateway")
 
 
 def revision(st: dict) -> str:
@@ -99,3 +115,26 @@ def test_a_revision_that_answers_errors_is_rolled_back_by_itself(make_mesh, brok
     mesh.wait_status(lambda s: not any(r["to"] in inst["loaded"] for inst in s["instances"].values()),
                      what="the broken revision unloaded")
     assert "rollout of m:" in mesh.logs() and "takes all the traffic again" in mesh.logs()
+    # a restarted control plane keeps the rollback: the manifest still names the broken revision,
+    # but the model stays on the old one
+    st = restart_control_plane(mesh)
+    assert rollout(st)["phase"] == "rolled back" and revision(st) == old, st.get("rollouts")
+    with httpx.Client(timeout=60) as c:
+        assert all(prediction(mesh.infer(c, "m")) == 8 for _ in range(20))
+
+
+def test_a_rollout_carries_on_from_its_step_after_a_control_plane_restart(make_mesh) -> None:
+    mesh = make_mesh({"m.yaml": isvc("mnist-svm.joblib")}, replicas=2)
+    with httpx.Client(timeout=60) as c:
+        assert prediction(mesh.infer(c, "m")) == 8
+    old = revision(mesh.status())
+    # a window that never has enough requests: the rollout holds at its first step
+    held = {"serving.msm.io/rollout-min-requests": "100000"}
+    rewrite(mesh.dir / "m.yaml", isvc("mnist-logreg.joblib", **held))
+    st = mesh.wait_status(lambda s: rollout(s).get("phase") == "stepping", timeout=60, what="stepping")
+    new = rollout(st)["to"]
+    st = restart_control_plane(mesh)
+    r = rollout(st)
+    assert (r["phase"], r["weight"], r["from"], r["to"]) == ("stepping", 20, old, new), st.get("rollouts")
+    assert revision(st) == old  # not a plain rolling update to the new revision
+    assert "rollout of m carries on" in (mesh.state_dir / "control-plane.log").read_text()

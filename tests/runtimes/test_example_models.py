@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,19 @@ def test_the_llm_is_built_offline_deterministic_and_loads_through_from_pretraine
     assert type(model.base_model).__name__ == "BloomForCausalLM"
 
 
-def test_the_examples_manifests_resolve_with_the_articles_numbers() -> None:
+def _example(tmp_path: Path, name: str, model: str) -> Path:
+    """A copy of an example folder whose model is there (set-up would make it; an empty folder
+    is enough for the manifests to resolve)."""
+    d = tmp_path / name
+    shutil.copytree(REPO / "examples" / name, d, ignore=shutil.ignore_patterns("models", ".msm"))
+    (d / "models" / model).mkdir(parents=True)
+    return d
+
+
+def test_the_examples_manifests_resolve_with_the_articles_numbers(tmp_path: Path) -> None:
     from msm.up import load_desired
 
-    config, desired = load_desired(REPO / "examples" / "llm", [])
+    config, desired = load_desired(_example(tmp_path, "llm", "peft-demo"), [])
     assert config.sample_set == "peft-demo" and not desired.errors
     [rt] = desired.runtimes.values()
     assert rt.name == "peft-model-server"
@@ -88,7 +98,7 @@ def test_the_examples_manifests_resolve_with_the_articles_numbers() -> None:
     assert rt.env["MLSERVER_MODEL_IMPLEMENTATION"] == "peft_model_server.PeftModelServer"
     [model] = desired.models.values()
     assert model.name == "peft-demo" and model.runtime == "peft-model-server"
-    config, desired = load_desired(REPO / "examples" / "custom-runtime", [])
+    config, desired = load_desired(_example(tmp_path, "custom-runtime", "complaints"), [])
     assert config.sample_set == "complaints" and not desired.errors
     [model] = desired.models.values()
     assert model.name == "complaints" and model.runtime == "complaints-runtime"

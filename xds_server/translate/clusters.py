@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model
 from xds_server.translate import names
 from xds_server.translate.common import ads_source, duration, pack
-from xds_server.translate.options import GatewayOptions, UpstreamTls
+from xds_server.translate.options import GatewayOptions, MeasureTls, UpstreamTls
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _BIG = 1_000_000  # circuit breakers: a shared runtime cluster must not cap models at Envoy's default 1024
@@ -188,15 +188,36 @@ def activator_clusters(activator: ActivatorEndpoint, opts: GatewayOptions) -> di
 
 
 def measure_clusters(view: MeshView, opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:
-    """The cluster to the control plane's access log service (HTTP/2, as its xDS port speaks)."""
+    """The cluster to the control plane's access log service (HTTP/2, as its xDS port speaks);
+    with ``opts.measure_tls``, mutual TLS to its measure port."""
     m = view.measure
     if m is None or opts.measure_cluster != names.MEASURE_CLUSTER:
         return {}
+    port = opts.measure_tls.port if opts.measure_tls is not None else m.port
     c = cluster_pb2.Cluster(name=names.MEASURE_CLUSTER, type=_discovery(m.address),
                             connect_timeout=duration(opts.connect_timeout_s))
-    c.load_assignment.CopyFrom(_cla(names.MEASURE_CLUSTER, [_lb_endpoint(m.address, m.port)]))
+    c.load_assignment.CopyFrom(_cla(names.MEASURE_CLUSTER, [_lb_endpoint(m.address, port)]))
     _speak_h2(c)
+    if opts.measure_tls is not None:
+        c.transport_socket.CopyFrom(_measure_tls_socket(opts.measure_tls))
     return {names.MEASURE_CLUSTER: c}
+
+
+def _measure_tls_socket(t: MeasureTls) -> base_pb2.TransportSocket:
+    """The gateway's workload certificate from its agent (SDS); msm's certificate checked against
+    msm's CA and its DNS name."""
+    sds = _sds_config(UpstreamTls(sds_cluster=t.sds_cluster))
+    validation = tls_common_pb2.CertificateValidationContext(
+        trusted_ca=base_pb2.DataSource(inline_string=t.ca_pem),
+        match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(
+            san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
+            matcher=string_pb2.StringMatcher(exact=t.server_name))])
+    cert = secret_pb2.SdsSecretConfig(name=t.cert_secret, sds_config=sds)
+    ctx = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[cert], validation_context=validation, alpn_protocols=["h2"]),
+        sni=t.server_name)
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
 
 
 def mirror_clusters(opts: GatewayOptions) -> dict[str, cluster_pb2.Cluster]:

@@ -30,6 +30,19 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class MeasureTls:
+    """How an Istio gateway reaches msm's access log service: mutual TLS with the gateway's
+    workload certificate (SDS ``default`` from its agent) to msm's measure port, whose serving
+    certificate (msm's own CA, ``ca_pem``) must name ``server_name``."""
+
+    ca_pem: str
+    server_name: str
+    port: int
+    sds_cluster: str = "sds-grpc"
+    cert_secret: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayOptions:
     """How the translated Envoy gateway listens, routes, retries and lays out its clusters.
 
@@ -74,6 +87,8 @@ class GatewayOptions:
     #: plane); another name must be a cluster of the gateway's bootstrap
     measure_cluster: str | None = None
     measure_token: str | None = None
+    #: reports go over mutual TLS to this port of the deciding control plane (Istio gateways)
+    measure_tls: MeasureTls | None = None
 
     def __post_init__(self) -> None:
         if self.cluster_layout not in ("per_revision", "subset"):
