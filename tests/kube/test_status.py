@@ -139,3 +139,25 @@ async def test_kubectl_sees_ready_and_url_and_waits_for_ready(apiserver: ApiServ
                                "{.status.modelStatus.lastFailureInfo.message}")
         assert reason.stdout == "BlockedByFailedLoad bad pickle"
         assert writer.writes == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_rollouts_state_round_trips_through_its_configmap(apiserver: ApiServer) -> None:
+    """The leader's rollouts in the ConfigMap msm-rollouts: absent is empty, written, replaced."""
+    from placement.kube.rollout_store import ConfigMapRolloutStore
+
+    ns = "rollout-store-test"
+    with api_client(apiserver) as api:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+        store = ConfigMapRolloutStore(api, ns)
+        assert await store.load() == {}
+        first = {"m": {"stable": {"name": "m", "revision": "m__1"},
+                       "rollout": {"phase": "stepping", "step": 0}}}
+        await store.save(first)
+        assert await store.load() == first
+        second = {"m": {**first["m"], "rollout": {"phase": "rolled back", "step": 1}}}
+        await ConfigMapRolloutStore(api, ns).save(second)  # another leader, the same object
+        assert await store.load() == second
+        cm = client.CoreV1Api(api).read_namespaced_config_map("msm-rollouts", ns)
+        assert cm.metadata.labels == {"app.kubernetes.io/managed-by": "msm"}

@@ -1,0 +1,345 @@
+"""msm's placement against Ray Serve's model multiplexing, side by side on one request stream.
+
+The peer a user would pick instead of msm for "many models, a few replicas" is Ray Serve's
+``@serve.multiplexed``: a per-replica LRU of at most K models, requests routed to a replica that
+has the model when one does. Both systems get, one after the other, in one run:
+
+- the same ``--models`` scikit-learn random forests (digits, 10 to 49 trees, seeded), saved plain
+  (``cheap`` loads) or zlib-compressed (``costlier`` loads: the same models cost more to load,
+  and their files understate their memory);
+- the same cache budget: ``--budget`` of the models' bytes per replica for msm (its estimate,
+  size on disk x 1.25, as ModelMesh's), and ``--budget`` of the models' count per replica for
+  Ray (``max_num_models_per_replica``); ``--replicas`` replicas each;
+- the same open-loop stream: Poisson arrivals at ``--rate`` requests/s for ``--duration`` s, each
+  to a model drawn from a Zipf law (s = ``--zipf``) over a seeded shuffle of the models.
+
+Reported per system: requests, failed, p50 / p99 latency, model loads, the share of requests
+served without a load, and the resident memory of all its processes (largest sample, every 5 s).
+The bound is the share of requests to the K most popular models: what a cache that kept exactly
+those would serve without a load.
+
+    .venv/bin/python bench/ray_multiplex.py --setup-ray      # once: .venv-ray (Ray's own venv)
+    .venv/bin/python bench/ray_multiplex.py                  # both costs, 90 s each system
+    .venv/bin/python bench/ray_multiplex.py --costs cheap --duration 30 --markdown /tmp/r.md
+
+Ray runs from ``.venv-ray`` (``bench/ray_serve_app.py``): its dependencies are not msm's, and it
+is a dependency of this benchmark only. Loopback only, free ports; a run takes about
+2 x (``--duration`` + 40 s) per cost on 2 cores. docs/benchmarks.md has the latest numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "mesh"))
+
+import aiohttp  # noqa: E402
+from mesh_harness import DIGIT_8, LocalMeshProcess, isvc_yaml, local_config, runtime_yaml  # noqa: E402
+
+from placement.local.ports import free_port  # noqa: E402
+
+RAY_VENV = REPO / ".venv-ray"
+RAY_VERSION = "2.60.0"
+SIZE_MULTIPLIER = 1.25
+PIXELS = json.loads(DIGIT_8)["inputs"][0]["contents"]["fp32_contents"]
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+def make_models(folder: Path, n: int, compress: bool) -> dict[str, int]:
+    """``n`` random forests on the digits, ``m00.joblib`` …; name -> bytes on disk."""
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = load_digits(return_X_y=True)
+    sizes = {}
+    for i in range(n):
+        name = f"m{i:02d}"
+        path = folder / f"{name}.joblib"
+        if not path.exists():
+            clf = RandomForestClassifier(n_estimators=10 + (i * 7) % 40, random_state=i, n_jobs=1).fit(x, y)
+            joblib.dump(clf, path, compress=("zlib", 3) if compress else 0)
+        sizes[name] = path.stat().st_size
+    return sizes
+
+
+def zipf_stream(names: list[str], rate: float, duration: float, s: float,
+                seed: int) -> tuple[list[tuple[float, str]], list[str], list[float]]:
+    """(offset, model) requests; the models by popularity; their probabilities."""
+    rng = random.Random(seed)
+    order = list(names)
+    rng.shuffle(order)
+    weights = [1.0 / (k + 1) ** s for k in range(len(order))]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    out, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            return out, order, probs
+        out.append((t, rng.choices(order, weights)[0]))
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    system: str
+    cost: str
+    latencies: list[float] = field(default_factory=list)
+    failed: list[tuple[float, str]] = field(default_factory=list)
+    loads: int = 0
+    rss_bytes: int = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + len(self.failed)
+
+    def pct(self, q: float) -> float:
+        v = sorted(self.latencies)
+        return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[int(d.name)] = int(line.split()[1]) * 1024
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class RssSampler:
+    def __init__(self, root: int, every_s: float = 5.0) -> None:
+        self.root, self.every_s, self.peak = root, every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, tree_rss(self.root))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.peak = max(self.peak, tree_rss(self.root))
+        self._stop.set()
+        self._thread.join(10)
+
+
+async def drive(stream: list[tuple[float, str]], send: Callable, result: Result) -> None:
+    """Send each request at its time (open loop), whatever the answers to earlier ones."""
+    connector = aiohttp.TCPConnector(limit=500)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def one(offset: float, model: str) -> None:
+            await asyncio.sleep(max(0.0, t0 + offset - loop.time()))
+            start = loop.time()
+            try:
+                ok, why = await send(s, model)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                ok, why = False, type(e).__name__
+            if ok:
+                result.latencies.append(loop.time() - start)
+            else:
+                result.failed.append((start - t0, f"{model}: {why}"[:200]))
+
+        await asyncio.gather(*(one(t, m) for t, m in stream))
+
+
+# -- the two systems -----------------------------------------------------------------------------
+
+def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Namespace,
+            stream: list[tuple[float, str]], cost: str) -> Result:
+    manifests = root / f"msm-{cost}"
+    manifests.mkdir()
+    capacity = int(args.budget * sum(b * SIZE_MULTIPLIER for b in sizes.values()))
+    (manifests / "runtime.yaml").write_text(runtime_yaml(memory=str(capacity), mem_buffer=0,
+                                                         load_timeout_ms=60_000))
+    (manifests / "msm-local.yaml").write_text(local_config(models, args.replicas))
+    for name in sizes:
+        (manifests / f"{name}.yaml").write_text(isvc_yaml(name, f"{name}.joblib"))
+    mesh = LocalMeshProcess(manifests, root / f"msm-{cost}-state").start()
+    result = Result("msm", cost)
+    try:
+        async def send(s: aiohttp.ClientSession, model: str) -> tuple[bool, str]:
+            async with s.post(f"{mesh.rest}/v2/models/{model}/infer", data=DIGIT_8) as r:
+                body = await r.read()
+                return r.status == 200, f"{r.status} {body[:120]!r}"
+
+        assert mesh.proc is not None
+        with RssSampler(mesh.proc.pid) as rss:
+            asyncio.run(drive(stream, send, result))
+        result.rss_bytes = rss.peak
+        result.loads = int(mesh.status()["counters"]["loads"])
+    finally:
+        mesh.stop()
+    return result
+
+
+def run_ray(root: Path, models: Path, args: argparse.Namespace, stream: list[tuple[float, str]],
+            cost: str, per_replica: int) -> Result:
+    python = RAY_VENV / "bin" / "python"
+    stats = root / f"ray-{cost}-stats"
+    stats.mkdir()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    port = free_port()
+    log = open(root / f"ray-{cost}.log", "wb")
+    proc = subprocess.Popen(
+        [str(python), str(REPO / "bench" / "ray_serve_app.py"), "--models-dir", str(models),
+         "--stats-dir", str(stats), "--port", str(port), "--replicas", str(args.replicas),
+         "--models-per-replica", str(per_replica), "--temp-dir", temp],
+        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0"})
+    result = Result("Ray Serve", cost)
+    try:
+        ready = threading.Event()
+        threading.Thread(target=lambda: ready.set() if proc.stdout and "READY" in proc.stdout.readline()
+                         else None, daemon=True).start()
+        if not ready.wait(240):
+            raise RuntimeError(f"Ray Serve did not start; see {root / f'ray-{cost}.log'}")
+
+        async def send(s: aiohttp.ClientSession, model: str) -> tuple[bool, str]:
+            async with s.post(f"http://127.0.0.1:{port}/", json={"x": PIXELS},
+                              headers={"serve_multiplexed_model_id": model}) as r:
+                body = await r.read()
+                return r.status == 200, f"{r.status} {body[:120]!r}"
+
+        with RssSampler(proc.pid) as rss:
+            asyncio.run(drive(stream, send, result))
+        result.rss_bytes = rss.peak
+        result.loads = sum(len(p.read_text().splitlines()) for p in stats.glob("loads-*"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)  # Ray's daemons that outlived it
+        shutil.rmtree(temp, ignore_errors=True)
+    return result
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+def table(results: list[Result], probs: list[float], per_replica: int, args: argparse.Namespace) -> str:
+    slots = min(len(probs), per_replica * args.replicas)
+    lines = [f"Zipf s={args.zipf} over {args.models} models, {args.replicas} replicas each, "
+             f"{args.rate:g} requests/s for {args.duration:g} s; budget {args.budget:.0%} of the models' "
+             f"bytes per msm replica, {per_replica} models per Ray replica. Keeping the {per_replica} "
+             f"most popular models would serve {sum(probs[:per_replica]):.0%} of the requests without a "
+             f"load; the {slots} most popular ({args.replicas} replicas' slots, no model twice), "
+             f"{sum(probs[:slots]):.0%}.", "",
+             "| loads | system | requests | failed | p50 | p99 | model loads | served without a load "
+             "| RSS of all processes |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        hit = 1 - r.loads / r.requests if r.requests else float("nan")
+        lines.append(f"| {r.cost} | {r.system} | {r.requests:,} | {len(r.failed):,} "
+                     f"| {r.pct(0.5) * 1000:.0f} ms | {r.pct(0.99) * 1000:.0f} ms | {r.loads:,} | {hit:.0%} "
+                     f"| {r.rss_bytes / 1e9:.1f} GB |")
+    return "\n".join(lines)
+
+
+def setup_ray() -> int:
+    import sklearn
+
+    if not (RAY_VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
+    pins = [f"ray[serve]=={RAY_VERSION}", f"scikit-learn=={sklearn.__version__}", "joblib"]
+    subprocess.run([str(RAY_VENV / "bin" / "pip"), "install", "-q", *pins], check=True)
+    print(f"Ray Serve {RAY_VERSION} ready in {RAY_VENV}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--setup-ray", action="store_true", help=f"make {RAY_VENV.name} and exit")
+    p.add_argument("--costs", nargs="+", choices=["cheap", "costlier"], default=["cheap", "costlier"])
+    p.add_argument("--systems", nargs="+", choices=["msm", "ray"], default=["msm", "ray"])
+    p.add_argument("--models", type=int, default=40)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--budget", type=float, default=0.4)
+    p.add_argument("--rate", type=float, default=25.0)
+    p.add_argument("--duration", type=float, default=90.0)
+    p.add_argument("--zipf", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    p.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
+    args = p.parse_args(argv)
+    if args.setup_ray:
+        return setup_ray()
+    if "ray" in args.systems and not (RAY_VENV / "bin" / "python").exists():
+        print(f"Ray's venv is missing: run {sys.argv[0]} --setup-ray first", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="msm-ray-bench-"))
+    names = [f"m{i:02d}" for i in range(args.models)]
+    stream, _, probs = zipf_stream(names, args.rate, args.duration, args.zipf, args.seed)
+    per_replica = max(1, round(args.budget * args.models))
+    results = []
+    try:
+        for cost in args.costs:
+            models = root / f"models-{cost}"
+            sizes = make_models(models, args.models, compress=cost == "costlier")
+            for system in args.systems:
+                print(f"{cost}: {system} …", flush=True)
+                r = (run_msm(root, models, sizes, args, stream, cost) if system == "msm"
+                     else run_ray(root, models, args, stream, cost, per_replica))
+                results.append(r)
+                print(f"  {r.requests} requests, {len(r.failed)} failed, {r.loads} loads", flush=True)
+                for t, why in r.failed[:5]:
+                    print(f"    failed at {t:.1f}s: {why}")
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    out = table(results, probs, per_replica, args)
+    cmd = "python bench/ray_multiplex.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print("\n" + out + f"\n\n`{cmd.strip()}`")
+    if args.markdown:
+        args.markdown.write_text(out + f"\n\n`{cmd.strip()}`\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
