@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "mesh"))
 
 import aiohttp  # noqa: E402
+import httpx  # noqa: E402
 from mesh_harness import DIGIT_8, LocalMeshProcess, isvc_yaml, local_config, runtime_yaml  # noqa: E402
 
 from placement.local.ports import free_port  # noqa: E402
@@ -107,6 +108,7 @@ class Result:
     failed: list[tuple[float, str]] = field(default_factory=list)
     loads: int = 0
     rss_bytes: int = 0
+    cold: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # what -> (count, mean, median)
 
     @property
     def requests(self) -> int:
@@ -115,6 +117,44 @@ class Result:
     def pct(self, q: float) -> float:
         v = sorted(self.latencies)
         return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+
+
+def histograms(metrics_text: str) -> dict[str, tuple[int, float, float]]:
+    """msm's cold-path histograms: name (with its phase) -> (count, mean, median from the buckets)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name not in ("msm_model_load_seconds", "msm_cold_request_seconds"):
+            continue
+        series: dict[str, dict] = {}
+        for s in family.samples:
+            key = s.labels.get("phase", "runtime load")
+            d = series.setdefault(key, {"buckets": []})
+            if s.name.endswith("_bucket"):
+                d["buckets"].append((float(s.labels["le"]), s.value))
+            elif s.name.endswith("_count"):
+                d["count"] = s.value
+            elif s.name.endswith("_sum"):
+                d["sum"] = s.value
+        for key, d in series.items():
+            n = int(d.get("count", 0))
+            if not n:
+                continue
+            out[key] = (n, d["sum"] / n, _bucket_median(sorted(d["buckets"]), n))
+    return out
+
+
+def _bucket_median(buckets: list[tuple[float, float]], n: int) -> float:
+    """The median, interpolated within the bucket it falls in (Prometheus' histogram_quantile)."""
+    lower, below = 0.0, 0.0
+    for upper, cumulative in buckets:
+        if cumulative >= n / 2:
+            if upper == float("inf") or cumulative == below:
+                return lower
+            return lower + (upper - lower) * (n / 2 - below) / (cumulative - below)
+        lower, below = upper, cumulative
+    return lower
 
 
 def tree_rss(root: int) -> int:
@@ -191,8 +231,10 @@ def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Name
     manifests = root / f"msm-{cost}"
     manifests.mkdir()
     capacity = int(args.budget * sum(b * SIZE_MULTIPLIER for b in sizes.values()))
-    (manifests / "runtime.yaml").write_text(runtime_yaml(memory=str(capacity), mem_buffer=0,
-                                                         load_timeout_ms=60_000))
+    # the container's memory: the models' budget plus memBufferBytes, the headroom copies being
+    # unloaded may still use (--mem-buffer; the article's runtime has 128 MiB)
+    (manifests / "runtime.yaml").write_text(runtime_yaml(memory=str(capacity + args.mem_buffer),
+                                                         mem_buffer=args.mem_buffer, load_timeout_ms=60_000))
     (manifests / "msm-local.yaml").write_text(local_config(models, args.replicas))
     for name in sizes:
         (manifests / f"{name}.yaml").write_text(isvc_yaml(name, f"{name}.joblib"))
@@ -209,6 +251,7 @@ def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Name
             asyncio.run(drive(stream, send, result))
         result.rss_bytes = rss.peak
         result.loads = int(mesh.status()["counters"]["loads"])
+        result.cold = histograms(httpx.get(f"http://127.0.0.1:{mesh.admin_port}/metrics", timeout=10).text)
     finally:
         mesh.stop()
     return result
@@ -277,6 +320,20 @@ def table(results: list[Result], probs: list[float], per_replica: int, args: arg
         lines.append(f"| {r.cost} | {r.system} | {r.requests:,} | {len(r.failed):,} "
                      f"| {r.pct(0.5) * 1000:.0f} ms | {r.pct(0.99) * 1000:.0f} ms | {r.loads:,} | {hit:.0%} "
                      f"| {r.rss_bytes / 1e9:.1f} GB |")
+    cold = [r for r in results if r.cold]
+    if cold:
+        lines += ["", "msm's cold path (its histograms; median from the buckets, mean): the runtime's "
+                  "loadModel call, and a held request's wait in three phases: until the copy it waited "
+                  "for loaded (queue and load), until a published view routed to it, until the gateway "
+                  "ACKed that view.", "",
+                  "| loads | what | count | median | mean |", "| --- | --- | ---: | ---: | ---: |"]
+        for r in cold:
+            for what in ("runtime load", "load", "publish", "ack"):
+                if what in r.cold:
+                    n, mean, median = r.cold[what]
+                    label = what if what == "runtime load" else f"held request: {what}"
+                    lines.append(f"| {r.cost} | {label} | {n:,} | {median * 1000:.1f} ms "
+                                 f"| {mean * 1000:.1f} ms |")
     return "\n".join(lines)
 
 
@@ -299,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=int, default=40)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.4)
+    p.add_argument("--mem-buffer", type=int, default=128 << 20,
+                   help="msm's memBufferBytes (the article's 128 MiB; 0: a load waits for its evictions)")
     p.add_argument("--rate", type=float, default=25.0)
     p.add_argument("--duration", type=float, default=90.0)
     p.add_argument("--zipf", type=float, default=1.0)

@@ -298,7 +298,7 @@ class KubeControlPlane:
                 inventory_interval=self.inventory_interval,
                 measure=(MeasureEndpoint(self._measure_address, self.stack.xds_port)
                          if self.stack.xds_port else None),
-                rollout_store=self.rollout_store)
+                rollout_store=self.rollout_store, registry=self.stack.registry)
             await controller.load_rollouts()  # the last leader's rollouts carry on
             state = self.source.state
             controller.set_desired(state.desired_models(), state.errors, state.rollouts())
@@ -330,6 +330,7 @@ class KubeControlPlane:
             self._leading_gauge.set(0)
             if self.controller is not None:
                 await self.controller.stop()
+                self.controller.unregister_metrics()
                 log.info("%s no longer leads", self.identity)
             self.controller = None
             self.stack.xds.on_measurements = None

@@ -13,13 +13,14 @@ every process today the xDS stack of ``msm/xds_stack.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from placement.control.activator import UNKNOWN_MODEL
 from placement.engine.engine import Engine, LoadAction, UnloadAction
@@ -89,6 +90,10 @@ def routes_to_a_copy(view: MeshView, model: str, revision: str | None = None) ->
     return False
 
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                   1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 90.0)
+
+
 class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
@@ -125,6 +130,18 @@ class Controller:
         self._rollout_events = Counter("msm_rollout_events", "Rollout events (started, advanced, held, "
                                        "failed-check, promoted, rolled-back)", ["model", "kind"],
                                        registry=registry)
+        # where a cold request's time goes (bench/ray_multiplex.py reads them): the runtime's load,
+        # and the phases of the activator's wait
+        self._load_seconds = Histogram("msm_model_load_seconds", "Runtime loadModel calls that succeeded",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self._cold_seconds = Histogram(
+            "msm_cold_request_seconds", "A request without a ready copy, held by the activator: until the "
+            "copy it waited for loaded (queue and load), then until a published view routed to it, then "
+            "until the gateway ACKed that view", ["phase"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._ready_at: dict[str, float] = {}  # model -> when its last load succeeded
+        self._registry = registry
+        self._collectors = [self._rollout_weight, self._rollout_events, self._load_seconds,
+                            self._cold_seconds]
         self.traffic_problems: dict[str, str] = {}  # hosts whose policy could not be applied
         # the engine's view (before the traffic policy) last published, and its version
         self._published: tuple[MeshView, str] | None = None
@@ -137,6 +154,13 @@ class Controller:
         self._loop_task = asyncio.create_task(self._run(), name="controller")
         if self.inventory_interval:
             self._inventory_task = asyncio.create_task(self._inventory_loop(), name="inventory")
+
+    def unregister_metrics(self) -> None:
+        """Take this controller's metrics off its registry (a replica that stops leading: the next
+        controller on the same registry registers them again)."""
+        for c in self._collectors:
+            with contextlib.suppress(KeyError):
+                self._registry.unregister(c)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -241,7 +265,8 @@ class Controller:
     async def ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
         """For the activator: None once ``model`` (``revision`` of it, while it has that revision)
         has a ready copy that the gateway has ACKed."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         if not self._desired_known.is_set():  # just started: the manifests are being read
             try:
                 async with asyncio.timeout(timeout):
@@ -251,6 +276,7 @@ class Controller:
         if self.engine.has_model(model) is False:
             return f"{UNKNOWN_MODEL} '{model}'"
         asked: object = ()  # the routed revisions the load was asked for
+        waited = False
         async with self._changed:
             while True:
                 # Asked again whenever what the gateway routes the model to changes while the
@@ -276,12 +302,19 @@ class Controller:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return f"no copy ready within {timeout:.0f}s"
+                waited = True
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     return f"no copy ready within {timeout:.0f}s"
+        published = time.monotonic()
         if not await self.publisher.wait_for_ack(version, max(1.0, deadline - time.monotonic())):
             return "the gateway did not acknowledge the new routes in time"
+        if waited:  # a request that found a copy already routed tells nothing of the cold path
+            loaded = min(max(self._ready_at.get(model, published), started), published)
+            self._cold_seconds.labels("load").observe(loaded - started)
+            self._cold_seconds.labels("publish").observe(published - loaded)
+            self._cold_seconds.labels("ack").observe(time.monotonic() - published)
         return None
 
     def _routed_revisions(self, model: str) -> tuple[str, ...] | None:
@@ -398,8 +431,11 @@ class Controller:
                     log.warning("load of %s on %s failed: %s", action.revision, action.instance, e)
                     self.engine.load_failed(action.instance, action.revision, str(e))
                 else:
-                    log.info("loaded %s on %s in %.2fs (%d bytes)", action.revision, action.instance,
-                             time.monotonic() - started, size)
+                    took = time.monotonic() - started
+                    log.info("loaded %s on %s in %.2fs (%d bytes)", action.revision, action.instance, took,
+                             size)
+                    self._load_seconds.observe(took)
+                    self._ready_at[m.name] = time.monotonic()
                     self.engine.load_succeeded(action.instance, action.revision, size)
         else:
             if version is not None and not await self.publisher.wait_for_ack(version, self.drain_timeout):

@@ -404,3 +404,49 @@ async def test_a_waiting_cold_request_follows_the_model_to_its_new_revision() ->
         assert ctl.publisher.last_view.models["m"].revisions[0].id == "m__isvc-2"
     finally:
         await ctl.stop()
+
+
+async def test_a_cold_requests_wait_is_measured_by_phase() -> None:
+    """The load, the publish after it and the gateway's ACK are timed apart (bench/ray_multiplex.py
+    reads them to say what the cold path adds to the load itself)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    rt = Runtime(delay=0.2)
+    ctl, _ = await make({"i0": rt}, registry=registry)
+    try:
+        ctl.set_desired([desired("m")], {})
+        assert await ctl.ensure_ready("m", timeout=5) is None
+        assert await ctl.ensure_ready("m", timeout=5) is None  # warm: not a cold request
+
+        def value(name: str, **labels: str) -> float:
+            v = registry.get_sample_value(name, labels)
+            assert v is not None, (name, labels)
+            return v
+
+        assert value("msm_model_load_seconds_count") == 1
+        assert value("msm_model_load_seconds_sum") >= 0.2
+        for phase in ("load", "publish", "ack"):
+            assert value("msm_cold_request_seconds_count", phase=phase) == 1
+        assert value("msm_cold_request_seconds_sum", phase="load") >= 0.2  # it waited for the load
+        assert value("msm_cold_request_seconds_sum", phase="publish") < 0.2
+    finally:
+        await ctl.stop()
+
+
+async def test_a_second_controller_on_one_registry_after_the_first_unregisters() -> None:
+    """A replica that leads, steps down and leads again builds a new controller on its admin
+    port's registry: the first one's metrics must leave it first."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    first, _ = await make({"i0": Runtime()}, registry=registry)
+    await first.stop()
+    first.unregister_metrics()
+    second, _ = await make({"i0": Runtime()}, registry=registry)  # raised "Duplicated timeseries" before
+    try:
+        second.set_desired([desired("m")], {})
+        assert await second.ensure_ready("m", timeout=5) is None
+        assert registry.get_sample_value("msm_model_load_seconds_count") == 1
+    finally:
+        await second.stop()
