@@ -479,9 +479,12 @@ class KubeControlPlane:
             meta = obj.get("metadata") or {}
             ns, name = meta.get("namespace") or "", meta.get("name") or ""
             key = f"VirtualService {ns}/{name}"
+            problem = state.errors.get(key)
+            if problem is None and f"{ns}/{name}" not in state.virtual_services:
+                continue  # not resolved yet (just made or changed): nothing true to say about it
             others = list(((obj.get("status") or {}).get("conditions")) or [])
             out.append((ns, name, virtual_service_status(
-                generation=meta.get("generation"), hosts=held.get(key, []), problem=state.errors.get(key),
+                generation=meta.get("generation"), hosts=held.get(key, []), problem=problem,
                 others=[c for c in others if isinstance(c, dict)], now=now)))
         return out
 

@@ -20,7 +20,7 @@ class InstanceInfo:
     address: str
     rest_port: int
     grpc_port: int
-    capacity_bytes: int  # memory for models (limit less memBufferBytes, or runtime-reported)
+    capacity_bytes: int  # memory for models (request, else limit, less memBufferBytes; or runtime-reported)
     max_concurrent_loads: int = 1
     # memory beyond ``capacity_bytes`` (the runtime's memBufferBytes) that copies still draining
     # may occupy while the loads that evicted them start: a cold load then waits neither for the

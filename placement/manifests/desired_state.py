@@ -70,10 +70,14 @@ class RuntimeSpec:
 
     @property
     def capacity_bytes(self) -> int | None:
-        """Memory for models: the container's memory limit less ``memBufferBytes``."""
-        if self.memory_limit_bytes is None:
+        """Memory for models: the container's memory request (else its limit) less
+        ``memBufferBytes``, as ModelMesh's adapters count it (``CONTAINER_MEM_REQ_BYTES``)."""
+        memory = self.memory_request_bytes
+        if memory is None:
+            memory = self.memory_limit_bytes
+        if memory is None:
             return None
-        return max(0, self.memory_limit_bytes - (self.mem_buffer_bytes or 0))
+        return max(0, memory - (self.mem_buffer_bytes or 0))
 
 
 def runtime_pool(namespace: str, runtime: str) -> str:

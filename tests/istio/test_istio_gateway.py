@@ -215,6 +215,7 @@ async def test_a_virtualservice_bound_to_the_model_gateway_routes_a_virtual_name
 
     # the VirtualService's own status says it routes (kubectl get … -o yaml, where users look)
     await until(lambda: routes_condition("digits").get("reason") == "Accepted", what="the Accepted condition")
+    # once Accepted, it says what it routes (never Accepted before msm has resolved it)
     assert routes_condition("digits")["message"] == "routes digits on the model gateway"
     assert routes_condition("web") == {}  # another gateway's: msm writes nothing on it
 

@@ -65,6 +65,8 @@ def test_article_peft_runtime_and_model_with_storage_key(tmp_path: Path) -> None
     assert m.size_estimate_bytes == 500
     rt = state.runtimes["peft-model-server"]
     assert rt.memory_limit_bytes == 5 * 2**30 and rt.memory_request_bytes == 4 * 2**30
+    # ModelMesh's capacity: the request less memBufferBytes (CONTAINER_MEM_REQ_BYTES is the request)
+    assert rt.capacity_bytes == 4 * 2**30 - 134217728
     assert rt.supported_formats[0].version == "1" and rt.supported_formats[0].auto_select
     assert rt.env["PEFT_MODEL_ID"] == "aipipeline/bloomz-560m_PROMPT_TUNING_CAUSAL_LM"
     assert rt.image == "registry.cn-beijing.aliyuncs.com/test/peft-model-server:latest"

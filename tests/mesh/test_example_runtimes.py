@@ -140,7 +140,7 @@ def test_the_llm_is_accounted_by_what_it_took_once_loaded(mesh: LocalMeshProcess
     # ModelMesh's estimate would be on_disk x 1.25; torch, its weights and the imports took far more
     assert copy["size_bytes"] > 4 * on_disk, (copy, on_disk)
     runtime = st["instances"]["peft-model-server-0"]
-    assert runtime["capacity_bytes"] == 5 * 2**30 - 134217728  # limits.memory less memBufferBytes
+    assert runtime["capacity_bytes"] == 4 * 2**30 - 134217728  # requests.memory less memBufferBytes
 
 
 def test_a_model_bigger_than_its_runtime_once_loaded_is_refused_clearly(mesh: LocalMeshProcess) -> None:
