@@ -46,7 +46,10 @@ def test_a_rolled_back_model_stays_on_its_old_revision_after_a_restart() -> None
     assert new.restore(json.loads(json.dumps(ro.export())), 50.0) == []
     [m] = new.desired([desired("m__2")], {"m": SPEC}, 50.0)
     assert m.revision == "m__1" and m.canary_percent is None  # the old revision, as before the restart
-    assert new.status(50.0)["m"]["phase"] == "rolled back"
+    st = new.status(50.0)["m"]
+    assert st["phase"] == "rolled back" and st["outcome"] == ro.status(22.0)["m"]["outcome"]
+    assert st["outcome"].startswith("rolled back at 25%: error rate")
+    assert new.active["m"].model == "m"
     # a new change of the InferenceService starts over from the stable revision
     [m] = new.desired([desired("m__3")], {"m": SPEC}, 60.0)
     assert (m.revision, m.canary_percent) == ("m__3", 0) and new.active["m"].old == "m__1"
@@ -65,7 +68,7 @@ def test_models_that_roll_nowhere_are_not_exported_and_bad_entries_are_skipped()
     assert ro.export() == {}
     good = roll_to_step_two().export()
     bad = {"x": {"stable": {"name": "x"}, "rollout": good["m"]["rollout"]},
-           "y": {"stable": good["m"]["stable"], "rollout": {**good["m"]["rollout"], "step": 7}},
+           "y": {"stable": good["m"]["stable"], "rollout": {**good["m"]["rollout"], "step": 3}},
            "z": {"stable": good["m"]["stable"], "rollout": {**good["m"]["rollout"], "phase": "promoted"}}}
     new = Rollouts()
     problems = new.restore({**bad, **good}, 0.0)

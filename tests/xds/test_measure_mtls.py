@@ -103,3 +103,8 @@ async def test_the_measure_port_serves_no_xds(measure_port) -> None:
 ])
 def test_spiffe_workload(identity: str, workload: str | None) -> None:
     assert spiffe_workload(identity) == workload
+
+
+def test_a_spiffe_id_must_name_a_service_account() -> None:
+    assert spiffe_workload("spiffe://cluster.local/ns/a/xx/b") is None  # not /sa/
+    assert spiffe_workload("spiffe://cluster.local/xx/a/sa/b") is None  # not /ns/
