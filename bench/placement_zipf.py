@@ -16,6 +16,10 @@ Policies:
   after each miss; requests go to the ready copy whose instance frees a worker first.
 - ``lru-hash``: each model hashed to one instance; each instance an independent LRU cache.
 - ``random``: a model's one copy goes to a random instance on a miss, evicting that instance's LRU.
+- ``multiplex``: Ray Serve's ``@serve.multiplexed`` (the peer of bench/ray_multiplex.py): each
+  instance an LRU of a number of models, a request to an instance that holds its model, else to a
+  random one, which loads it. The live comparison's stream in seconds:
+  ``--models 40 --instances 2 --fit 0.8 --rate 25`` (40 % of the bytes, or 16 models, per instance).
 """
 
 from __future__ import annotations
@@ -173,6 +177,36 @@ def run_baseline(setup: Setup, policy: str) -> Stats:
     return st
 
 
+def run_multiplex(setup: Setup) -> Stats:
+    """Ray Serve's model multiplexing, as bench/ray_multiplex.py runs it live: each replica an
+    LRU of at most K models by count (K: ``--fit`` of the models per instance, the share the byte
+    budget gives), a request goes to a replica that holds its model (the one that frees a worker
+    first), else to a random replica, which loads it itself (one load at a time per replica)."""
+    st = Stats()
+    rng = random.Random(setup.seed + 5)
+    k = max(1, round(setup.fit * setup.models / setup.instances))
+    workers = Workers(setup.instances, setup.workers, setup.service_ms, setup.seed)
+    # per instance: model -> when its load completes
+    caches: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(setup.instances)]
+    loader_free = [0.0] * setup.instances
+    for t, m in setup.requests():
+        holders = [i for i in range(setup.instances) if m in caches[i]]
+        if holders:
+            i = min(holders, key=workers.earliest)
+            caches[i].move_to_end(m)
+            ready = caches[i][m]
+            st.served(t, workers.serve(i, max(t, ready)), ready <= t, setup)
+            continue
+        i = rng.randrange(setup.instances)
+        while len(caches[i]) >= k:
+            caches[i].popitem(last=False)
+        start = max(t, loader_free[i])
+        caches[i][m] = loader_free[i] = start + setup.load_time(setup.sizes[m])
+        st.loads += 1
+        st.served(t, workers.serve(i, caches[i][m]), False, setup)
+    return st
+
+
 def run_msm(setup: Setup, config: EngineConfig) -> Stats:
     st = Stats()
     clock = FakeClock(0.0)
@@ -266,6 +300,7 @@ def main() -> None:
         ("msm (no idle scale-down)", lambda: run_msm(setup, EngineConfig(idle_scale_down=False))),
         ("lru-hash", lambda: run_baseline(setup, "lru-hash")),
         ("random", lambda: run_baseline(setup, "random")),
+        ("multiplex (Ray Serve's, by count)", lambda: run_multiplex(setup)),
     ]
     for name, fn in runs:
         started = time.perf_counter()
