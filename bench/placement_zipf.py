@@ -59,6 +59,7 @@ class Setup:
     load_base_s: float
     load_mb_s: float
     seed: int
+    mem_buffer: int = 0  # memBufferBytes: what copies being unloaded may still use (msm only)
     sizes: list[int] = field(default_factory=list)
     capacity: int = 0
 
@@ -213,7 +214,8 @@ def run_msm(setup: Setup, config: EngineConfig) -> Stats:
     engine = Engine(clock, config, random.Random(setup.seed))
     workers = Workers(setup.instances, setup.workers, setup.service_ms, setup.seed)
     for i in range(setup.instances):
-        engine.instance_up(InstanceInfo(f"i{i}", "rt", "127.0.0.1", 9000 + i, 9100 + i, setup.capacity))
+        engine.instance_up(InstanceInfo(f"i{i}", "rt", "127.0.0.1", 9000 + i, 9100 + i, setup.capacity,
+                                        unload_headroom_bytes=setup.mem_buffer))
     specs = [DesiredModel(f"m{m}", f"m{m}__isvc-0", "rt", "sklearn", f"/m/{m}", setup.sizes[m])
              for m in range(setup.models)]
     engine.set_desired(specs)
@@ -286,9 +288,11 @@ def main() -> None:
     ap.add_argument("--load-base-s", type=float, default=0.5)
     ap.add_argument("--load-mb-s", type=float, default=200.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mem-buffer-mb", type=float, default=0.0,
+                    help="msm's memBufferBytes per instance (the article's runtime: 128)")
     a = ap.parse_args()
     setup = Setup(a.models, a.instances, a.fit, a.zipf_s, a.rate, a.duration, a.warmup, a.workers,
-                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed)
+                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB))
     setup.build()
     print(f"{a.models} models ({sum(setup.sizes) / MB / 1024:.1f} GiB), {a.instances} instances x "
           f"{setup.capacity / MB:.0f} MiB ({a.fit:.0%} fits), Zipf s={a.zipf_s}, {a.rate:g} req/s, "
