@@ -480,11 +480,12 @@ class KubeControlPlane:
             ns, name = meta.get("namespace") or "", meta.get("name") or ""
             key = f"VirtualService {ns}/{name}"
             problem = state.errors.get(key)
-            if problem is None and f"{ns}/{name}" not in state.virtual_services:
+            in_use = f"{ns}/{name}" in state.virtual_services  # this version, or its previous one
+            if problem is None and not in_use:
                 continue  # not resolved yet (just made or changed): nothing true to say about it
             others = list(((obj.get("status") or {}).get("conditions")) or [])
             out.append((ns, name, virtual_service_status(
-                generation=meta.get("generation"), hosts=held.get(key, []), problem=problem,
+                generation=meta.get("generation"), hosts=held.get(key, []), problem=problem, in_use=in_use,
                 others=[c for c in others if isinstance(c, dict)], now=now)))
         return out
 

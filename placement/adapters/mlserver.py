@@ -449,7 +449,7 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         d = safe_model_dir(self.models_dir, model_id)
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        (d / STATE_FILE).write_text(json.dumps(state, indent=2))
+        self._write_state(model_id, state)
         tmp = d / f".{SETTINGS_FILE}.tmp"  # MLServer only picks up the complete file
         tmp.write_text(json.dumps(settings, indent=2))
         os.replace(tmp, d / SETTINGS_FILE)
@@ -522,9 +522,7 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         size = max(estimate, grew)
         capacity = self.config.capacity()
         if size > capacity:
-            with contextlib.suppress(Exception):
-                await self.backend.unload(model_id, 30.0)
-            await asyncio.to_thread(self._remove_model_dir, model_id)
+            await self._discard(model_id)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"model {model_id} takes {_mib(size)} once loaded (MLServer's resident memory grew by "
@@ -562,11 +560,15 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         try:
             await self.backend.load(model_id, self._load_timeout)
         except BaseException:
-            # Leave nothing behind: a failed model must not show in the index or hold memory.
-            with contextlib.suppress(Exception):
-                await self.backend.unload(model_id, 30.0)
-            await asyncio.to_thread(self._remove_model_dir, model_id)
+            await self._discard(model_id)
             raise
+
+    async def _discard(self, model_id: str) -> None:
+        """Leave nothing of a model that failed or was refused: not in MLServer's index, not in
+        memory, not in the models folder."""
+        with contextlib.suppress(Exception):
+            await self.backend.unload(model_id, 30.0)
+        await asyncio.to_thread(self._remove_model_dir, model_id)
 
     async def unloadModel(self, request: pb.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:

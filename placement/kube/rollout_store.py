@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
-from placement.manifests.kube_names import FIELD_MANAGER, LABEL_MANAGED_BY, ROLLOUTS_CONFIGMAP, ROLLOUTS_KEY
+from placement.kube import config_maps
+from placement.manifests.kube_names import ROLLOUTS_CONFIGMAP, ROLLOUTS_KEY
 
 
 class ConfigMapRolloutStore:
@@ -29,33 +29,12 @@ class ConfigMapRolloutStore:
         return await asyncio.to_thread(self._load)
 
     def _load(self) -> Mapping[str, Any]:
-        try:
-            cm = self.core.read_namespaced_config_map(self.name, self.namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return {}
-            raise
-        text = (cm.data or {}).get(ROLLOUTS_KEY)
+        text = config_maps.read_key(self.core, self.namespace, self.name, ROLLOUTS_KEY)
         state = json.loads(text) if text else {}
         if not isinstance(state, dict):
             raise ValueError(f"ConfigMap {self.namespace}/{self.name}: {ROLLOUTS_KEY} is not an object")
         return state
 
     async def save(self, state: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(self._save, json.dumps(state, sort_keys=True))
-
-    def _save(self, text: str) -> None:
-        body: dict[str, Any] = {"metadata": {"name": self.name, "labels": {LABEL_MANAGED_BY: FIELD_MANAGER}},
-                                "data": {ROLLOUTS_KEY: text}}
-        for attempt in range(3):
-            try:
-                try:
-                    self.core.replace_namespaced_config_map(self.name, self.namespace, body)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
-                    self.core.create_namespaced_config_map(self.namespace, body)
-                return
-            except ApiException as e:
-                if e.status != 409 or attempt == 2:  # 409: made meanwhile; replace it
-                    raise
+        await asyncio.to_thread(config_maps.put, self.core, self.namespace, self.name,
+                                {ROLLOUTS_KEY: json.dumps(state, sort_keys=True)})

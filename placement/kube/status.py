@@ -130,19 +130,19 @@ def isvc_status(name: str, *, generation: int | None, model: ModelStatus | None,
 VS_CONDITION = "ModelRoutesAccepted"
 
 
-def virtual_service_status(*, generation: int | None, hosts: list[str], problem: str | None,
+def virtual_service_status(*, generation: int | None, hosts: list[str], problem: str | None, in_use: bool,
                            others: list[dict[str, Any]], now: datetime.datetime) -> dict[str, Any]:
     """The status msm writes on a VirtualService of its model gateway: the condition
-    ``ModelRoutesAccepted`` (True: it routes ``hosts``; False: ``problem``, msm validate's message),
-    beside the conditions others (istiod) keep there (``others``)."""
+    ``ModelRoutesAccepted`` (True: it routes ``hosts``; False: ``problem``, msm validate's message;
+    True with ``problem`` when a version of it is still ``in_use``), beside the conditions others
+    (istiod) keep there (``others``)."""
     ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     if problem is None:
         ours = {"type": VS_CONDITION, "status": "True", "reason": "Accepted",
                 "message": f"routes {', '.join(sorted(hosts))} on the model gateway"[:1000]}
     else:
-        kept = "previous version stays in use" in problem
-        ours = {"type": VS_CONDITION, "status": "True" if kept else "False",
-                "reason": "PreviousVersionInUse" if kept else "Refused", "message": problem[:1000]}
+        ours = {"type": VS_CONDITION, "status": "True" if in_use else "False",
+                "reason": "PreviousVersionInUse" if in_use else "Refused", "message": problem[:1000]}
     out: dict[str, Any] = {"conditions": [*(c for c in others if c.get("type") != VS_CONDITION),
                                           {**ours, "lastTransitionTime": ts}]}
     if generation is not None:

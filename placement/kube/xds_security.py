@@ -22,7 +22,6 @@ import asyncio
 import base64
 import datetime
 import logging
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from placement.kube import config_maps
 from placement.manifests.kube_names import (
     FIELD_MANAGER,
     ISTIO_TOKEN_AUDIENCE,
@@ -137,35 +137,12 @@ class XdsSecurity:
 
     def _publish_root(self, ca_cert: bytes) -> list[str]:
         failed = []
-        body: dict[str, Any] = {"metadata": {"name": XDS_ROOT_CONFIGMAP,
-                                             "labels": {LABEL_MANAGED_BY: FIELD_MANAGER}},
-                                "data": {XDS_ROOT_CERT_KEY: ca_cert.decode()}}
         for ns in self.gateway_namespaces:
             try:
-                self._put_root(ns, body)
+                config_maps.put(self.core, ns, XDS_ROOT_CONFIGMAP, {XDS_ROOT_CERT_KEY: ca_cert.decode()})
             except ApiException as e:
                 failed.append(f"ConfigMap {ns}/{XDS_ROOT_CONFIGMAP}: {e.status} {e.reason}")
         return failed
-
-    def _put_root(self, ns: str, body: dict[str, Any]) -> None:
-        """Create or update the ConfigMap; a replica racing this one (409) means read and try again."""
-        for attempt in range(3):
-            try:
-                try:
-                    current = self.core.read_namespaced_config_map(XDS_ROOT_CONFIGMAP, ns)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
-                    self.core.create_namespaced_config_map(ns, body)
-                    return
-                if (current.data or {}).get(XDS_ROOT_CERT_KEY) != body["data"][XDS_ROOT_CERT_KEY]:
-                    body = {**body, "metadata": {**body["metadata"],
-                                                 "resourceVersion": current.metadata.resource_version}}
-                    self.core.replace_namespaced_config_map(XDS_ROOT_CONFIGMAP, ns, body)
-                return
-            except ApiException as e:
-                if e.status != 409 or attempt == 2:
-                    raise
 
     async def mesh_root(self) -> bytes | None:
         """The mesh's root certificate (istiod's ``istio-ca-root-cert`` in msm's namespace), or
@@ -173,13 +150,7 @@ class XdsSecurity:
         return await asyncio.to_thread(self._mesh_root)
 
     def _mesh_root(self) -> bytes | None:
-        try:
-            cm = self.core.read_namespaced_config_map(MESH_ROOT_CONFIGMAP, self.namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        pem = (cm.data or {}).get(MESH_ROOT_CERT_KEY)
+        pem = config_maps.read_key(self.core, self.namespace, MESH_ROOT_CONFIGMAP, MESH_ROOT_CERT_KEY)
         return pem.encode() if pem else None
 
     async def review(self, token: str) -> str | None:

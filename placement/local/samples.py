@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from placement.manifests.local_config import SAMPLE_SETS as SAMPLE_SET_NAMES
+from placement.manifests.local_config import SAMPLE_SETS
 
 log = logging.getLogger("msm.samples")
 
@@ -83,11 +83,6 @@ def ensure_complaints_model(directory: Path | str) -> list[Path]:
     log.info("training the custom runtime's sample model %s", path)
     _write_atomically(path, lambda p: _save_joblib(_train_complaints(), p))
     return [path]
-
-
-SAMPLE_SETS = SAMPLE_SET_NAMES
-"""What ``sampleModels`` of ``msm-local.yaml`` makes (``sampleSet``): the quickstart's digit
-classifiers, the custom runtime's text classifier, or the LLM example's model."""
 
 
 def ensure_sample_set(directory: Path | str, sample_set: str = "digits") -> list[Path]:

@@ -32,7 +32,8 @@ LOCAL_CONFIG_NAME = "msm-local.yaml"
 DEFAULT_NAMESPACE = "default"
 _KEYS = {"pvcs", "storageKeys", "runtimeReplicas", "defaultNamespace", "sampleModels", "sampleSet",
          "placement"}
-#: What ``sampleSet`` may name (placement.local.samples.SAMPLE_SETS makes them).
+#: What ``sampleSet`` may name (placement/local/samples.py makes them): the quickstart's digit
+#: classifiers, the custom runtime's text classifier, or the LLM example's model.
 SAMPLE_SETS = ("digits", "complaints", "peft-demo")
 
 

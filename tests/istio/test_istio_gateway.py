@@ -23,8 +23,17 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc as grpcclient
-import yaml
-from kube_env import NS, Cluster, Traffic, dev_cluster, infer, pid_of, until
+from kube_env import (
+    NS,
+    Cluster,
+    Traffic,
+    dev_cluster,
+    infer,
+    pid_of,
+    promote_under_traffic,
+    rolling_isvc,
+    until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(500)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,28 +248,14 @@ async def test_a_rollout_by_steps_through_istios_gateway(cluster: Cluster, artic
     """A rollout decided on what Istio's own gateway measured: its Envoy reports each request of
     the revisions in the rollout to the leader's measure port over mutual TLS, with the workload
     certificate istiod issued it (no token: its agent has one, its Envoy not)."""
-    doc = yaml.safe_load(ARTICLE_ISVC.read_text())
-    doc["metadata"]["name"] = "rolling"
-    doc["metadata"]["annotations"].update({"serving.msm.io/rollout-steps": "30",
-                                           "serving.msm.io/rollout-interval": "2s",
-                                           "serving.msm.io/rollout-min-requests": "5"})
+    doc = rolling_isvc()
     cluster.apply(doc)
     try:
         cluster.kubectl("wait", "--for=condition=Ready", "isvc/rolling", "-n", NS, "--timeout=120s")
         st = await cluster.status()
         assert st["istio"]["measure_port"] == 15013 and st["istio"]["measure_problem"] is None, st["istio"]
-
-        def rollout() -> dict:
-            conds = (cluster.isvc("rolling").get("status") or {}).get("conditions") or []
-            return next((c for c in conds if c["type"] == "RolloutProgressing"), {})
-
-        async with Traffic(cluster.infer_url("rolling")) as traffic:
-            doc["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
-            cluster.apply(doc)
-            await until(lambda: rollout().get("reason") == "Promoted", timeout=120,
-                        what="the rollout promoted on the Istio gateway's reports")
-        assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
-        assert rollout()["message"].startswith("promoted after 1 steps"), rollout()
+        rollout = await promote_under_traffic(cluster, doc, "a promotion on the Istio gateway's reports")
+        assert rollout["message"].startswith("promoted after 1 steps"), rollout
         dump = json.loads(await admin("/config_dump?resource=dynamic_active_clusters"))
         [measure] = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "msm_measure"]
         tls = measure["transport_socket"]["typed_config"]

@@ -196,6 +196,35 @@ async def until(pred, timeout: float = 90, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+ROLLING = "rolling"
+
+
+def rolling_isvc() -> dict:
+    """The article's InferenceService as ``rolling``, asking for a rollout of one 30 % step whose
+    2 s window needs 5 requests."""
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart" / "sklearn-mnist.yaml").read_text())
+    doc["metadata"]["name"] = ROLLING
+    doc["metadata"]["annotations"].update({"serving.msm.io/rollout-steps": "30",
+                                           "serving.msm.io/rollout-interval": "2s",
+                                           "serving.msm.io/rollout-min-requests": "5"})
+    return doc
+
+
+async def promote_under_traffic(cluster: Cluster, doc: dict, what: str) -> dict:
+    """Give ``doc`` (applied and Ready) a new revision under traffic, wait until its rollout is
+    promoted, check no request failed; the RolloutProgressing condition then."""
+    def rollout() -> dict:
+        conds = (cluster.isvc(ROLLING).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "RolloutProgressing"), {})
+
+    async with Traffic(cluster.infer_url(ROLLING)) as traffic:
+        doc["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
+        cluster.apply(doc)
+        await until(lambda: rollout().get("reason") == "Promoted", timeout=120, what=what)
+    assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
+    return rollout()
+
+
 async def infer(url: str) -> tuple[int, str]:
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession() as s, s.post(url, data=DIGIT_8, timeout=timeout) as r:

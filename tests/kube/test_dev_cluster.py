@@ -21,7 +21,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from kube_env import NS, Cluster, Traffic, dev_cluster, infer, pid_of, until
+from kube_env import (
+    NS,
+    Cluster,
+    Traffic,
+    dev_cluster,
+    infer,
+    pid_of,
+    promote_under_traffic,
+    rolling_isvc,
+    until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,26 +172,12 @@ async def test_a_rollout_by_steps_is_decided_by_the_leader_on_the_gateways_repor
     """kubectl: an InferenceService that rolls out by steps; the gateway (whichever replica its xDS
     stream is on) reports to the leader, which steps the new revision through and promotes it; the
     InferenceService says so in its RolloutProgressing condition."""
-    doc = yaml.safe_load(ARTICLE_ISVC.read_text())
-    doc["metadata"]["name"] = "rolling"
-    doc["metadata"]["annotations"].update({"serving.msm.io/rollout-steps": "30",
-                                           "serving.msm.io/rollout-interval": "2s",
-                                           "serving.msm.io/rollout-min-requests": "5"})
+    doc = rolling_isvc()
     cluster.apply(doc)
     try:
         cluster.kubectl("wait", "--for=condition=Ready", "isvc/rolling", "-n", NS, "--timeout=120s")
-
-        def rollout() -> dict:
-            conds = (cluster.isvc("rolling").get("status") or {}).get("conditions") or []
-            return next((c for c in conds if c["type"] == "RolloutProgressing"), {})
-
-        async with Traffic(cluster.infer_url("rolling")) as traffic:
-            doc["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-logreg.joblib"
-            cluster.apply(doc)
-            await until(lambda: rollout().get("reason") == "Promoted", timeout=120,
-                        what="the rollout promoted")
-        assert traffic.failed == [] and traffic.ok > 20, (traffic.ok, traffic.failed[:5])
-        assert rollout()["status"] == "False" and rollout()["message"].startswith("promoted after 1 steps")
+        rollout = await promote_under_traffic(cluster, doc, "the rollout promoted")
+        assert rollout["status"] == "False" and rollout["message"].startswith("promoted after 1 steps")
         st = await cluster.status()
         assert st["rollouts"]["rolling"]["phase"] == "promoted"
         assert st["models"]["rolling"]["active_revision"] == st["rollouts"]["rolling"]["to"]

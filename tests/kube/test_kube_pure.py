@@ -409,19 +409,21 @@ def test_virtual_service_status_says_what_it_routes_or_why_not_and_keeps_istiods
 
     now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
     istiod = {"type": "Reconciled", "status": "True", "lastTransitionTime": "2026-11-30T11:00:00Z"}
-    ok = virtual_service_status(generation=3, hosts=["digits", "beta"], problem=None,
+    ok = virtual_service_status(generation=3, hosts=["digits", "beta"], problem=None, in_use=True,
                                 others=[istiod, {"type": VS_CONDITION, "status": "False"}], now=now)
     assert ok == {"observedGeneration": 3, "conditions": [
         istiod, {"type": VS_CONDITION, "status": "True", "reason": "Accepted",
                  "message": "routes beta, digits on the model gateway",
                  "lastTransitionTime": "2026-11-30T12:00:00Z"}]}
     bad = virtual_service_status(generation=4, hosts=[], problem="VirtualService ns/digits: http[0]: "
-                                 "destination nope is not an InferenceService msm serves", others=[], now=now)
+                                 "destination nope is not an InferenceService msm serves", in_use=False,
+                                 others=[], now=now)
     [c] = bad["conditions"]
     assert (c["status"], c["reason"]) == ("False", "Refused") and "destination nope" in c["message"]
-    kept = virtual_service_status(generation=5, hosts=["digits"], others=[], now=now,
+    kept = virtual_service_status(generation=5, hosts=["digits"], others=[], now=now, in_use=True,
                                   problem="…; its previous version stays in use")
     [c] = kept["conditions"]
     assert (c["status"], c["reason"]) == ("True", "PreviousVersionInUse")
-    long = virtual_service_status(generation=None, hosts=[], problem="x" * 5000, others=[], now=now)
+    long = virtual_service_status(generation=None, hosts=[], problem="x" * 5000, in_use=False, others=[],
+                                  now=now)
     assert len(long["conditions"][0]["message"]) == 1000 and "observedGeneration" not in long

@@ -9,9 +9,9 @@ from _manifests_helpers import runtime
 from placement.manifests.kserve import parse_manifest_text, runtime_from_document
 
 
-def with_annotation(value: object) -> str:
+def with_annotation(value: object, key: str = "maxLoadingConcurrency") -> str:
     doc = yaml.safe_load(runtime("rt"))
-    doc["metadata"]["annotations"] = {"maxLoadingConcurrency": value}
+    doc["metadata"]["annotations"] = {key: value}
     return yaml.safe_dump(doc)
 
 
@@ -45,9 +45,7 @@ def test_a_number_instead_of_a_string_is_reported_once() -> None:
 
 
 def _model_size(value: object) -> str:
-    doc = yaml.safe_load(runtime("rt"))
-    doc["metadata"]["annotations"] = {"serving.msm.io/model-size": value}
-    return yaml.safe_dump(doc)
+    return with_annotation(value, "serving.msm.io/model-size")
 
 
 def test_model_size_annotation_turns_measuring_on() -> None:
