@@ -86,7 +86,7 @@ class ControlPlane:
             self.engine, self.stack, {},
             ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port),
             inventory_interval=self.inventory_interval, registry=self.stack.registry,
-            rollout_store=self.rollout_store)
+            rollout_store=self.rollout_store, recheck=self.health.recheck)
         self.stack.xds.on_measurements = self.controller.record_measurements
         await self.controller.load_rollouts()  # a restart carries on the rollouts in progress
         # Desired state first, then what the runtimes hold: adopted copies then belong to known
@@ -137,10 +137,12 @@ class ControlPlane:
         if model is not None and self.controller is not None:
             self.controller.record_requests(model, count)
 
-    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
-        self._activations.inc()
+    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None,
+                            failed_over: bool = False) -> str | None:
+        if not failed_over:
+            self._activations.inc()
         assert self.controller is not None
-        return await self.controller.ensure_ready(model, timeout, revision)
+        return await self.controller.ensure_ready(model, timeout, revision, failed_over)
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -298,7 +298,8 @@ class KubeControlPlane:
                 inventory_interval=self.inventory_interval,
                 measure=(MeasureEndpoint(self._measure_address, self.stack.xds_port)
                          if self.stack.xds_port else None),
-                rollout_store=self.rollout_store, registry=self.stack.registry)
+                rollout_store=self.rollout_store, registry=self.stack.registry,
+                recheck=self.health.recheck)
             await controller.load_rollouts()  # the last leader's rollouts carry on
             state = self.source.state
             controller.set_desired(state.desired_models(), state.errors, state.rollouts())
@@ -416,11 +417,12 @@ class KubeControlPlane:
         if model is not None:
             self.controller.record_requests(model, count)
 
-    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
+    async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None,
+                            failed_over: bool = False) -> str | None:
         if self.controller is None:  # the gateway has an old view: the leader's activator loads
             leader = self.elector.leader if self.elector is not None else None
             return f"this control-plane replica does not lead (the leader is {leader})"
-        return await self.controller.ensure_ready(model, timeout, revision)
+        return await self.controller.ensure_ready(model, timeout, revision, failed_over)
 
     # -- writers ---------------------------------------------------------------------------------
     def runtime_objects(self) -> dict[tuple[str, str], dict[str, Any]]:

@@ -11,6 +11,13 @@ request was routed to in ``x-msm-revision``. The replay carries ``x-msm-activate
 revision: the gateway routes it to that revision (a split does not throw the dice again, which
 could land on another cold revision). If it comes back here (the routes still point at the
 activator), it is answered with 503 instead of looping.
+
+The activator is also where a request goes when the copies it was routed to fail at the
+connection level (a killed runtime): the gateway's retries end here (its fallback clusters), with
+``x-msm-fallback`` naming the model the client called and the request as it was sent to the copy
+(the revision's id in the path or body). The activator has the health checks look at those copies'
+instances at once, waits until the routes send the revision to a copy elsewhere, and replays the
+request under the client's model name.
 """
 
 from __future__ import annotations
@@ -24,11 +31,18 @@ import aiohttp
 import grpc
 from aiohttp import web
 
-from xds_server.translate.names import ACTIVATE_HEADER, ACTIVATED_HEADER, MODEL_HEADER, REVISION_HEADER
+from xds_server.translate.names import (
+    ACTIVATE_HEADER,
+    ACTIVATED_HEADER,
+    FALLBACK_HEADER,
+    MODEL_HEADER,
+    REVISION_HEADER,
+)
 
 log = logging.getLogger("msm.activator")
 
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 #: how ensure_ready's reason starts when the model does not exist (deleted while the gateway's
 #: routes still named it): the client gets what the gateway answers for an unknown model, 404
 UNKNOWN_MODEL = "unknown model"
@@ -37,9 +51,10 @@ _HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 
-# ensure_ready(model, timeout_s, revision) -> None when the model (that revision of it, if named)
-# is routable, else the reason it is not (starting with UNKNOWN_MODEL when msm has no such model).
-EnsureReady = Callable[[str, float, str | None], Awaitable[str | None]]
+# ensure_ready(model, timeout_s, revision, failed_over) -> None when the model (that revision of
+# it, if named) is routable, else the reason it is not (starting with UNKNOWN_MODEL when msm has no
+# such model). failed_over: the gateway could not deliver the request to the copies it routes to.
+EnsureReady = Callable[[str, float, str | None, bool], Awaitable[str | None]]
 
 
 #: host:port of a runtime or an internal service, as runtime error texts quote them
@@ -59,7 +74,8 @@ def _forward_headers(headers) -> dict[str, str]:
     out = {}
     for k, v in headers.items():
         lk = k.lower()
-        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk.startswith(":") or lk == ACTIVATE_HEADER:
+        if (lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk.startswith(":")
+                or lk in (ACTIVATE_HEADER, FALLBACK_HEADER)):
             continue
         out[k] = v
     out[ACTIVATED_HEADER] = "1"
@@ -82,9 +98,13 @@ class Activator:
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
         self.activations = 0
+        self.failovers = 0  # requests whose copies failed, held here while the model moved
 
     async def start(self, host: str = "127.0.0.1", rest_port: int = 0, grpc_port: int = 0) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+        # the replay's answer goes back as the gateway gave it: its body still in the encoding
+        # its Content-Encoding names (a runtime gzips for a client that accepts it)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                                              auto_decompress=False)
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, access_log=None)
@@ -110,19 +130,27 @@ class Activator:
         if self._session is not None:
             await self._session.close()
 
-    async def _activate(self, model: str, revision: str | None) -> str | None:
-        self.activations += 1
-        log.info("request for cold model %s: loading on demand", model)
-        return await self._ensure_ready(model, self._timeout_s, revision)
+    async def _activate(self, model: str, revision: str | None, failed_over: bool) -> str | None:
+        if failed_over:
+            self.failovers += 1
+            log.warning("request for %s (revision %s): its copies did not take it; checking them, "
+                        "and loading it elsewhere if they are gone", model, revision)
+        else:
+            self.activations += 1
+            log.info("request for cold model %s: loading on demand", model)
+        return await self._ensure_ready(model, self._timeout_s, revision, failed_over)
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         m = _MODEL_PATH.match(request.path)
         if not m:
             return _json_error(404, f"no model in path {request.path}")
         model = request.headers.get(ACTIVATE_HEADER) or m.group(1)
+        fallback = request.headers.get(FALLBACK_HEADER)
+        if fallback is not None and not _NAME.match(fallback):
+            return _json_error(400, f"bad {FALLBACK_HEADER} header")
         if request.headers.get(ACTIVATED_HEADER):
-            return _json_error(503, f"model '{model}' has no ready copy")
-        reason = await self._activate(model, request.headers.get(REVISION_HEADER))
+            return _json_error(503, _no_copy(model, fallback))
+        reason = await self._activate(model, request.headers.get(REVISION_HEADER), fallback is not None)
         if reason is not None and reason.startswith(UNKNOWN_MODEL):
             return web.Response(status=404, content_type="application/json",
                                 text=json.dumps({"error": "model not found", "path": request.path}))
@@ -130,8 +158,15 @@ class Activator:
             return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
         body = await request.read()
         assert self._session is not None
-        async with self._session.request(request.method, f"{self._gateway_rest}{request.path_qs}",
-                                         data=body, headers=_forward_headers(request.headers)) as r:
+        # a failed-over request was sent to the copy under the revision's id: replayed under the
+        # name the client called, so the gateway routes it as the client's request
+        path = request.path_qs if fallback is None else _MODEL_PATH.sub(f"/v2/models/{fallback}",
+                                                                         request.path_qs, count=1)
+        # the client's own headers only: no Content-Type of aiohttp's where the client sent none
+        # (MLServer would read an octet-stream body as a string, not the V2 JSON it is)
+        async with self._session.request(request.method, f"{self._gateway_rest}{path}", data=body,
+                                         headers=_forward_headers(request.headers),
+                                         skip_auto_headers=("Content-Type",)) as r:
             payload = await r.read()
             headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
             return web.Response(status=r.status, body=payload, headers=headers)
@@ -142,17 +177,22 @@ class Activator:
                  or next((v for k, v in metadata if k == MODEL_HEADER), None))
         if model is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {MODEL_HEADER} header")
+        fallback = next((str(v) for k, v in metadata if k == FALLBACK_HEADER), None)
+        if fallback is not None and not _NAME.match(fallback):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad {FALLBACK_HEADER} header")
         if any(k == ACTIVATED_HEADER for k, _ in metadata):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model '{model}' has no ready copy")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _no_copy(str(model), fallback))
         revision = next((v for k, v in metadata if k == REVISION_HEADER), None)
-        reason = await self._activate(str(model), revision)
+        reason = await self._activate(str(model), revision, fallback is not None)
         if reason is not None and reason.startswith(UNKNOWN_MODEL):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
         if reason is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model '{model}' could not be made ready: {for_clients(reason)}")
-        forward = tuple((k, v) for k, v in metadata if not k.startswith(("x-envoy-", ":"))
-                        and k not in ("grpc-timeout", "content-type", "user-agent", "te", ACTIVATE_HEADER))
+        drop = ("grpc-timeout", "content-type", "user-agent", "te", ACTIVATE_HEADER, FALLBACK_HEADER)
+        forward = tuple((k, v) for k, v in metadata if not k.startswith(("x-envoy-", ":")) and k not in drop)
+        if fallback is not None:  # routed by the name the client called (a transcoded REST request has none)
+            forward = (*((k, v) for k, v in forward if k != MODEL_HEADER), (MODEL_HEADER, fallback))
         assert self._channel is not None
         call = self._channel.unary_unary(method)
         try:
@@ -160,6 +200,13 @@ class Activator:
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "")
         raise AssertionError("unreachable")
+
+
+def _no_copy(model: str, fallback: str | None) -> str:
+    """The answer to a replay that came back: the routes still send it where it cannot be served."""
+    if fallback is None:
+        return f"model '{model}' has no ready copy"
+    return f"model '{fallback}' has no copy that takes requests"
 
 
 class _ReplayHandler(grpc.GenericRpcHandler):

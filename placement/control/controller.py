@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
 from placement.traffic.policy import HostPolicy
 from placement.traffic.rollout import Rollouts, RolloutSpec
-from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView
+from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView, Revision
 
 log = logging.getLogger("msm.controller")
 
@@ -49,6 +49,11 @@ class Inventory(Protocol):
     """An instance that can say what it holds (revision -> bytes): checked every ``inventory_interval``."""
 
     async def loaded_models(self, timeout: float | None = None) -> Mapping[str, int]: ...
+
+
+#: recheck(instance ids) -> those of them that are down once checked again now: what the
+#: controller asks of health checking when the gateway could not deliver a request to them
+Recheck = Callable[[frozenset[str]], Awaitable[frozenset[str]]]
 
 
 class RolloutStore(Protocol):
@@ -73,21 +78,37 @@ class ViewPublisher(Protocol):
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
 
 
-def routes_to_a_copy(view: MeshView, model: str, revision: str | None = None) -> bool:
+def routes_to_a_copy(view: MeshView, model: str, revision: str | None = None,
+                     avoid: Collection[str] = ()) -> bool:
     """Whether ``view`` sends some of ``model``'s traffic to a ready copy (not all to the activator);
-    with ``revision``, whether that revision has one (if it is still a revision of the model)."""
+    with ``revision``, whether that revision has one (if it is still a revision of the model).
+    Copies on the ``avoid`` instances do not count."""
     m = view.models.get(model)
     if m is None:
         return False
+
+    def usable(rev: Revision) -> bool:
+        return any(cp.instance not in avoid for cp in rev.copies)
+
     rev = m.revision(revision) if revision is not None else None
     if rev is not None:
-        return bool(rev.copies)
+        return usable(rev)
     for rule in m.effective_rules():
         for d in rule.destinations:
             rev = m.revision(d.revision)
-            if d.weight > 0 and rev is not None and rev.copies:
+            if d.weight > 0 and rev is not None and usable(rev):
                 return True
     return False
+
+
+def instances_routed(view: MeshView, model: str, revision: str | None = None) -> frozenset[str]:
+    """The instances holding the copies ``view`` routes ``model`` (``revision`` of it) to."""
+    m = view.models.get(model)
+    if m is None:
+        return frozenset()
+    revs = ([m.revision(revision)] if revision is not None
+            else [m.revision(d.revision) for rule in m.effective_rules() for d in rule.destinations])
+    return frozenset(cp.instance for rev in revs if rev is not None for cp in rev.copies)
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
@@ -100,8 +121,9 @@ class Controller:
                  drain_timeout: float = 10.0, idle_publish_s: float = 2.0,
                  inventory_interval: float | None = None, unload_grace_s: float = UNLOAD_GRACE_S,
                  registry: CollectorRegistry | None = None, measure: MeasureEndpoint | None = None,
-                 rollout_store: RolloutStore | None = None) -> None:
+                 rollout_store: RolloutStore | None = None, recheck: Recheck | None = None) -> None:
         self.engine = engine
+        self.recheck = recheck  # health checking's, for requests the gateway failed over
         self.rollout_store = rollout_store
         self._rollouts_saved: dict[str, Any] = {}
         self.publisher = publisher
@@ -146,6 +168,11 @@ class Controller:
         # the engine's view (before the traffic policy) last published, and its version
         self._published: tuple[MeshView, str] | None = None
         self._desired_known = asyncio.Event()  # set_desired has been called once
+        self._failovers = Counter("msm_request_failovers", "Requests the gateway could not deliver to "
+                                  "their copies, held by the activator until routes sent them to a "
+                                  "working copy (outcome: rerouted) or not (failed)", ["outcome"],
+                                  registry=registry)
+        self._collectors.append(self._failovers)
         self._stopped = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -262,9 +289,26 @@ class Controller:
     def record_requests(self, model: str, count: int, instance_id: str | None = None) -> None:
         self.engine.record_requests(model, count, instance_id)
 
-    async def ensure_ready(self, model: str, timeout: float, revision: str | None = None) -> str | None:
+    async def ensure_ready(self, model: str, timeout: float, revision: str | None = None,
+                           failed_over: bool = False) -> str | None:
         """For the activator: None once ``model`` (``revision`` of it, while it has that revision)
-        has a ready copy that the gateway has ACKed."""
+        has a ready copy that the gateway has ACKed.
+
+        ``failed_over``: the gateway could not deliver a request to the copies it routes to. Their
+        instances are checked at once (not at the next health period); those found down are out of
+        placement, and the request waits for a copy elsewhere.
+        """
+        if not failed_over:
+            return await self._ensure_ready(model, timeout, revision, frozenset())
+        avoid: frozenset[str] = frozenset()
+        if self.recheck is not None and self._published is not None:
+            avoid = await self.recheck(instances_routed(self._published[0], model, revision))
+        reason = await self._ensure_ready(model, timeout, revision, avoid)
+        self._failovers.labels("rerouted" if reason is None else "failed").inc()
+        return reason
+
+    async def _ensure_ready(self, model: str, timeout: float, revision: str | None,
+                            avoid: frozenset[str]) -> str | None:
         started = time.monotonic()
         deadline = started + timeout
         if not self._desired_known.is_set():  # just started: the manifests are being read
@@ -291,7 +335,8 @@ class Controller:
                     self.wake()
                 # Published, not just decided: the engine has a ready copy as soon as its load
                 # returns, but the gateway can route to it only from the next published view.
-                if self._published is not None and routes_to_a_copy(self._published[0], model, revision):
+                if self._published is not None and routes_to_a_copy(self._published[0], model, revision,
+                                                                        avoid):
                     version = self._published[1]
                     break
                 status = self.engine.model_status(model)

@@ -7,6 +7,10 @@ nothing listening or a runtime that says it is not ready. A check that merely ti
 busy instance, not a dead one (a large inference can hold a runtime for seconds): only when its
 checks have kept timing out for :data:`SLOW_DOWN_AFTER_S` does it leave. Each instance is
 checked on its own, so one slow instance delays nobody else's checks.
+
+When the gateway cannot deliver a request to an instance (refused, reset), :meth:`recheck` checks
+it at once, by the same rules, so a dead instance leaves placement within a fraction of a second
+and the requests the activator holds for it are served elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ DOWN_AFTER_FAILURES = 2
 SLOW_DOWN_AFTER_S = 20.0
 #: How long one check may take before it counts as slow.
 PROBE_TIMEOUT_S = 5.0
+#: A recheck (the gateway could not reach an instance) checks again this soon after a failure,
+#: instead of a period later: the same two failures take an instance out, in a tenth of the time.
+RECHECK_GAP_S = 0.1
 
 
 @dataclass
@@ -58,6 +65,7 @@ class InstanceHealth:
         self.interval = interval
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._rechecks: dict[str, asyncio.Task[None]] = {}  # one at a time per instance, shared
         self._started = False
         registry = registry if registry is not None else CollectorRegistry()
         self._up_gauge = Gauge("msm_runtime_instances_up", "Runtime instances in placement",
@@ -91,10 +99,11 @@ class InstanceHealth:
         t = self.instances.pop(instance_id, None)
         if t is None:
             return
-        task = self._tasks.pop(instance_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for tasks in (self._tasks, self._rechecks):
+            task = tasks.pop(instance_id, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if t.up:
             self._down(t, "removed")
         await t.client.close()
@@ -106,13 +115,39 @@ class InstanceHealth:
             t.up = False
         await self.check_all()
 
+    async def recheck(self, instance_ids: frozenset[str]) -> frozenset[str]:
+        """Check these instances now (the gateway could not reach them); returns those that are
+        down. Callers asking for one instance at once share one recheck."""
+        tracked = [self.instances[i] for i in sorted(instance_ids) if i in self.instances]
+        waits = []
+        for t in tracked:
+            task = self._rechecks.get(t.info.id)
+            if task is None or task.done():
+                task = self._rechecks[t.info.id] = asyncio.create_task(
+                    self._recheck(t), name=f"runtime-recheck:{t.info.id}")
+            waits.append(task)
+        # shielded: a caller that gives up (its client left) does not cancel the others' recheck
+        await asyncio.gather(*(asyncio.shield(w) for w in waits), return_exceptions=True)
+        return frozenset(i for i in instance_ids if i not in self.instances or not self.instances[i].up)
+
+    async def _recheck(self, t: TrackedInstance) -> None:
+        for attempt in range(DOWN_AFTER_FAILURES):
+            if attempt:
+                await asyncio.sleep(RECHECK_GAP_S)
+            if not t.up:
+                return
+            await self._check(t)
+            if t.failures == 0:  # answered (or only slow, which is not dead)
+                return
+
     async def stop(self) -> None:
         """Stop checking (the clients stay open for calls still in flight; see :meth:`close`)."""
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._rechecks.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = {}
+        self._rechecks = {}
         self._started = False
 
     async def close(self) -> None:

@@ -1,5 +1,6 @@
 """The activator against real loopback servers standing in for the gateway."""
 
+import gzip
 import json
 
 import aiohttp
@@ -48,6 +49,10 @@ class FakeGateway:
     async def _rest(self, request):
         body = await request.read()
         self.rest_seen.append((request.method, request.path_qs, dict(request.headers), body))
+        if "gzip" in request.headers.get("accept-encoding", ""):  # as MLServer's middleware does
+            payload = gzip.compress(json.dumps({"served": request.path}).encode())
+            return web.Response(body=payload, headers={"content-encoding": "gzip",
+                                                       "content-type": "application/json"})
         return web.json_response({"served": request.path}, status=200)
 
 
@@ -62,8 +67,9 @@ async def gateway():
 def make_activator(gateway, answers):
     calls = []
 
-    async def ensure_ready(model, timeout, revision=None):
-        calls.append(model if revision is None else (model, revision))
+    async def ensure_ready(model, timeout, revision=None, failed_over=False):
+        call = model if revision is None else (model, revision)
+        calls.append((*call, "failed over") if failed_over else call)
         return answers.get(model)
 
     return Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=5), calls
@@ -217,7 +223,7 @@ async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_act
     port = free_port()
     calls = []
 
-    async def ensure_ready(model, timeout, revision=None):
+    async def ensure_ready(model, timeout, revision=None, failed_over=False):
         calls.append(model)
         return "looped" if len(calls) >= 10 else None
 
@@ -254,5 +260,122 @@ async def test_a_failure_told_to_the_client_names_no_internal_address(gateway):
                     b"", metadata=(("mm-vmodel-id", "m"),), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "127.0.0.1" not in e.value.details() and "<internal>" in e.value.details()
+    finally:
+        await act.stop()
+
+
+FALLBACK = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1", "x-msm-fallback": "digits"}
+
+
+async def test_a_request_whose_copies_failed_waits_failed_over_and_replays_under_the_clients_name(gateway):
+    """The gateway's retries gave up on the copies and sent the request here as it went to them
+    (under the revision's id): the activator asks for a failed-over wait, then replays it as the
+    client's request, the revision pinned."""
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/svm__isvc-1/versions/2/infer?x=1", data=b"{}",
+                headers=FALLBACK) as r:
+            assert r.status == 200
+        # a REST request the gateway transcoded has no mm-vmodel-id: the replay names the model
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"\x0a\x0bsvm__isvc-1", metadata=tuple(FALLBACK.items()), timeout=5)
+        assert calls == [("svm", "svm__isvc-1", "failed over")] * 2
+        assert (act.failovers, act.activations) == (2, 0)
+        _, path, headers, _ = gateway.rest_seen[0]
+        assert path == "/v2/models/digits/versions/2/infer?x=1"
+        assert headers["x-msm-revision"] == "svm__isvc-1" and headers[ACTIVATED_HEADER] == "1"
+        assert "x-msm-fallback" not in headers and "x-msm-model" not in headers
+        _, md, body = gateway.grpc_seen[0]
+        assert body == b"\x0a\x0bsvm__isvc-1"
+        assert md["mm-vmodel-id"] == "digits" and md["x-msm-revision"] == "svm__isvc-1"
+        assert "x-msm-fallback" not in md and "x-msm-model" not in md
+    finally:
+        await act.stop()
+
+
+async def test_a_failed_over_grpc_request_is_replayed_under_the_name_the_client_called(gateway):
+    act, _ = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "svm"), *FALLBACK.items()), timeout=5)
+        _, md, _ = gateway.grpc_seen[0]
+        assert md["mm-vmodel-id"] == "digits"
+    finally:
+        await act.stop()
+
+
+async def test_a_failed_over_request_that_comes_back_says_no_copy_takes_it(gateway):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/svm__isvc-1/infer", data=b"{}",
+                headers={**FALLBACK, ACTIVATED_HEADER: "1"}) as r:
+            assert r.status == 503
+            assert (await r.json())["error"] == "model 'digits' has no copy that takes requests"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"\x0a\x01m", metadata=(*FALLBACK.items(), (ACTIVATED_HEADER, "1")), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.value.details() == "model 'digits' has no copy that takes requests"
+        assert calls == [] and gateway.rest_seen == [] and gateway.grpc_seen == []
+    finally:
+        await act.stop()
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 300, "a b"])
+async def test_a_fallback_header_that_is_not_a_model_name_is_refused(gateway, bad):
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
+                headers={"x-msm-fallback": bad}) as r:
+            assert r.status == 400
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call(b"", metadata=(("mm-vmodel-id", "m"), ("x-msm-fallback", bad)), timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert calls == [] and gateway.rest_seen == [] and gateway.grpc_seen == []
+    finally:
+        await act.stop()
+
+
+async def test_a_replayed_answer_reaches_the_client_in_the_encoding_it_names(gateway):
+    """The client accepts gzip and the runtime gzips its answer: the replay passes the body on
+    as it came, so its Content-Encoding still describes it (seen live: an httpx client failed to
+    decode a body the activator had decompressed but still labelled gzip)."""
+    act, _ = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
+                headers={"accept-encoding": "gzip"}) as r:
+            assert r.status == 200 and r.headers["content-encoding"] == "gzip"
+            assert await r.json() == {"served": "/v2/models/m/infer"}
+    finally:
+        await act.stop()
+
+
+async def test_the_replay_carries_the_clients_content_type_and_none_of_its_own(gateway):
+    """A V2 body sent without a Content-Type (as curl -d or httpx content= may) is replayed
+    without one: a replay labelled application/octet-stream is read by MLServer as a string."""
+    act, _ = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for sent in (None, "application/json"):
+                async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
+                                  headers={"Content-Type": sent} if sent else {},
+                                  skip_auto_headers=("Content-Type",)) as r:
+                    assert r.status == 200
+        assert [h.get("Content-Type") for _, _, h, _ in gateway.rest_seen] == [None, "application/json"]
     finally:
         await act.stop()

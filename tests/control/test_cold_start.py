@@ -112,3 +112,73 @@ async def test_a_model_too_large_for_every_instance_is_refused_at_once() -> None
         assert reason == f"needs {50 * MB} bytes, more than any instance of runtime 'rt' holds"
     finally:
         await ctl.stop()
+
+
+def copies_on(view: MeshView, model: str) -> set[str]:
+    return {cp.instance for rev in view.models[model].revisions for cp in rev.copies}
+
+
+async def test_a_failed_over_request_waits_for_routes_to_a_copy_away_from_the_instances_found_down() -> None:
+    """The gateway could not deliver a request to m's copy: the controller has health checking
+    recheck the instance it is on. Found down, it leaves placement, and the request is released
+    only once the gateway routes m to a copy elsewhere (the published view before that still
+    routes it to the dead instance, which would send the replay straight back)."""
+    gw = Gateway()
+    runtimes = {"i0": Runtime(), "i1": Runtime()}
+    for r in runtimes.values():
+        r.release.set()
+    engine = Engine(MonotonicClock())
+    rechecked: list[frozenset[str]] = []
+    ctl: Controller
+
+    async def recheck(ids: frozenset[str]) -> frozenset[str]:
+        rechecked.append(ids)
+        await asyncio.sleep(0.05)  # the checks take a moment; the view meanwhile still routes there
+        for iid in ids:
+            ctl.remove_instance(iid)
+        return ids
+
+    ctl = Controller(engine, gw, {}, ActivatorEndpoint("127.0.0.1", 1, 2), tick_interval=0.01,
+                     recheck=recheck)
+    for iid, rt in runtimes.items():
+        ctl.add_instance(InstanceInfo(iid, "rt", "127.0.0.1", 9000, 9100, 100 * MB), rt, {})
+    ctl.set_desired([DesiredModel("m", "m__isvc-1", "rt", "sklearn", "/m", MB)], {})
+    await ctl.start()
+    try:
+        assert await ctl.ensure_ready("m", timeout=10) is None
+        (first,) = copies_on(gw.views[-1][1], "m")
+        assert rechecked == []  # a cold request asks for no recheck
+        assert await ctl.ensure_ready("m", 10, "m__isvc-1", failed_over=True) is None
+        assert rechecked == [frozenset({first})]
+        assert copies_on(gw.views[-1][1], "m") == {"i0", "i1"} - {first}
+        assert 'msm_request_failovers_total{outcome="rerouted"} 1.0' in ctl_metrics(ctl)
+    finally:
+        await ctl.stop()
+
+
+async def test_a_failed_over_request_whose_instance_answers_its_recheck_is_released_at_once() -> None:
+    gw = Gateway()
+    rt = Runtime()
+    rt.release.set()
+    engine = Engine(MonotonicClock())
+
+    async def recheck(ids: frozenset[str]) -> frozenset[str]:
+        return frozenset()  # every instance answered
+
+    ctl = Controller(engine, gw, {}, ActivatorEndpoint("127.0.0.1", 1, 2), tick_interval=0.01,
+                     recheck=recheck)
+    ctl.add_instance(InstanceInfo("i0", "rt", "127.0.0.1", 9000, 9100, 100 * MB), rt, {})
+    ctl.set_desired([DesiredModel("m", "m__isvc-1", "rt", "sklearn", "/m", MB)], {})
+    await ctl.start()
+    try:
+        assert await ctl.ensure_ready("m", timeout=10) is None
+        published = len(gw.views)
+        assert await ctl.ensure_ready("m", 10, "m__isvc-1", failed_over=True) is None
+        assert len(gw.views) == published and copies_on(gw.views[-1][1], "m") == {"i0"}
+    finally:
+        await ctl.stop()
+
+
+def ctl_metrics(ctl: Controller) -> str:
+    from prometheus_client import generate_latest
+    return generate_latest(ctl._registry).decode()

@@ -143,3 +143,39 @@ async def test_instances_join_and_leave_while_checking_runs() -> None:
             raise AssertionError("a second instance with the same id was accepted")
     finally:
         await health.stop()
+
+
+async def test_a_recheck_takes_a_gone_instance_out_at_once_and_leaves_a_live_or_busy_one() -> None:
+    """The gateway could not reach i0 and i1: both are checked now, not a period later (the
+    periodic checks are not running here at all). i0 refuses twice, RECHECK_GAP_S apart, and is
+    out; i1 answers and stays; i2, only slow, stays too; an unknown id is reported down."""
+    health, clients, events, _ = make("i0", "i1", "i2")
+    await health.check_all()
+    clients["i0"].answer = REFUSED
+    clients["i2"].answer = TIMEOUT
+    before = {i: c.calls for i, c in clients.items()}
+    down = await health.recheck(frozenset({"i0", "i1", "i2", "gone"}))
+    assert down == {"i0", "gone"}
+    assert ("down", "i0") in events and ("down", "i1") not in events and ("down", "i2") not in events
+    assert clients["i0"].calls - before["i0"] == DOWN_AFTER_FAILURES
+    assert clients["i1"].calls - before["i1"] == 1 and clients["i2"].calls - before["i2"] == 1
+    # an instance already down is not checked again for it
+    assert await health.recheck(frozenset({"i0"})) == {"i0"}
+    assert clients["i0"].calls - before["i0"] == DOWN_AFTER_FAILURES
+
+
+async def test_callers_rechecking_one_instance_at_once_share_one_recheck() -> None:
+    """Many held requests fail over from one dead instance at the same moment: one recheck runs,
+    and a caller that gives up (its client left) does not cancel it for the others."""
+    health, clients, events, _ = make("i0")
+    await health.check_all()
+    clients["i0"].answer = REFUSED
+    before = clients["i0"].calls
+    first = asyncio.create_task(health.recheck(frozenset({"i0"})))
+    others = [asyncio.create_task(health.recheck(frozenset({"i0"}))) for _ in range(5)]
+    await asyncio.sleep(0)
+    first.cancel()
+    assert all(d == {"i0"} for d in await asyncio.gather(*others))
+    assert clients["i0"].calls - before == DOWN_AFTER_FAILURES
+    assert events.count(("down", "i0")) == 1
+    await health.stop()

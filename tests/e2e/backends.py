@@ -153,7 +153,8 @@ class GrpcBackend:
                     md = dict(context.invocation_metadata() or ())
                     backend.request_ids.append(md.get("x-request-id", ""))
                     backend.seen.append({"method": method, "model_name": decode_model_name(request),
-                                         "vmodel": md.get("mm-vmodel-id"), "mirror": md.get("x-msm-mirror")})
+                                         "vmodel": md.get("mm-vmodel-id"), "mirror": md.get("x-msm-mirror"),
+                                         "msm": {k: v for k, v in md.items() if k.startswith("x-msm-")}})
                     backend.arrived.set()
                     if backend.fail == "hang":
                         await backend._stopped.wait()

@@ -24,9 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, StaticGateway, encode_model_name
+from backends import DATA_BODY, DATA_HEADERS, LAYOUTS, CopyBackend, StaticGateway, encode_model_name
 
-from xds_server.mesh_view import MeshView, Model, Revision
+from xds_server.mesh_view import ActivatorEndpoint, MeshView, Model, Revision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -260,3 +260,67 @@ async def test_a_copy_that_hangs_is_timed_out_per_try_and_retried_elsewhere(tmp_
     assert answers == {"c1": sum(answers.values())}, answers
     # every request that hung on c0 was answered by c1
     assert set(bad.request_ids) <= set(good.request_ids), (bad.request_ids, good.request_ids)
+
+
+def activator_at(backend: CopyBackend) -> ActivatorEndpoint:
+    return ActivatorEndpoint("127.0.0.1", backend.rest.port, backend.grpc.port)
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_a_request_whose_only_copy_is_gone_goes_on_to_the_activator(tmp_path, copies, layout, kind):
+    """m's one copy (c0) is killed (nothing listens, as after ``kill -9``). The route's cluster is
+    the fallback aggregate (copies, then the activator; c1 plays the activator): the retries leave
+    the copies' priority after two tries, so every request reaches the activator as it was sent to
+    the copy (under the revision's id) and says where it was going. o, on c2 (in the subset layout
+    the same runtime cluster), is still served by c2. Without the fallback every request fails."""
+    c0, act, c2 = copies
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(c0.as_copy(),)),)),
+                        Model("o", (Revision("o__1", copies=(c2.as_copy(),)),))], activator=activator_at(act))
+    gw = await StaticGateway(tmp_path, view, **layout).start()
+    try:
+        await c0.kill()
+        async with Client(gw) as client:
+            call = client.grpc if kind == "grpc" else client.rest
+            answers = Counter([await call() for _ in range(20)])
+            neighbour = Counter([await call("o") for _ in range(10)])
+    finally:
+        await gw.stop()
+    assert answers == {"c1": 20}, answers
+    assert neighbour == {"c2": 10}, neighbour
+    where = {"x-msm-fallback": "m", "x-msm-model": "m", "x-msm-revision": "m__1"}
+    if kind == "rest":
+        assert act.rest.requests == 20 and act.grpc.requests == 0
+        for seen in act.rest.seen:
+            assert seen["path"] == "/v2/models/m__1/infer"
+            assert {k: v for k, v in seen["headers"].items() if k.startswith("x-msm-")} == where, seen
+    else:
+        assert act.grpc.requests == 20 and act.rest.requests == 0
+        for seen in act.grpc.seen:
+            assert (seen["model_name"], seen["vmodel"], seen["msm"]) == ("m__1", "m", where), seen
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_with_one_of_two_copies_gone_the_other_takes_every_request_and_the_activator_none(
+        tmp_path, copies, layout, kind):
+    """c0 of m's two copies is killed. Its failures are retried on c1, then outlier detection
+    ejects it; the copies' priority stays whole (its overprovisioning factor), so none of the 100
+    requests spills over to the activator's (Envoy's default factor, 1.4, would send 30 % of them
+    there once c0 is ejected)."""
+    act = await CopyBackend("act").start()
+    try:
+        view = two_copies_and_a_neighbour(copies)
+        view = MeshView.of(list(view.models.values()), activator=activator_at(act))
+        gw = await StaticGateway(tmp_path, view, **layout).start()
+        try:
+            await copies[0].kill()
+            async with Client(gw) as client:
+                call = client.grpc if kind == "grpc" else client.rest
+                answers = Counter([await call() for _ in range(100)])
+        finally:
+            await gw.stop()
+    finally:
+        await act.stop()
+    assert answers == {"c1": 100}, answers
+    assert act.rest.requests == act.grpc.requests == 0

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from mesh_harness import Traffic, isvc_yaml, prediction, runtime_yaml
+from mesh_harness import DIGIT_8_V2, Traffic, isvc_yaml, prediction, runtime_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +89,33 @@ def test_instance_killed_mid_traffic_fails_over_and_reloads_elsewhere(make_mesh)
     restarted = next(i for i in mesh.instances() if i["id"] == victim)
     assert {restarted["mlserver_pid"], restarted["adapter_pid"]}.isdisjoint(
         {pids["mlserver_pid"], pids["adapter_pid"]})
+
+
+def test_a_single_copy_model_whose_instance_is_killed_fails_no_request(make_mesh) -> None:
+    """The one copy's MLServer is killed under steady traffic (the article's body, which the
+    gateway transcodes to gRPC, and a V2 body, which goes as REST). Requests routed to it fail
+    at the connection; the gateway's retries go on to the activator, which has the instance
+    checked at once and holds them until the model is loaded on the other instance: no request
+    fails (before the fallback, those sent until two health checks a second apart noticed did)."""
+    mesh = make_mesh({"b.yaml": isvc_yaml("one-copy", LOGREG)}, replicas=2)
+    with httpx.Client(timeout=120) as c:
+        assert prediction(mesh.infer(c, "one-copy")) == 8
+    victim = ready_on(mesh.status(), "one-copy")[0]
+    pid = next(i for i in mesh.instances() if i["id"] == victim)["mlserver_pid"]
+    with Traffic(lambda c: mesh.infer(c, "one-copy"), threads=2) as article, \
+            Traffic(lambda c: mesh.infer(c, "one-copy", DIGIT_8_V2), threads=1) as v2:
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        mesh.wait_output(f"runtime replica {victim} died")
+        mesh.wait_status(lambda s: any(i != victim for i in ready_on(s, "one-copy")),
+                         what="the model loaded on the other instance")
+        time.sleep(1.0)
+    assert len(article.results) > 20 and len(v2.results) > 10
+    assert article.failures() == [] and v2.failures() == [], (article.failures()[:5], v2.failures()[:5])
+    metrics = httpx.get(f"http://127.0.0.1:{mesh.admin_port}/metrics", timeout=5).text
+    rerouted = next(line for line in metrics.splitlines()
+                    if line.startswith('msm_request_failovers_total{outcome="rerouted"}'))
+    assert float(rerouted.split()[-1]) >= 1, "no request went the fallback's way"
 
 
 def test_rolling_update_under_traffic_fails_no_request(make_mesh) -> None:

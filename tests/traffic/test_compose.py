@@ -183,7 +183,11 @@ def test_fault_and_header_operations_reach_the_runtime_routes_only() -> None:
     assert cfg.abort.grpc_status == 14 and cfg.abort.percentage.numerator == 15_000
     added = {(h.header.key, h.header.value, h.append_action) for h in warm.request_headers_to_add}
     hvo = base_pb2.HeaderValueOption
-    assert added == {("x-a", "1", hvo.OVERWRITE_IF_EXISTS_OR_ADD), ("x-b", "2", hvo.APPEND_IF_EXISTS_OR_ADD)}
+    # the rule's own, and where a request that no copy takes goes on to (the activator's fallback)
+    over = hvo.OVERWRITE_IF_EXISTS_OR_ADD
+    assert added == {("x-a", "1", over), ("x-b", "2", hvo.APPEND_IF_EXISTS_OR_ADD),
+                     ("x-msm-model", "a", over), ("x-msm-revision", "a__1", over),
+                     ("x-msm-fallback", "ab", over)}
     assert list(warm.request_headers_to_remove) == ["x-c"]
     assert [h.header.key for h in warm.response_headers_to_add] == ["x-served"]
     # the activator replays the request through these routes: faults and headers apply there, once

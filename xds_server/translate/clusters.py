@@ -8,6 +8,7 @@ from collections import defaultdict
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
@@ -22,6 +23,21 @@ from xds_server.translate.options import GatewayOptions, MeasureTls, UpstreamTls
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _BIG = 1_000_000  # circuit breakers: a shared runtime cluster must not cap models at Envoy's default 1024
+#: A copies' cluster takes all of its traffic while any copy in it is healthy. Envoy's default
+#: (1.4) would spill a share to the next priority (the fallback cluster's activator) as soon as
+#: copies are ejected: 30 % with one of two ejected. 1000x: one healthy copy in a thousand is enough.
+OVERPROVISIONING_FACTOR = 100_000
+AGGREGATE = "envoy.clusters.aggregate"
+
+
+def _no_limits() -> circuit_breaker_pb2.CircuitBreakers:
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[
+        circuit_breaker_pb2.CircuitBreakers.Thresholds(
+            max_connections=wrappers_pb2.UInt32Value(value=_BIG),
+            max_pending_requests=wrappers_pb2.UInt32Value(value=_BIG),
+            max_requests=wrappers_pb2.UInt32Value(value=_BIG),
+            max_retries=wrappers_pb2.UInt32Value(value=_BIG),
+        )])
 
 
 def _socket_address(host: str, port: int) -> address_pb2.Address:
@@ -96,13 +112,7 @@ def _prototype(kind: str, opts: GatewayOptions, subset: bool) -> cluster_pb2.Clu
             base_ejection_time=duration(opts.outlier_base_ejection_s),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=opts.outlier_max_ejection_percent),
         ),
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                max_connections=wrappers_pb2.UInt32Value(value=_BIG),
-                max_pending_requests=wrappers_pb2.UInt32Value(value=_BIG),
-                max_requests=wrappers_pb2.UInt32Value(value=_BIG),
-                max_retries=wrappers_pb2.UInt32Value(value=_BIG),
-            )]),
+        circuit_breakers=_no_limits(),
     )
     c.eds_cluster_config.eds_config.CopyFrom(ads_source())
     if kind == names.GRPC:
@@ -149,6 +159,26 @@ def _cla(name: str,
          endpoints: list[endpoint_components_pb2.LbEndpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     locality = endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=endpoints)
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[locality])
+
+
+def _copies_cla(name: str,
+                endpoints: list[endpoint_components_pb2.LbEndpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    cla = _cla(name, endpoints)
+    cla.policy.overprovisioning_factor.value = OVERPROVISIONING_FACTOR
+    return cla
+
+
+def fallback_cluster(kind: str, primary: str, opts: GatewayOptions) -> cluster_pb2.Cluster:
+    """An aggregate cluster: ``primary`` (copies) first, the activator next. Routes to copies name
+    it, and their retry policy moves to the next priority once the copies have failed (see
+    ``routes._retry``): a request whose every copy is gone (killed) is held by the activator while
+    the model loads elsewhere, instead of failing until the health checks notice."""
+    config = aggregate_pb2.ClusterConfig(clusters=[primary, names.activator_cluster(kind)])
+    return cluster_pb2.Cluster(
+        name=names.fallback_cluster(primary), connect_timeout=duration(opts.connect_timeout_s),
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(name=AGGREGATE, typed_config=pack(config)),
+        circuit_breakers=_no_limits())
 
 
 def _port(kind: str, rest_port: int, grpc_port: int) -> int:
@@ -260,9 +290,10 @@ def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int],
 
 
 class _Builder:
-    def __init__(self, opts: GatewayOptions) -> None:
+    def __init__(self, opts: GatewayOptions, fallback: bool) -> None:
         subset = opts.cluster_layout == "subset"
         self.opts = opts
+        self.fallback = fallback
         self.protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
         self.clusters: dict[str, cluster_pb2.Cluster] = {}
         self.clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
@@ -280,13 +311,17 @@ class _Builder:
             else:
                 c.transport_socket.CopyFrom(socket)
         self.clusters[name] = c
-        self.clas[name] = _cla(name, endpoints)
+        self.clas[name] = _copies_cla(name, endpoints)
+        if self.fallback:
+            self.clusters[names.fallback_cluster(name)] = fallback_cluster(kind, name, self.opts)
 
 
-def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions) -> tuple[
+def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions,
+                   fallback: bool = False) -> tuple[
         dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
-    """The REST and gRPC clusters of one (runtime, shard) group, endpoints listing revisions."""
-    b = _Builder(opts)
+    """The REST and gRPC clusters of one (runtime, shard) group, endpoints listing revisions
+    (with ``fallback``, each with its :func:`fallback_cluster`)."""
+    b = _Builder(opts, fallback)
     for kind in names.KINDS:
         eps = [_lb_endpoint(addr, _port(kind, rest, grpc), sorted(revs), _mesh_tls(opts, mtls))
                for _, (addr, rest, grpc, mtls, revs) in sorted(hosts.items())]
@@ -294,10 +329,11 @@ def group_clusters(runtime: str, shard: int, hosts: Hosts, opts: GatewayOptions)
     return b.clusters, b.clas
 
 
-def model_revision_clusters(model: Model, opts: GatewayOptions) -> tuple[
+def model_revision_clusters(model: Model, opts: GatewayOptions, fallback: bool = False) -> tuple[
         dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
-    """Per-revision layout: a REST and a gRPC cluster per revision with a ready copy."""
-    b = _Builder(opts)
+    """Per-revision layout: a REST and a gRPC cluster per revision with a ready copy (with
+    ``fallback``, each with its :func:`fallback_cluster`)."""
+    b = _Builder(opts, fallback)
     for rev in model.own_revisions():
         if not rev.copies:
             continue
@@ -317,14 +353,15 @@ def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
     """
     clusters: dict[str, cluster_pb2.Cluster] = {}
     clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    fallback = view.activator is not None
     if opts.cluster_layout == "subset":
         for (runtime, shard), hosts in sorted(subset_groups(view, opts).items()):
-            c, e = group_clusters(runtime, shard, hosts, opts)
+            c, e = group_clusters(runtime, shard, hosts, opts, fallback)
             clusters.update(c)
             clas.update(e)
     else:
         for model in view.models.values():
-            c, e = model_revision_clusters(model, opts)
+            c, e = model_revision_clusters(model, opts, fallback)
             clusters.update(c)
             clas.update(e)
     if view.activator is not None:

@@ -84,7 +84,8 @@ class IncrementalTranslator:
                 put(rt.LISTENER, name, msg)
             for name, msg in mirror_clusters(opts).items():
                 put(rt.CLUSTER, name, msg)
-        if view.activator != self._activator:
+        activator_changed = view.activator != self._activator
+        if activator_changed:
             for name in (activator_clusters(self._activator, opts) if self._activator else {}):
                 put(rt.CLUSTER, name, None)
             self._activator = view.activator
@@ -101,7 +102,9 @@ class IncrementalTranslator:
             self._models[name] = (_NEVER, *self._models[name][1:])
 
         per_revision = opts.cluster_layout == "per_revision"
-        dirty_groups: set[GroupKey] = set()
+        fallback = view.activator is not None  # copies' clusters fall back to the activator
+        # with the activator come or gone, every group's fallback clusters come or go too
+        dirty_groups: set[GroupKey] = set(self._groups) if activator_changed else set()
         rebuilt = 0
         models = view.models
         for name in [n for n in self._models if n not in models]:
@@ -120,7 +123,7 @@ class IncrementalTranslator:
             rcs, scopes = model_scoped_routes(model, view, opts)
             parts: Resources = {rt.ROUTE: dict(rcs), rt.SCOPED_ROUTE: dict(scopes)}
             if per_revision:
-                clusters, clas = model_revision_clusters(model, opts)
+                clusters, clas = model_revision_clusters(model, opts, fallback)
                 parts[rt.CLUSTER], parts[rt.ENDPOINT] = dict(clusters), dict(clas)
             contrib = [] if per_revision else _contributions(model, opts)
             if cached is not None:
@@ -146,7 +149,7 @@ class IncrementalTranslator:
             new_parts: Resources = {}
             if hosts:
                 clusters, clas = group_clusters(key[0], key[1], {
-                    inst: (*addr, sorted(revs)) for inst, (addr, revs) in hosts.items()}, opts)
+                    inst: (*addr, sorted(revs)) for inst, (addr, revs) in hosts.items()}, opts, fallback)
                 new_parts = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
                 self._group_names[key] = new_parts
             for type_url, msgs in old_names.items():

@@ -24,6 +24,10 @@ ACTIVATE_HEADER = "x-msm-model"
 REVISION_HEADER = "x-msm-revision"
 #: set by the activator on the request it replays through the gateway
 ACTIVATED_HEADER = "x-msm-activated"
+#: set by the gateway on requests it routes to a copy (with ACTIVATE_HEADER and REVISION_HEADER):
+#: the model name the client called. Should every copy fail to take the request, the gateway's
+#: retry goes to the activator (the fallback cluster), which reads where it was going from these.
+FALLBACK_HEADER = "x-msm-fallback"
 #: a sticky split's bucket (0..9999) of the request's key header, set by the sticky Lua filter
 BUCKET_HEADER = "x-msm-bucket"
 #: mirrors: the gateway sends a rule's shadow requests to its own internal listener, naming the
@@ -77,6 +81,11 @@ def runtime_cluster(kind: str, runtime: str, shard: int) -> str:
 
 def activator_cluster(kind: str) -> str:
     return f"activator_{kind}"
+
+
+def fallback_cluster(primary: str) -> str:
+    """The aggregate cluster that tries ``primary``'s copies first, then the activator."""
+    return f"fb_{primary}"
 
 
 def shard_of(model: str, shards: int) -> int:

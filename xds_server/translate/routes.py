@@ -27,6 +27,7 @@ from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import wrappers_pb2
@@ -126,13 +127,26 @@ def _exact(name: str, value: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _retry(rule: RouteRule, opts: GatewayOptions) -> rc.RetryPolicy:
+def _fallback_priority(retries: int) -> rc.RetryPolicy.RetryPriority:
+    """Retries leave the copies' priority for the activator's after two attempts on copies (one
+    when only one retry is allowed): a second copy gets its chance first (previous_hosts), and a
+    request whose single copy is gone goes to the activator on its third attempt."""
+    every = 2 if retries >= 2 else 1
+    return rc.RetryPolicy.RetryPriority(
+        name="envoy.retry_priorities.previous_priorities",
+        typed_config=pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=every)))
+
+
+def _retry(rule: RouteRule, opts: GatewayOptions, fallback: bool = False) -> rc.RetryPolicy:
+    retries = opts.retries if rule.retries is None else rule.retries
     p = rc.RetryPolicy(
         retry_on=rule.retry_on or RETRY_ON,
-        num_retries=wrappers_pb2.UInt32Value(value=opts.retries if rule.retries is None else rule.retries),
+        num_retries=wrappers_pb2.UInt32Value(value=retries),
         retry_host_predicate=[_PREVIOUS_HOSTS],
         host_selection_retry_max_attempts=5,
     )
+    if fallback and retries > 0:
+        p.retry_priority.CopyFrom(_fallback_priority(retries))
     per_try = opts.per_try_timeout_s if rule.per_try_timeout_s is None else rule.per_try_timeout_s
     if per_try:
         p.per_try_timeout.CopyFrom(duration(per_try))
@@ -246,6 +260,12 @@ def _activator_retry() -> rc.RetryPolicy:
                                                    max_interval=duration(ACTIVATOR_BACKOFF[1])))
 
 
+def _set_headers(route: rc.Route, pairs) -> None:
+    route.request_headers_to_add.extend(base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD) for key, value in pairs)
+
+
 def _fraction(numerator: int | None, route: rc.Route) -> None:
     if numerator is not None:
         route.match.runtime_fraction.CopyFrom(base_pb2.RuntimeFractionalPercent(
@@ -326,6 +346,7 @@ class _RouteBuilder:
         r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None, bucket))
         _fraction(frac, r)
         upstream_grpc = variant in ("infer", "grpc")
+        fallback = self.view.activator is not None  # copies' failures go on to the activator
         if target.kind == "unavailable":
             r.direct_response.CopyFrom(_unavailable(self.model, target))
         else:
@@ -337,14 +358,17 @@ class _RouteBuilder:
                 # and header changes once
                 upstream_grpc = self.kind == names.GRPC
                 a.cluster = names.activator_cluster(names.GRPC if upstream_grpc else names.REST)
-                r.request_headers_to_add.extend(base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=key, value=value),
-                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
-                    for key, value in ((names.ACTIVATE_HEADER, target.model),
-                                       (names.REVISION_HEADER, target.revision)))
+                _set_headers(r, ((names.ACTIVATE_HEADER, target.model),
+                                 (names.REVISION_HEADER, target.revision)))
+                r.request_headers_to_remove.append(names.FALLBACK_HEADER)  # only the gateway says so
             else:
                 up = names.GRPC if upstream_grpc else names.REST
                 a.cluster = names.cluster_for(up, target.model, target.revision, target.runtime, opts)
+                if fallback:
+                    a.cluster = names.fallback_cluster(a.cluster)
+                    _set_headers(r, ((names.ACTIVATE_HEADER, target.model),
+                                     (names.REVISION_HEADER, target.revision),
+                                     (names.FALLBACK_HEADER, self.model.name)))
                 if opts.cluster_layout == "subset":
                     a.metadata_match.filter_metadata[names.LB_METADATA].fields[
                         names.SUBSET_KEY].string_value = target.revision
@@ -354,7 +378,8 @@ class _RouteBuilder:
                     a.prefix_rewrite = f"/v2/models/{target.revision}"
             timeout = opts.timeout_s if rule.timeout_s is None else rule.timeout_s
             a.timeout.CopyFrom(duration(timeout))
-            a.retry_policy.CopyFrom(_activator_retry() if target.kind == "activator" else _retry(rule, opts))
+            a.retry_policy.CopyFrom(_activator_retry() if target.kind == "activator"
+                                    else _retry(rule, opts, fallback))
             if opts.route_stats and target.kind != "activator":
                 # counted once, where the request is served: a cold request reaches the activator
                 # and is counted when the activator replays it to the new copy
