@@ -38,7 +38,7 @@ from placement.local.ports import free_port  # noqa: E402
 from xds_server import resource_types as rt  # noqa: E402
 from xds_server.bootstrap import static_bootstrap  # noqa: E402
 from xds_server.envoy_process import envoy_binary  # noqa: E402
-from xds_server.mesh_view import Copy, MeshView, Model, Revision  # noqa: E402
+from xds_server.mesh_view import ActivatorEndpoint, Copy, MeshView, Model, Revision  # noqa: E402
 from xds_server.translate import GatewayOptions, translate  # noqa: E402
 
 CONFIGS: dict[str, tuple[GatewayOptions, bool]] = {
@@ -55,13 +55,14 @@ CONFIGS: dict[str, tuple[GatewayOptions, bool]] = {
 }
 
 
-def mesh(models: int, instances: int, copies: int) -> MeshView:
+def mesh(models: int, instances: int, copies: int, activator: bool = True) -> MeshView:
+    """With ``activator`` (as msm always runs), routes to copies name their fallback clusters."""
     inst = [Copy(f"rt-{i}", f"10.1.{i // 250}.{i % 250 + 1}", 8080, 8081) for i in range(instances)]
     return MeshView.of([
         Model(f"model-{m}", (Revision(f"model-{m}__isvc-{m:08x}", copies=tuple(
             inst[(m + k) % instances] for k in range(copies))),))
         for m in range(models)
-    ])
+    ], ActivatorEndpoint("10.0.0.1", 8001, 8002) if activator else None)
 
 
 def rss_kb(pid: int) -> int:
@@ -136,12 +137,14 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--no-activator", action="store_true",
+                    help="a view without the activator (and so without fallback clusters), as before them")
     args = ap.parse_args()
     rows = []
     print("| models | layout | clusters | routes | Envoy RSS MB | heap MB | load s | translate+bootstrap s |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
     for n in args.models:
-        view = mesh(n, args.instances, args.copies)
+        view = mesh(n, args.instances, args.copies, activator=not args.no_activator)
         for name in args.configs:
             opts, trim = CONFIGS[name]
             with tempfile.TemporaryDirectory(prefix="msm-envoy-mem-") as d:

@@ -74,8 +74,7 @@ def _forward_headers(headers) -> dict[str, str]:
     out = {}
     for k, v in headers.items():
         lk = k.lower()
-        if (lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk.startswith(":")
-                or lk in (ACTIVATE_HEADER, FALLBACK_HEADER)):
+        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk in (ACTIVATE_HEADER, FALLBACK_HEADER):
             continue
         out[k] = v
     out[ACTIVATED_HEADER] = "1"
@@ -113,9 +112,10 @@ class Activator:
         await site.start()
         self.rest_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-        self._channel = grpc.aio.insecure_channel(self._gateway_grpc)
-        self._grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1),
-                                                     ("grpc.max_send_message_length", -1)])
+        # no limits of gRPC's own (4 MiB in): the gateway bounds requests, and outputs may be large
+        unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        self._channel = grpc.aio.insecure_channel(self._gateway_grpc, options=unlimited)
+        self._grpc_server = grpc.aio.server(options=unlimited)
         self._grpc_server.add_generic_rpc_handlers((_ReplayHandler(self),))
         self.grpc_port = self._grpc_server.add_insecure_port(f"{host}:{grpc_port}")
         await self._grpc_server.start()
@@ -161,15 +161,22 @@ class Activator:
         # a failed-over request was sent to the copy under the revision's id: replayed under the
         # name the client called, so the gateway routes it as the client's request
         path = request.path_qs if fallback is None else _MODEL_PATH.sub(f"/v2/models/{fallback}",
-                                                                         request.path_qs, count=1)
+                                                                         request.path_qs)
         # the client's own headers only: no Content-Type of aiohttp's where the client sent none
         # (MLServer would read an octet-stream body as a string, not the V2 JSON it is)
-        async with self._session.request(request.method, f"{self._gateway_rest}{path}", data=body,
-                                         headers=_forward_headers(request.headers),
-                                         skip_auto_headers=("Content-Type",)) as r:
-            payload = await r.read()
-            headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
-            return web.Response(status=r.status, body=payload, headers=headers)
+        try:
+            async with self._session.request(request.method, f"{self._gateway_rest}{path}", data=body,
+                                             headers=_forward_headers(request.headers),
+                                             skip_auto_headers=("Content-Type",)) as r:
+                payload = await r.read()
+                headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=r.status, body=payload, headers=headers)
+        except TimeoutError:
+            return _json_error(504, f"model '{model}' was ready, but its request got no answer within "
+                                    f"{self._timeout_s:g}s")
+        except aiohttp.ClientError as e:
+            return _json_error(502, f"model '{model}' was ready, but its request failed: "
+                                    f"{for_clients(str(e))}")
 
     async def replay_grpc(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = tuple(context.invocation_metadata() or ())
@@ -189,8 +196,10 @@ class Activator:
         if reason is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model '{model}' could not be made ready: {for_clients(reason)}")
-        drop = ("grpc-timeout", "content-type", "user-agent", "te", ACTIVATE_HEADER, FALLBACK_HEADER)
-        forward = tuple((k, v) for k, v in metadata if not k.startswith(("x-envoy-", ":")) and k not in drop)
+        # (gRPC keeps its transport's headers, content-type, te, grpc-timeout and the pseudo-headers,
+        # out of the metadata, and the replay's channel sends its own user-agent)
+        drop = (ACTIVATE_HEADER, FALLBACK_HEADER)
+        forward = tuple((k, v) for k, v in metadata if not k.startswith("x-envoy-") and k not in drop)
         if fallback is not None:  # routed by the name the client called (a transcoded REST request has none)
             forward = (*((k, v) for k, v in forward if k != MODEL_HEADER), (MODEL_HEADER, fallback))
         assert self._channel is not None

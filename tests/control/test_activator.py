@@ -1,7 +1,9 @@
 """The activator against real loopback servers standing in for the gateway."""
 
+import asyncio
 import gzip
 import json
+import socket
 
 import aiohttp
 import grpc
@@ -21,20 +23,23 @@ class FakeGateway:
         self.grpc_seen: list[tuple[str, dict, bytes]] = []
 
     async def start(self):
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self._rest)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.rest_port = site._server.sockets[0].getsockname()[1]
-        self.grpc = grpc.aio.server()
+        self.grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", -1),
+                                             ("grpc.max_send_message_length", -1)])
         gw = self
 
         class Echo(grpc.GenericRpcHandler):
             def service(self, details):
                 async def handle(request, context):
                     gw.grpc_seen.append((details.method, dict(context.invocation_metadata()), request))
+                    if dict(context.invocation_metadata()).get("x-hang"):
+                        await asyncio.sleep(3)
                     return b"served:" + request
                 return grpc.unary_unary_rpc_method_handler(handle)
 
@@ -49,6 +54,11 @@ class FakeGateway:
     async def _rest(self, request):
         body = await request.read()
         self.rest_seen.append((request.method, request.path_qs, dict(request.headers), body))
+        if "hang" in request.path:
+            await asyncio.sleep(3)
+        if "status" in request.query:
+            return web.json_response({"served": request.path}, status=int(request.query["status"]),
+                                     headers={"Keep-Alive": "timeout=5", "X-Served": "yes"})
         if "gzip" in request.headers.get("accept-encoding", ""):  # as MLServer's middleware does
             payload = gzip.compress(json.dumps({"served": request.path}).encode())
             return web.Response(body=payload, headers={"content-encoding": "gzip",
@@ -64,15 +74,25 @@ async def gateway():
     await gw.stop()
 
 
-def make_activator(gateway, answers):
-    calls = []
+class Calls(list):
+    """ensure_ready's calls; ``timeouts`` the timeout of each."""
+
+    def __init__(self):
+        super().__init__()
+        self.timeouts = []
+
+
+def make_activator(gateway, answers, timeout_s=5):
+    calls = Calls()
 
     async def ensure_ready(model, timeout, revision=None, failed_over=False):
+        calls.timeouts.append(timeout)
         call = model if revision is None else (model, revision)
         calls.append((*call, "failed over") if failed_over else call)
         return answers.get(model)
 
-    return Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=5), calls
+    act = Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=timeout_s)
+    return act, calls
 
 
 async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gateway):
@@ -377,5 +397,123 @@ async def test_the_replay_carries_the_clients_content_type_and_none_of_its_own(g
                                   skip_auto_headers=("Content-Type",)) as r:
                     assert r.status == 200
         assert [h.get("Content-Type") for _, _, h, _ in gateway.rest_seen] == [None, "application/json"]
+    finally:
+        await act.stop()
+
+
+def refused(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((host, port)) != 0
+
+
+async def test_the_activator_listens_on_its_host_only_and_stop_closes_everything(gateway):
+    """Started on 127.0.0.1, another loopback address finds nothing (it must not listen on every
+    interface: it replays anything it is sent); stopped, nothing listens. Stopping an activator
+    that never started is harmless."""
+    await make_activator(gateway, {})[0].stop()
+    act, _ = make_activator(gateway, {})
+    await act.start("127.0.0.1")
+    try:
+        for port in (act.rest_port, act.grpc_port):
+            assert not refused("127.0.0.1", port)
+            assert refused("127.0.0.2", port)
+    finally:
+        await act.stop()
+    assert refused("127.0.0.1", act.rest_port) and refused("127.0.0.1", act.grpc_port)
+
+
+async def test_replays_carry_no_gateway_internal_headers_and_large_bodies_whole(gateway):
+    """``x-envoy-*`` headers a request came with are not replayed (the gateway would take them as
+    its own instructions), nor is the client's gRPC user-agent; bodies larger than aiohttp's and
+    gRPC's default limits (1 MiB, 4 MiB) are replayed whole, and a gRPC answer above 4 MiB comes
+    back whole (the gateway bounds sizes; a model's output may be large)."""
+    act, calls = make_activator(gateway, {})
+    await act.start()
+    big = b"x" * (2 << 20)
+    huge = b"\x0a\x01m" + b"y" * (5 << 20)
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=big,
+                headers={"x-envoy-retry-on": "5xx", "x-user": "u1"}) as r:
+            assert r.status == 200
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}",
+                                             options=[("grpc.primary_user_agent", "client-ua/1"),
+                                                      ("grpc.max_send_message_length", -1),
+                                                      ("grpc.max_receive_message_length", -1)]) as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            reply = await call(huge, metadata=(("mm-vmodel-id", "m"), ("x-envoy-max-retries", "9")),
+                               timeout=20)
+        assert reply == b"served:" + huge
+        _, _, headers, body = gateway.rest_seen[0]
+        assert body == big and headers["x-user"] == "u1" and "x-envoy-retry-on" not in headers
+        _, md, _ = gateway.grpc_seen[0]
+        assert "x-envoy-max-retries" not in md and "client-ua/1" not in md.get("user-agent", "")
+        assert calls.timeouts == [5, 5] and act.activations == 2
+    finally:
+        await act.stop()
+
+
+async def test_a_replay_answer_keeps_its_status_and_headers_but_not_hop_by_hop_ones(gateway):
+    act, _ = make_activator(gateway, {})
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer?status=422", data=b"{}") as r:
+            assert r.status == 422
+            assert r.headers["X-Served"] == "yes" and "Keep-Alive" not in r.headers
+    finally:
+        await act.stop()
+
+
+async def test_a_replay_without_an_answer_in_time_or_at_all_gets_a_clear_error(gateway):
+    """The gateway does not answer the replay within the activator's timeout: 504 (gRPC
+    DEADLINE_EXCEEDED) with what happened, not a 500; the gateway gone: 502."""
+    act, _ = make_activator(gateway, {}, timeout_s=0.5)
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/hang/infer", data=b"{}") as r:
+                assert r.status == 504
+                assert (await r.json())["error"] == ("model 'hang' was ready, but its request got no answer "
+                                                     "within 0.5s")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+                call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call(b"", metadata=(("mm-vmodel-id", "m"), ("x-hang", "1")), timeout=10)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await gateway.runner.cleanup()  # the gateway's REST port closes
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}") as r:
+                assert r.status == 502
+                error = (await r.json())["error"]
+                assert error.startswith("model 'm' was ready, but its request failed: Cannot connect to host")
+                assert "127.0.0.1" not in error and "<internal>" in error
+    finally:
+        await act.stop()
+
+
+async def test_every_refusal_says_what_was_wrong(gateway):
+    act, _ = make_activator(gateway, {"gone": "unknown model 'gone'"})
+    await act.start()
+    try:
+        url = f"http://127.0.0.1:{act.rest_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{url}/v1/other") as r:
+                assert (r.status, await r.json()) == (404, {"error": "no model in path /v1/other"})
+            async with s.post(f"{url}/v2/models/m/infer", headers={"x-msm-fallback": "a/b"}) as r:
+                assert (r.status, await r.json()) == (400, {"error": "bad x-msm-fallback header"})
+            async with s.post(f"{url}/v2/models/m/infer", headers={ACTIVATED_HEADER: "1"}) as r:
+                assert (r.status, await r.json()) == (503, {"error": "model 'm' has no ready copy"})
+            async with s.post(f"{url}/v2/models/gone/infer") as r:
+                assert r.status == 404 and r.headers["content-type"] == "application/json; charset=utf-8"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            for md, details in (((), "missing mm-vmodel-id header"),
+                                ((("mm-vmodel-id", "m"), ("x-msm-fallback", "a/b")),
+                                 "bad x-msm-fallback header"),
+                                ((("mm-vmodel-id", "gone"),), "model 'gone' not found")):
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call(b"", metadata=md, timeout=5)
+                assert e.value.details() == details
     finally:
         await act.stop()

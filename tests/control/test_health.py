@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from prometheus_client import CollectorRegistry
 
-from placement.control.health import DOWN_AFTER_FAILURES, SLOW_DOWN_AFTER_S, InstanceHealth
+from placement.control.health import DOWN_AFTER_FAILURES, PROBE_TIMEOUT_S, SLOW_DOWN_AFTER_S, InstanceHealth
 from placement.control.runtime_client import RuntimeStatus, RuntimeTimeout, RuntimeUnavailable
 from placement.engine.model_types import InstanceInfo
 
@@ -20,33 +21,48 @@ class Client:
         self.answer: object = "READY"
         self.calls = 0
         self.hang: asyncio.Event | None = None
+        self.delay = 0.0  # each check takes this long
+        self.capacity = 0  # what runtimeStatus says (0: not known)
+        self.holds: dict[str, int] = {}
+        self.timeouts: list[tuple[str, float | None]] = []
 
     async def runtime_status(self, timeout=None) -> RuntimeStatus:
         self.calls += 1
+        self.timeouts.append(("runtimeStatus", timeout))
         if self.hang is not None:
             await self.hang.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if isinstance(self.answer, Exception):
             raise self.answer
-        return RuntimeStatus(ready=self.answer == "READY", status=str(self.answer), capacity_bytes=0,
+        return RuntimeStatus(ready=self.answer == "READY", status=str(self.answer),
+                             capacity_bytes=self.capacity,
                              max_loading_concurrency=1, model_loading_timeout_ms=1,
                              default_model_size_bytes=0, runtime_version="", limit_model_concurrency=False,
                              allow_any_method=False, method_infos={})
 
     async def loaded_models(self, timeout=None) -> dict[str, int]:
-        return {}
+        self.timeouts.append(("loaded_models", timeout))
+        return dict(self.holds)
 
     async def close(self) -> None:
         pass
 
 
-def make(*ids: str):
+def make(*ids: str, registry: CollectorRegistry | None = None):
     now = [0.0]
     events: list[tuple[str, str]] = []
+    ups: list[tuple[InstanceInfo, object, dict[str, int]]] = []
+
+    def on_up(info, client, held) -> None:
+        events.append(("up", info.id))
+        ups.append((info, client, dict(held)))
+
     clients = {i: Client(i) for i in ids}
     health = InstanceHealth(
         [(InstanceInfo(i, "rt", "127.0.0.1", 1, 2, 100), c) for i, c in clients.items()],
-        lambda info, client, held: events.append(("up", info.id)), lambda iid: events.append(("down", iid)),
-        clock=lambda: now[0])
+        on_up, lambda iid: events.append(("down", iid)), clock=lambda: now[0], registry=registry)
+    health.ups = ups  # type: ignore[attr-defined]
     return health, clients, events, now
 
 
@@ -129,6 +145,11 @@ async def test_instances_join_and_leave_while_checking_runs() -> None:
                 break
             await asyncio.sleep(0.01)
         assert ("up", "i1") in events
+        for _ in range(100):  # and checked on its period from then on
+            if late.calls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert late.calls >= 3
         calls = late.calls
         await health.remove("i1")  # its pod is gone: out of placement now, checks stop
         assert events[-1] == ("down", "i1") and "i1" not in health.instances
@@ -170,6 +191,7 @@ async def test_callers_rechecking_one_instance_at_once_share_one_recheck() -> No
     health, clients, events, _ = make("i0")
     await health.check_all()
     clients["i0"].answer = REFUSED
+    clients["i0"].delay = 0.01  # checks overlap: callers that did not share would each run one
     before = clients["i0"].calls
     first = asyncio.create_task(health.recheck(frozenset({"i0"})))
     others = [asyncio.create_task(health.recheck(frozenset({"i0"}))) for _ in range(5)]
@@ -179,3 +201,107 @@ async def test_callers_rechecking_one_instance_at_once_share_one_recheck() -> No
     assert clients["i0"].calls - before == DOWN_AFTER_FAILURES
     assert events.count(("down", "i0")) == 1
     await health.stop()
+
+
+
+async def test_an_instance_comes_up_with_its_capacity_and_holdings_and_is_counted() -> None:
+    """Up: the runtime's own capacity replaces the configured one (0 keeps it), what it already
+    holds is adopted, and the gauge and counter say how many are up and how many went down.
+    A down instance that answers again is adopted again with what it holds then."""
+    registry = CollectorRegistry()
+    health, clients, _, _ = make("i0", "i1", registry=registry)
+    clients["i0"].capacity = 512
+    clients["i0"].holds = {"m__1": 7}
+    await health.check_all()
+    (info0, client0, held0), (info1, _, held1) = sorted(health.ups, key=lambda u: u[0].id)
+    assert (info0.capacity_bytes, client0, held0) == (512, clients["i0"], {"m__1": 7})
+    assert (info1.capacity_bytes, held1) == (100, {})
+    assert ("runtimeStatus", PROBE_TIMEOUT_S) in clients["i0"].timeouts
+    assert ("loaded_models", PROBE_TIMEOUT_S) in clients["i0"].timeouts
+    assert registry.get_sample_value("msm_runtime_instances_up") == 2
+    clients["i1"].answer = REFUSED
+    for _ in range(DOWN_AFTER_FAILURES):
+        await health.check_all()
+    assert registry.get_sample_value("msm_runtime_instances_up") == 1
+    assert registry.get_sample_value("msm_runtime_instance_down_total") == 1
+    assert sum(1 for c in clients["i0"].timeouts if c[0] == "loaded_models") == 1  # asked once, on coming up
+    clients["i1"].answer = "READY"
+    clients["i1"].holds = {"o__1": 3}
+    await health.check_all()
+    assert health.ups[-1][0].id == "i1" and health.ups[-1][2] == {"o__1": 3}
+
+
+async def test_a_new_leader_readopts_every_instance_with_what_it_holds_now() -> None:
+    health, clients, events, _ = make("i0")
+    await health.check_all()
+    clients["i0"].holds = {"m__2": 5}
+    await health.readopt()
+    assert events == [("up", "i0"), ("up", "i0")]
+    assert health.ups[-1][2] == {"m__2": 5}
+
+
+async def test_a_slow_spell_is_timed_from_its_first_slow_check() -> None:
+    health, clients, events, now = make("i0")
+    now[0] = 1000.0
+    await health.check_all()
+    clients["i0"].answer = TIMEOUT
+    await health.check_all()
+    now[0] = 1003.0
+    await health.check_all()
+    assert health.instances["i0"].last_error.endswith("(slow for 3s)")
+    now[0] = 1000.0 + SLOW_DOWN_AFTER_S - 0.5
+    await health.check_all()
+    assert events == [("up", "i0")]
+    now[0] = 1000.0 + SLOW_DOWN_AFTER_S
+    await health.check_all()
+    assert events == [("up", "i0"), ("down", "i0")]
+
+
+async def test_status_shows_each_instance_as_health_checking_sees_it() -> None:
+    health, clients, _, _ = make("i0", "i1")
+    await health.check_all()
+    clients["i1"].answer = REFUSED
+    await health.check_all()
+    placed = {"i0": {"runtime": "rt", "loaded": {"m__1": {}}}}
+    health.annotate(placed)
+    assert placed["i0"] == {"runtime": "rt", "loaded": {"m__1": {}}, "up": True, "spi_address": "i0:1",
+                            "rest_port": 1, "grpc_port": 2}
+    assert placed["i1"] == {"runtime": "rt", "address": "127.0.0.1", "capacity_bytes": 100, "loaded": {},
+                            "up": True, "spi_address": "i1:1", "rest_port": 1, "grpc_port": 2,
+                            "last_error": str(REFUSED)}
+
+
+async def test_checking_stops_and_starts_again_and_a_recheck_of_a_removed_instance_ends() -> None:
+    """After stop, an instance added is not checked until start; start again checks them all. A
+    recheck in progress when its instance is removed (its pod deleted) ends, and the instance
+    counts as down for its callers."""
+    health, clients, events, _ = make("i0")
+    health.interval = 0.01
+    early = Client("i2")
+    health.add(InstanceInfo("i2", "rt", "127.0.0.3", 1, 2, 100), early)  # before any start
+    await asyncio.sleep(0.02)
+    assert early.calls == 0
+    await health.remove("i2")
+    await health.check_all()
+    health.start()
+    await health.stop()
+    late = Client("i1")
+    health.add(InstanceInfo("i1", "rt", "127.0.0.2", 1, 2, 100), late)
+    await asyncio.sleep(0.05)
+    assert late.calls == 0
+    health.start()
+    try:
+        for _ in range(200):
+            if late.calls >= 3 and clients["i0"].calls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert late.calls >= 3 and clients["i0"].calls >= 3
+    finally:
+        await health.stop()
+    clients["i0"].answer = REFUSED
+    clients["i0"].delay = 0.05
+    waiting = asyncio.create_task(health.recheck(frozenset({"i0"})))
+    await asyncio.sleep(0.01)
+    await health.remove("i0")
+    assert await asyncio.wait_for(waiting, 2) == {"i0"}
+    assert events[-1] == ("down", "i0")
