@@ -262,3 +262,35 @@ async def test_a_cluster_the_client_still_holds_gets_its_endpoints_after_a_newer
         assert x.version
     finally:
         await c.close()
+
+
+async def test_an_explicit_wildcard_subscription_comes_and_goes_beside_named_ones(xds):
+    """``*`` subscribes to every resource of the type beside the names asked for; unsubscribing
+    ``*`` leaves the names. Each response decodes whole with several resources in it."""
+    publish(xds.cache, mesh({"a": [1], "b": [2], "c": [3]}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.ENDPOINT, subscribe=["a", "b"])
+        eds = await c.recv()
+        assert names_of(eds) == ["a", "b"]
+        await c.ack(eds)
+        await c.delta_req(rt.ENDPOINT, subscribe=["*"])
+        eds = await c.recv()
+        assert names_of(eds) == ["c"]  # everything, of which the client lacked c
+        await c.ack(eds)
+        await c.delta_req(rt.ENDPOINT, unsubscribe=["*"])
+        stream = await c.settled(xds)
+        assert not stream.types[rt.ENDPOINT].wildcard and stream.types[rt.ENDPOINT].names == {"a", "b"}
+        moved = publish(xds.cache, mesh({"a": [4], "b": [2], "c": [5]}))
+        # a's change (its old and new hosts first, while routes may still name the old: make
+        # before break), never c's: c is no longer subscribed
+        for _ in range(3):
+            eds = await c.recv()
+            assert (names_of(eds), list(eds.removed_resources)) == (["a"], [])
+            await c.ack(eds)
+            await c.settled(xds)
+            if await xds.wait_for_ack(moved.version, timeout=0):
+                break
+        assert await xds.wait_for_ack(moved.version, timeout=0)
+    finally:
+        await c.close()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
-from xds_client import AdsClient, cla, mesh, names_of, publish
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+from xds_client import AdsClient, cla, mesh, names_of, node, publish
 
 from xds_server import resource_types as rt
 
@@ -238,5 +241,130 @@ async def test_wait_for_ack_with_at_least_one_waits_for_a_client_to_connect_and_
         await c.sotw(rt.ENDPOINT, ["a"])
         await c.ack(await c.recv(), ["a"])
         assert await waiting
+    finally:
+        await c.close()
+
+
+async def test_a_streams_description_and_counters_say_what_it_holds_and_what_it_rejected(xds):
+    """What ``msm status`` shows of a client: its claims (bounded), the stream's kind and peer,
+    and per type what it holds, what it subscribed to, what is in flight and what it rejected
+    (two NACKs counted, the error cleared by the next ACK); the response counters by type."""
+    started = time.time()
+    publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    long_id = "gw-" + "n" * 300
+    c = AdsClient(xds.test_port, node_id=long_id, cluster="c" * 300)
+    try:
+        await c.sotw(rt.CLUSTER)
+        cds = await c.recv()
+        await c.nack(cds, "first")
+        publish(xds.cache, mesh({"a": [1], "b": [3]}))  # a new version of the clusters: rejected too
+        cds = await c.recv()
+        await c.nack(cds, "second")
+        stream = await c.settled(xds)
+        assert stream.describe()["types"]["cds"]["nacks"] == 2
+        assert stream.describe()["types"]["cds"]["last_error"] == "second"
+        good = publish(xds.cache, mesh({"a": [4], "b": [3]}))
+        cds = await c.recv()
+        await c.ack(cds)
+        await c.sotw(rt.ENDPOINT, ["a"])
+        eds = await c.recv()
+        await c.ack(eds, ["a"])
+        d = (await c.settled(xds)).describe()
+    finally:
+        await c.close()
+    assert (d["node_id"], d["cluster"]) == (long_id[:256], "c" * 256)
+    assert (d["variant"], d["kind"], d["authenticated"]) == ("sotw", "envoy", "")
+    assert d["peer"].startswith("ipv4:127.0.0.1:") and started <= d["connected_at"] <= time.time()
+    assert d["types"] == {
+        "cds": {"acked_version": good.version, "resources": 2, "subscription": "*", "pending": None,
+                "nacks": 2, "last_error": None},
+        "eds": {"acked_version": good.version, "resources": 1, "subscription": 1, "pending": None,
+                "nacks": 0, "last_error": None},
+    }
+    assert list(d["types"]) == ["cds", "eds"]  # in xDS order
+    assert metric(xds, "msm_xds_responses_total", type="cds", variant="sotw") == 3
+    assert metric(xds, "msm_xds_resources_sent_total", type="cds", variant="sotw") == 6
+    assert metric(xds, "msm_xds_responses_total", type="eds", variant="sotw") == 1
+    assert metric(xds, "msm_xds_resources_sent_total", type="eds", variant="sotw") == 1
+    size = len(eds.SerializeToString())
+    assert metric(xds, "msm_xds_response_bytes_total", type="eds", variant="sotw") == size
+
+
+
+@pytest.mark.parametrize("detail", [status_pb2.Status(code=0, message="rejected, code unset"),
+                                    status_pb2.Status(code=13, message="")],
+                         ids=["message-only", "code-only"])
+async def test_an_error_detail_with_only_a_message_or_only_a_code_is_a_nack(xds, detail):
+    """Envoy fills both; a client that fills one still rejected the response: taking it as an
+    ACK would record a version the client does not hold."""
+    first = publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port)
+    try:
+        await c.sotw(rt.CLUSTER)
+        await c.ack(await c.recv())
+        assert await xds.wait_for_ack(first.version, timeout=2)
+        second = publish(xds.cache, mesh({"a": [2], "b": [3]}))
+        cds = await c.recv()
+        await c._write(discovery_pb2.DiscoveryRequest(type_url=rt.CLUSTER, version_info=first.version,
+                                                      response_nonce=cds.nonce, error_detail=detail))
+        stream = await c.settled(xds)
+        assert not await xds.wait_for_ack(second.version, timeout=0)
+        assert stream.types[rt.CLUSTER].acked_version == first.version
+        assert metric(xds, "msm_xds_nacks_total", type="cds") == 1
+    finally:
+        await c.close()
+
+
+
+async def test_a_stream_keeps_the_node_its_first_request_named(xds):
+    """A later request that names another node (Envoy sends it once) changes nothing: the
+    stream's identity, its cluster and the kind of snapshots it follows are its first claim's."""
+    publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port, node_id="gw-a")
+    try:
+        await c.sotw(rt.CLUSTER)
+        cds = await c.recv()
+        other = node("router~10.0.0.1~gw.ns~ns.svc.cluster.local", c.tag, {"ISTIO_VERSION": "1.31"},
+                     cluster="elsewhere")
+        await c._write(discovery_pb2.DiscoveryRequest(type_url=rt.CLUSTER, version_info=cds.version_info,
+                                                      response_nonce=cds.nonce, node=other))
+        d = (await c.settled(xds)).describe()
+        assert (d["node_id"], d["cluster"], d["kind"]) == ("gw-a", "test", "envoy")
+    finally:
+        await c.close()
+
+
+async def test_named_endpoints_and_a_wildcard_beside_names(xds):
+    """A subset of the endpoints decodes whole with several in one response; ``*`` among the
+    names asks for every resource of the type."""
+    snap = publish(xds.cache, mesh({"a": [1], "b": [2], "c": [3]}))
+    c = AdsClient(xds.test_port)
+    try:
+        await c.sotw(rt.ENDPOINT, ["a", "b"])
+        eds = await c.recv()
+        assert (names_of(eds), eds.version_info) == (["a", "b"], snap.version)
+        await c.ack(eds, ["a", "b"])
+        await c.sotw(rt.ENDPOINT, ["*", "a"], version=eds.version_info, nonce=eds.nonce)
+        eds = await c.recv()
+        assert names_of(eds) == ["a", "b", "c"]
+    finally:
+        await c.close()
+
+
+async def test_an_acked_full_state_response_replaces_what_the_client_holds(xds):
+    """SotW responses of clusters carry the whole set: once the client ACKs one without b, the
+    server no longer counts b among what it holds (a later b is new to it, and sent)."""
+    publish(xds.cache, mesh({"a": [1], "b": [2]}))
+    c = AdsClient(xds.test_port)
+    try:
+        await c.sotw(rt.CLUSTER)
+        await c.ack(await c.recv())
+        publish(xds.cache, mesh({"a": [1]}))
+        cds = await c.recv()
+        assert names_of(cds) == ["a"]
+        await c.ack(cds)
+        stream = await c.settled(xds)
+        assert set(stream.types[rt.CLUSTER].known) == {"a"}
+        assert stream.describe()["types"]["cds"]["resources"] == 1
     finally:
         await c.close()

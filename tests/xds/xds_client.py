@@ -77,8 +77,9 @@ def publish(cache: SnapshotCache, resources: dict[str, dict[str, Any]]) -> Snaps
     return snap
 
 
-def node(node_id: str, tag: str = "", metadata: dict[str, Any] | None = None) -> base_pb2.Node:
-    n = base_pb2.Node(id=node_id, cluster="test", user_agent_name=tag)
+def node(node_id: str, tag: str = "", metadata: dict[str, Any] | None = None,
+         cluster: str = "test") -> base_pb2.Node:
+    n = base_pb2.Node(id=node_id, cluster=cluster, user_agent_name=tag)
     if metadata:
         n.metadata.update(metadata)
     return n
@@ -97,12 +98,13 @@ class AdsClient:
 
     def __init__(self, port: int, node_id: str = "envoy-1", delta: bool = False,
                  metadata: tuple[tuple[str, str], ...] = (),
-                 node_metadata: dict[str, Any] | None = None) -> None:
+                 node_metadata: dict[str, Any] | None = None, cluster: str = "test") -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.delta = delta
         self.node_id = node_id
         self.node_metadata = node_metadata
+        self.cluster = cluster
         self.tag = f"ads-client-{next(_tags)}"
         self.written = 0  # requests written on the stream
         method = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
@@ -114,7 +116,7 @@ class AdsClient:
         if self._sent_node:
             return {}
         self._sent_node = True
-        return {"node": node(self.node_id, self.tag, self.node_metadata)}
+        return {"node": node(self.node_id, self.tag, self.node_metadata, self.cluster)}
 
     async def _write(self, req: Any) -> None:
         await self.call.write(req)
