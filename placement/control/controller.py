@@ -78,37 +78,30 @@ class ViewPublisher(Protocol):
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
 
 
+def _routed(view: MeshView, model: str, revision: str | None) -> list[Revision]:
+    """The revisions ``view`` sends ``model``'s traffic to: ``revision`` while it is one of the
+    model's, else the destinations with a share of its rules."""
+    m = view.models.get(model)
+    if m is None:
+        return []
+    rev = m.revision(revision) if revision is not None else None
+    if rev is not None:
+        return [rev]
+    return [rev for rule in m.effective_rules() for d in rule.destinations
+            if d.weight > 0 and (rev := m.revision(d.revision)) is not None]
+
+
 def routes_to_a_copy(view: MeshView, model: str, revision: str | None = None,
                      avoid: Collection[str] = ()) -> bool:
     """Whether ``view`` sends some of ``model``'s traffic to a ready copy (not all to the activator);
     with ``revision``, whether that revision has one (if it is still a revision of the model).
     Copies on the ``avoid`` instances do not count."""
-    m = view.models.get(model)
-    if m is None:
-        return False
-
-    def usable(rev: Revision) -> bool:
-        return any(cp.instance not in avoid for cp in rev.copies)
-
-    rev = m.revision(revision) if revision is not None else None
-    if rev is not None:
-        return usable(rev)
-    for rule in m.effective_rules():
-        for d in rule.destinations:
-            rev = m.revision(d.revision)
-            if d.weight > 0 and rev is not None and usable(rev):
-                return True
-    return False
+    return any(cp.instance not in avoid for rev in _routed(view, model, revision) for cp in rev.copies)
 
 
 def instances_routed(view: MeshView, model: str, revision: str | None = None) -> frozenset[str]:
     """The instances holding the copies ``view`` routes ``model`` (``revision`` of it) to."""
-    m = view.models.get(model)
-    if m is None:
-        return frozenset()
-    revs = ([m.revision(revision)] if revision is not None
-            else [m.revision(d.revision) for rule in m.effective_rules() for d in rule.destinations])
-    return frozenset(cp.instance for rev in revs if rev is not None for cp in rev.copies)
+    return frozenset(cp.instance for rev in _routed(view, model, revision) for cp in rev.copies)
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
