@@ -1,6 +1,7 @@
 """The activator against real loopback servers standing in for the gateway."""
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
@@ -95,10 +96,19 @@ def make_activator(gateway, answers, timeout_s=5):
     return act, calls
 
 
-async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gateway):
-    act, calls = make_activator(gateway, {})
+@contextlib.asynccontextmanager
+async def started(gateway, answers, timeout_s=5):
+    """A started activator (see make_activator) and its ensure_ready calls; stopped on the way out."""
+    act, calls = make_activator(gateway, answers, timeout_s)
     await act.start()
     try:
+        yield act, calls
+    finally:
+        await act.stop()
+
+
+async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gateway):
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/sklearn-mnist/infer?x=1",
                 data=b'{"inputs": []}') as r:
@@ -108,16 +118,12 @@ async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gat
         method, path, headers, body = gateway.rest_seen[0]
         assert (method, path, body) == ("POST", "/v2/models/sklearn-mnist/infer?x=1", b'{"inputs": []}')
         assert headers[ACTIVATED_HEADER] == "1"
-    finally:
-        await act.stop()
 
 
 async def test_the_gateway_names_the_model_to_load_and_the_replay_keeps_the_revision(gateway):
     """A VirtualService host ``digits`` routed to ``svm``'s cold revision: the activator loads
     ``svm`` (that revision), and replays the request as the client sent it, revision pinned."""
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         pin = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1"}
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/digits/infer", data=b"{}", headers=pin) as r:
@@ -132,15 +138,11 @@ async def test_the_gateway_names_the_model_to_load_and_the_replay_keeps_the_revi
         _, md, _ = gateway.grpc_seen[0]
         assert md["mm-vmodel-id"] == "digits" and "x-msm-model" not in md
         assert md["x-msm-revision"] == "svm__isvc-1" and md[ACTIVATED_HEADER] == "1"
-    finally:
-        await act.stop()
 
 
 async def test_a_model_deleted_while_routes_still_name_it_is_not_found(gateway):
     """The gateway's routes lag the deletion by an ACK: the activator answers as the gateway will."""
-    act, _ = make_activator(gateway, {"gone": "unknown model 'gone'"})
-    await act.start()
-    try:
+    async with started(gateway, {"gone": "unknown model 'gone'"}) as (act, _):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/gone/infer", data=b"{}") as r:
             assert r.status == 404
@@ -151,42 +153,30 @@ async def test_a_model_deleted_while_routes_still_name_it_is_not_found(gateway):
                 await call(b"\x0a\x04gone", metadata=(("mm-vmodel-id", "gone"),), timeout=5)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
         assert gateway.rest_seen == [] and gateway.grpc_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_a_replayed_request_that_comes_back_is_answered_503_not_looped(gateway):
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
                 headers={ACTIVATED_HEADER: "1"}) as r:
             assert r.status == 503
             assert "no ready copy" in json.loads(await r.text())["error"]
         assert calls == [] and gateway.rest_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_a_model_that_cannot_load_gets_503_with_the_reason(gateway):
-    act, _ = make_activator(gateway, {"broken": "load failed on 3 instances: bad pickle"})
-    await act.start()
-    try:
+    async with started(gateway, {"broken": "load failed on 3 instances: bad pickle"}) as (act, _):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/broken/infer", data=b"{}") as r:
             assert r.status == 503
             assert r.headers["content-type"].startswith("application/json")
             assert "bad pickle" in (await r.json())["error"]
         assert gateway.rest_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_cold_grpc_request_is_replayed_with_its_metadata(gateway):
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
             call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             reply = await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "m"), ("x-user", "u1")), timeout=5)
@@ -196,14 +186,10 @@ async def test_cold_grpc_request_is_replayed_with_its_metadata(gateway):
         assert body == b"\x0a\x01m"
         assert method == "/inference.GRPCInferenceService/ModelInfer"
         assert md["mm-vmodel-id"] == "m" and md["x-user"] == "u1" and md[ACTIVATED_HEADER] == "1"
-    finally:
-        await act.stop()
 
 
 async def test_grpc_without_model_header_is_invalid_and_failed_load_is_unavailable(gateway):
-    act, _ = make_activator(gateway, {"bad": "no runtime supports format foo"})
-    await act.start()
-    try:
+    async with started(gateway, {"bad": "no runtime supports format foo"}) as (act, _):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
             call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -214,14 +200,10 @@ async def test_grpc_without_model_header_is_invalid_and_failed_load_is_unavailab
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "no runtime supports format foo" in e.value.details()
         assert gateway.grpc_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_a_replayed_grpc_request_that_comes_back_is_unavailable_not_looped(gateway):
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
             call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -229,8 +211,6 @@ async def test_a_replayed_grpc_request_that_comes_back_is_unavailable_not_looped
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert e.value.details() == "model 'm' has no ready copy"
         assert calls == [] and gateway.grpc_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_activation(gateway):
@@ -265,9 +245,7 @@ async def test_grpc_replay_that_routes_back_to_the_activator_stops_after_one_act
 
 async def test_a_failure_told_to_the_client_names_no_internal_address(gateway):
     reason = "loadModel on 127.0.0.1:20240 failed (INTERNAL): bad pickle; peer [::1]:8001"
-    act, _ = make_activator(gateway, {"m": reason})
-    await act.start()
-    try:
+    async with started(gateway, {"m": reason}) as (act, _):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}") as r:
             assert r.status == 503
@@ -280,8 +258,6 @@ async def test_a_failure_told_to_the_client_names_no_internal_address(gateway):
                     b"", metadata=(("mm-vmodel-id", "m"),), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "127.0.0.1" not in e.value.details() and "<internal>" in e.value.details()
-    finally:
-        await act.stop()
 
 
 FALLBACK = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1", "x-msm-fallback": "digits"}
@@ -291,9 +267,7 @@ async def test_a_request_whose_copies_failed_waits_failed_over_and_replays_under
     """The gateway's retries gave up on the copies and sent the request here as it went to them
     (under the revision's id): the activator asks for a failed-over wait, then replays it as the
     client's request, the revision pinned."""
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/svm__isvc-1/versions/2/infer?x=1", data=b"{}",
                 headers=FALLBACK) as r:
@@ -312,27 +286,19 @@ async def test_a_request_whose_copies_failed_waits_failed_over_and_replays_under
         assert body == b"\x0a\x0bsvm__isvc-1"
         assert md["mm-vmodel-id"] == "digits" and md["x-msm-revision"] == "svm__isvc-1"
         assert "x-msm-fallback" not in md and "x-msm-model" not in md
-    finally:
-        await act.stop()
 
 
 async def test_a_failed_over_grpc_request_is_replayed_under_the_name_the_client_called(gateway):
-    act, _ = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, _):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
             call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "svm"), *FALLBACK.items()), timeout=5)
         _, md, _ = gateway.grpc_seen[0]
         assert md["mm-vmodel-id"] == "digits"
-    finally:
-        await act.stop()
 
 
 async def test_a_failed_over_request_that_comes_back_says_no_copy_takes_it(gateway):
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/svm__isvc-1/infer", data=b"{}",
                 headers={**FALLBACK, ACTIVATED_HEADER: "1"}) as r:
@@ -345,15 +311,11 @@ async def test_a_failed_over_request_that_comes_back_says_no_copy_takes_it(gatew
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert e.value.details() == "model 'digits' has no copy that takes requests"
         assert calls == [] and gateway.rest_seen == [] and gateway.grpc_seen == []
-    finally:
-        await act.stop()
 
 
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 300, "a b"])
 async def test_a_fallback_header_that_is_not_a_model_name_is_refused(gateway, bad):
-    act, calls = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
                 headers={"x-msm-fallback": bad}) as r:
@@ -364,32 +326,24 @@ async def test_a_fallback_header_that_is_not_a_model_name_is_refused(gateway, ba
                 await call(b"", metadata=(("mm-vmodel-id", "m"), ("x-msm-fallback", bad)), timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert calls == [] and gateway.rest_seen == [] and gateway.grpc_seen == []
-    finally:
-        await act.stop()
 
 
 async def test_a_replayed_answer_reaches_the_client_in_the_encoding_it_names(gateway):
     """The client accepts gzip and the runtime gzips its answer: the replay passes the body on
     as it came, so its Content-Encoding still describes it (seen live: an httpx client failed to
     decode a body the activator had decompressed but still labelled gzip)."""
-    act, _ = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, _):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
                 headers={"accept-encoding": "gzip"}) as r:
             assert r.status == 200 and r.headers["content-encoding"] == "gzip"
             assert await r.json() == {"served": "/v2/models/m/infer"}
-    finally:
-        await act.stop()
 
 
 async def test_the_replay_carries_the_clients_content_type_and_none_of_its_own(gateway):
     """A V2 body sent without a Content-Type (as curl -d or httpx content= may) is replayed
     without one: a replay labelled application/octet-stream is read by MLServer as a string."""
-    act, _ = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, _):
         async with aiohttp.ClientSession() as s:
             for sent in (None, "application/json"):
                 async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
@@ -397,8 +351,6 @@ async def test_the_replay_carries_the_clients_content_type_and_none_of_its_own(g
                                   skip_auto_headers=("Content-Type",)) as r:
                     assert r.status == 200
         assert [h.get("Content-Type") for _, _, h, _ in gateway.rest_seen] == [None, "application/json"]
-    finally:
-        await act.stop()
 
 
 def refused(host: str, port: int) -> bool:
@@ -428,11 +380,9 @@ async def test_replays_carry_no_gateway_internal_headers_and_large_bodies_whole(
     its own instructions), nor is the client's gRPC user-agent; bodies larger than aiohttp's and
     gRPC's default limits (1 MiB, 4 MiB) are replayed whole, and a gRPC answer above 4 MiB comes
     back whole (the gateway bounds sizes; a model's output may be large)."""
-    act, calls = make_activator(gateway, {})
-    await act.start()
     big = b"x" * (2 << 20)
     huge = b"\x0a\x01m" + b"y" * (5 << 20)
-    try:
+    async with started(gateway, {}) as (act, calls):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=big,
                 headers={"x-envoy-retry-on": "5xx", "x-user": "u1"}) as r:
@@ -450,28 +400,20 @@ async def test_replays_carry_no_gateway_internal_headers_and_large_bodies_whole(
         _, md, _ = gateway.grpc_seen[0]
         assert "x-envoy-max-retries" not in md and "client-ua/1" not in md.get("user-agent", "")
         assert calls.timeouts == [5, 5] and act.activations == 2
-    finally:
-        await act.stop()
 
 
 async def test_a_replay_answer_keeps_its_status_and_headers_but_not_hop_by_hop_ones(gateway):
-    act, _ = make_activator(gateway, {})
-    await act.start()
-    try:
+    async with started(gateway, {}) as (act, _):
         async with aiohttp.ClientSession() as s, s.post(
                 f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer?status=422", data=b"{}") as r:
             assert r.status == 422
             assert r.headers["X-Served"] == "yes" and "Keep-Alive" not in r.headers
-    finally:
-        await act.stop()
 
 
 async def test_a_replay_without_an_answer_in_time_or_at_all_gets_a_clear_error(gateway):
     """The gateway does not answer the replay within the activator's timeout: 504 (gRPC
     DEADLINE_EXCEEDED) with what happened, not a 500; the gateway gone: 502."""
-    act, _ = make_activator(gateway, {}, timeout_s=0.5)
-    await act.start()
-    try:
+    async with started(gateway, {}, timeout_s=0.5) as (act, _):
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/hang/infer", data=b"{}") as r:
                 assert r.status == 504
@@ -488,14 +430,10 @@ async def test_a_replay_without_an_answer_in_time_or_at_all_gets_a_clear_error(g
                 error = (await r.json())["error"]
                 assert error.startswith("model 'm' was ready, but its request failed: Cannot connect to host")
                 assert "127.0.0.1" not in error and "<internal>" in error
-    finally:
-        await act.stop()
 
 
 async def test_every_refusal_says_what_was_wrong(gateway):
-    act, _ = make_activator(gateway, {"gone": "unknown model 'gone'"})
-    await act.start()
-    try:
+    async with started(gateway, {"gone": "unknown model 'gone'"}) as (act, _):
         url = f"http://127.0.0.1:{act.rest_port}"
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{url}/v1/other") as r:
@@ -515,5 +453,3 @@ async def test_every_refusal_says_what_was_wrong(gateway):
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call(b"", metadata=md, timeout=5)
                 assert e.value.details() == details
-    finally:
-        await act.stop()
