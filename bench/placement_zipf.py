@@ -13,7 +13,10 @@ one at a time (``max_concurrent_loads=1``), queueing behind each other. Unloads 
 Policies:
 - ``msm``: the placement engine (placement/engine/engine.py) driven like the controller drives it:
   ``record_requests`` per request, ``request_for_cold_model`` on a miss, ``tick`` every 250 ms and
-  after each miss; requests go to the ready copy whose instance frees a worker first.
+  after each miss; requests go to the ready copy whose instance frees a worker first. Its default
+  eviction (LRFU, 60 s half-life) beside plain LRU (``frequency_half_life_s=0``) and the
+  ``--half-lives`` given; ``--shift-s`` reshuffles the popularity ranking now and then, to see
+  which half-lives still adapt.
 - ``lru-hash``: each model hashed to one instance; each instance an independent LRU cache.
 - ``random``: a model's one copy goes to a random instance on a miss, evicting that instance's LRU.
 - ``multiplex``: Ray Serve's ``@serve.multiplexed`` (the peer of bench/ray_multiplex.py): each
@@ -60,6 +63,7 @@ class Setup:
     load_mb_s: float
     seed: int
     mem_buffer: int = 0  # memBufferBytes: what copies being unloaded may still use (msm only)
+    shift_s: float = 0.0  # > 0: the popularity ranking is shuffled anew this often
     sizes: list[int] = field(default_factory=list)
     capacity: int = 0
 
@@ -79,11 +83,14 @@ class Setup:
         ranking = list(range(self.models))
         rng.shuffle(ranking)  # popularity independent of index (and of hash placement)
         cum = list(itertools.accumulate(weights))
-        out, t = [], 0.0
+        out, t, shifted = [], 0.0, 0.0
         while True:
             t += rng.expovariate(self.rate)
             if t >= self.duration_s:
                 return out
+            if self.shift_s > 0 and t - shifted >= self.shift_s:  # yesterday's favourites fade
+                shifted = t
+                rng.shuffle(ranking)
             k = min(self.models - 1, _bisect(cum, rng.random() * cum[-1]))
             out.append((t, ranking[k]))
 
@@ -290,18 +297,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mem-buffer-mb", type=float, default=0.0,
                     help="msm's memBufferBytes per instance (the article's runtime: 128)")
+    ap.add_argument("--shift-s", type=float, default=0.0,
+                    help="shuffle the models' popularity anew this often (0: a fixed ranking)")
+    ap.add_argument("--half-lives", type=float, nargs="*", default=[30.0, 300.0],
+                    help="also run msm's engine with LRFU eviction at these request half-lives (s)")
     a = ap.parse_args()
     setup = Setup(a.models, a.instances, a.fit, a.zipf_s, a.rate, a.duration, a.warmup, a.workers,
-                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB))
+                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB), a.shift_s)
     setup.build()
     print(f"{a.models} models ({sum(setup.sizes) / MB / 1024:.1f} GiB), {a.instances} instances x "
           f"{setup.capacity / MB:.0f} MiB ({a.fit:.0%} fits), Zipf s={a.zipf_s}, {a.rate:g} req/s, "
-          f"{a.duration:g} s simulated ({a.warmup:g} s warm-up), seed {a.seed}\n")
+          f"{a.duration:g} s simulated ({a.warmup:g} s warm-up), seed {a.seed}"
+          + (f", popularity reshuffled every {a.shift_s:g} s" if a.shift_s else "") + "\n")
     print("| policy | hit rate | loads | p50 ms | p99 ms | p99.9 ms | mean ms | wall s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs = [
-        ("msm", lambda: run_msm(setup, EngineConfig())),
+        ("msm (LRFU eviction, half-life 60 s: the default)", lambda: run_msm(setup, EngineConfig())),
+        ("msm, LRU eviction (ModelMesh's)", lambda: run_msm(setup, EngineConfig(frequency_half_life_s=0))),
         ("msm (no idle scale-down)", lambda: run_msm(setup, EngineConfig(idle_scale_down=False))),
+        *((f"msm, LRFU eviction (half-life {h:g} s)",
+           lambda h=h: run_msm(setup, EngineConfig(frequency_half_life_s=h))) for h in a.half_lives),
         ("lru-hash", lambda: run_baseline(setup, "lru-hash")),
         ("random", lambda: run_baseline(setup, "random")),
         ("multiplex (Ray Serve's, by count)", lambda: run_multiplex(setup)),

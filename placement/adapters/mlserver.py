@@ -7,8 +7,15 @@ repository API; unloadModel unloads it and removes the folder. MLServer must run
 ``MLSERVER_MODELS_DIR`` (or ``mlserver start``'s folder) = ``models_dir`` and
 ``load_models_at_startup`` false.
 
-Beside the SPI it serves ``msm.RuntimeInventory/listModels`` (from MLServer's repository index),
-so that a restarted control plane adopts what is loaded instead of loading it again.
+Once MLServer has loaded a model, its settings file is renamed to ``model-settings.loaded.json``:
+MLServer finds the model to load by parsing every ``model-settings.json`` under its repository
+(about 1.5 ms each), so a repository that kept every loaded model's file would make each load
+cost more the more models the runtime holds (SeldonIO/MLServer#976). The repository holds only
+the loads in progress; MLServer's registry holds what is loaded.
+
+Beside the SPI it serves ``msm.RuntimeInventory/listModels`` (MLServer's repository index for the
+loads in progress, MLServer's per-model readiness for the loaded ones), so that a restarted
+control plane adopts what is loaded instead of loading it again.
 
 Run: ``python -m placement.adapters.mlserver --port P --mlserver-rest-url URL --models-dir DIR
 --capacity-bytes N [--mlserver-grpc-address HOST:PORT]``.
@@ -43,6 +50,10 @@ from placement.protos import runtime_inventory_pb2_grpc as inv_grpc
 log = logging.getLogger("msm.adapter.mlserver")
 
 SETTINGS_FILE = "model-settings.json"
+LOADED_SETTINGS_FILE = "model-settings.loaded.json"
+"""A loaded model's settings, under a name MLServer's repository scan does not read."""
+INVENTORY_CONCURRENCY = 16
+"""Readiness questions to MLServer in flight at once while listing the loaded models."""
 STATE_FILE = "msm-model.json"
 """Beside each model's settings: what msm knows of it (type, path, size)."""
 
@@ -230,6 +241,18 @@ class MLServerBackend:
         except (aiohttp.ClientError, TimeoutError):
             return None
         return parse_resident_bytes(text)
+
+    async def model_ready(self, name: str, timeout: float = 5.0) -> bool:
+        """Whether MLServer's registry holds ``name``, ready (false: unknown or not ready)."""
+        try:
+            status, _ = await self._get(f"/v2/models/{quote(name, safe='')}/ready", timeout)
+        except TimeoutError as e:
+            raise MLServerError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.0f}s") from e
+        except aiohttp.ClientError as e:
+            raise MLServerError(grpc.StatusCode.UNAVAILABLE, f"MLServer unreachable: {e!r}") from e
+        if status >= 500:
+            raise MLServerError(_http_code(status), f"model {name} readiness: HTTP {status}")
+        return status == 200
 
     async def load(self, name: str, timeout: float) -> None:
         if self._channel is not None:
@@ -562,6 +585,22 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
         except BaseException:
             await self._discard(model_id)
             raise
+        try:
+            await asyncio.to_thread(self._settle, model_id)
+        except OSError as e:  # loaded all the same; MLServer's later loads only parse one file more
+            log.warning("%s: cannot take its settings out of MLServer's repository scan: %s", model_id, e)
+
+    def _settle(self, model_id: str) -> None:
+        d = self.models_dir / model_id
+        os.replace(d / SETTINGS_FILE, d / LOADED_SETTINGS_FILE)
+
+    def _settled_models(self) -> list[str]:
+        """The models whose load finished here (their settings renamed), by folder."""
+        try:
+            return sorted(d.name for d in self.models_dir.iterdir()
+                          if not d.name.startswith(".") and (d / LOADED_SETTINGS_FILE).is_file())
+        except OSError:
+            return []
 
     async def _discard(self, model_id: str) -> None:
         """Leave nothing of a model that failed or was refused: not in MLServer's index, not in
@@ -650,6 +689,21 @@ class MLServerAdapter(pb_grpc.ModelRuntimeServicer, inv_grpc.RuntimeInventorySer
             await context.abort(e.code, f"MLServer repository index failed: {e.text}")
         states = {"READY": inv_pb.RuntimeModel.READY, "LOADING": inv_pb.RuntimeModel.LOADING,
                   "UNAVAILABLE": inv_pb.RuntimeModel.UNAVAILABLE, "FAILED": inv_pb.RuntimeModel.FAILED}
+        indexed = {str(item.get("name")) for item in items}
+        settled = [m for m in await asyncio.to_thread(self._settled_models) if m not in indexed]
+        limit = asyncio.Semaphore(INVENTORY_CONCURRENCY)
+
+        async def readiness(name: str) -> dict[str, Any]:
+            async with limit:
+                if await self.backend.model_ready(name):
+                    return {"name": name, "state": "READY"}
+            return {"name": name, "state": "UNAVAILABLE",
+                    "reason": "loaded here once, but not in MLServer's registry now"}
+
+        try:
+            items = [*items, *await asyncio.gather(*(readiness(m) for m in settled))]
+        except MLServerError as e:
+            await context.abort(e.code, f"MLServer model readiness failed: {e.text}")
         models = []
         for item in items:
             name = item.get("name")

@@ -418,11 +418,17 @@ class Controller:
                 if not (woken or actions or time.monotonic() - last_publish >= self.idle_publish_s):
                     continue
                 last_publish = time.monotonic()
-                # Publish first: a copy being unloaded has already left the view, so its unload
-                # waits (below) until the gateway has ACKed routes that no longer name it.
+                # Loads start before the publish: requests may be waiting for them, and nothing
+                # routes to a copy before it is ready. Unloads are spawned after it: a copy being
+                # unloaded has already left the view, so its unload waits (in _execute) until the
+                # gateway has ACKed this version, whose routes no longer name it.
+                for action in actions:
+                    if isinstance(action, LoadAction):
+                        self._spawn(self._execute(action, None))
                 await self._publish()
                 for action in actions:
-                    self._spawn(self._execute(action, self.publisher.version))
+                    if not isinstance(action, LoadAction):
+                        self._spawn(self._execute(action, self.publisher.version))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not stop the mesh; log it loudly and go on

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from placement.engine.model_types import (
     ModelStatus,
     UnloadAction,
 )
-from placement.engine.scaling import RateTracker, ScaleInput, UsageHistory, decide_copies
+from placement.engine.scaling import DecayingCount, RateTracker, ScaleInput, UsageHistory, decide_copies
 from xds_server.mesh_view import ActivatorEndpoint, Copy, Destination, MeshView, Model, Revision, RouteRule
 
 __all__ = [
@@ -65,6 +65,7 @@ class ModelState:
     usage: UsageHistory
     revisions: dict[str, RevisionState] = field(default_factory=dict)
     last_scale_change: float = -_INF
+    frequency: DecayingCount | None = None  # with EngineConfig.frequency_half_life_s
 
 
 class Engine:
@@ -102,8 +103,10 @@ class Engine:
         for name, spec in wanted.items():
             ms = self.models.get(name)
             if ms is None:
+                half_life = self.config.frequency_half_life_s
                 ms = ModelState(name, spec, None, now, self._rate_tracker(),
-                                UsageHistory(self.config.usage_gap_s))
+                                UsageHistory(self.config.usage_gap_s),
+                                frequency=DecayingCount(half_life) if half_life else None)
                 self.models[name] = ms
             ms.spec = spec
             rs = ms.revisions.get(spec.revision)
@@ -280,7 +283,8 @@ class Engine:
         self._dirty.add(ms.name)
         if cache.committed_bytes() > cache.info.capacity_bytes:  # the estimate was low: make room
             plan = cache.plan_eviction(cache.committed_bytes() - cache.info.capacity_bytes,
-                                       lambda v: v is not c and self._evictable(v, _INF, False, None))
+                                       lambda v: v is not c and self._evictable(v, _INF, False, None),
+                                       self._eviction_score(now))
             for v in plan or []:
                 self._evict(cache, v, self._pending)
 
@@ -309,6 +313,8 @@ class Engine:
         now = self.clock.now()
         ms.rate.add(now, count)
         ms.usage.touch(now)
+        if ms.frequency is not None:
+            ms.frequency.add(now, count)
         routed = [self._rev(r) for r, _ in self._routed(ms)]
         copies = [(i, c) for rs in routed if rs for i, c in rs.copies.items() if c.phase is Phase.READY]
         if instance_id is not None:
@@ -571,6 +577,16 @@ class Engine:
         if rs is not None:
             rs.want = min(rs.want, len(rs.copies))
 
+    def _eviction_score(self, now: float) -> Callable[[CachedCopy], float] | None:
+        """LRFU: a copy's model's decayed request count (None: plain LRU order)."""
+        if not self.config.frequency_half_life_s:
+            return None
+
+        def score(c: CachedCopy) -> float:
+            ms = self.models.get(c.model) if c.model else None
+            return ms.frequency.at(now) if ms is not None and ms.frequency is not None else 0.0
+        return score
+
     def _protected(self, c: CachedCopy) -> bool:
         """Evicting it would take its revision below ``min_copies``."""
         rs = self._rev(c.revision)
@@ -785,6 +801,7 @@ class Engine:
         spec = rs.spec
         size = self._size(spec)
         failed_on = self._failed_on(rs, now)  # a failed load is retried on another instance
+        score = self._eviction_score(now)
 
         def candidates(allow_protected: bool) -> tuple[list[policy.Candidate], dict[str, list[CachedCopy]]]:
             cands, plans = [], {}
@@ -802,7 +819,8 @@ class Engine:
                     continue
                 free = cache.info.capacity_bytes - st.committed_bytes
                 plan = cache.plan_eviction(
-                    size - free, lambda c: self._evictable(c, used_before, allow_protected, ms.name))
+                    size - free, lambda c: self._evictable(c, used_before, allow_protected, ms.name),
+                    score)
                 if plan is None:
                     continue
                 plans[cache.id] = plan

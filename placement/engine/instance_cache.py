@@ -90,24 +90,29 @@ class InstanceCache:
     def count(self, *phases: Phase) -> int:
         return sum(1 for c in self.copies.values() if c.phase in phases)
 
-    def lru_ready(self) -> list[CachedCopy]:
-        """Ready copies, least recently used first (orphans first of all)."""
+    def lru_ready(self, score: Callable[[CachedCopy], float] | None = None) -> list[CachedCopy]:
+        """Ready copies, least recently used first (orphans first of all); with ``score``, lowest
+        score first, then least recently used."""
         ready = [c for c in self.copies.values() if c.phase is Phase.READY]
-        ready.sort(key=lambda c: (c.model is not None, c.last_used, c.revision))
+        if score is None:
+            ready.sort(key=lambda c: (c.model is not None, c.last_used, c.revision))
+        else:
+            ready.sort(key=lambda c: (c.model is not None, score(c), c.last_used, c.revision))
         return ready
 
     def cache_age(self, now: float) -> float:
         """Time since this instance's least recently used model was used (inf when empty)."""
         return self.summary().cache_age(now)
 
-    def plan_eviction(self, need_bytes: int,
-                      evictable: Callable[[CachedCopy], bool]) -> list[CachedCopy] | None:
-        """The fewest LRU-first victims that free ``need_bytes``; None if it cannot be done."""
+    def plan_eviction(self, need_bytes: int, evictable: Callable[[CachedCopy], bool],
+                      score: Callable[[CachedCopy], float] | None = None) -> list[CachedCopy] | None:
+        """The first victims in ``lru_ready(score)`` order that free ``need_bytes``; None if it
+        cannot be done."""
         if need_bytes <= 0:
             return []
         victims: list[CachedCopy] = []
         freed = 0
-        for c in self.lru_ready():
+        for c in self.lru_ready(score):
             if not evictable(c):
                 continue
             victims.append(c)

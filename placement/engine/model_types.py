@@ -111,6 +111,11 @@ class EngineConfig:
     # memory: False = a load waits until the copies evicted for it are really unloaded, or fit
     # beside it in the instance's unload_headroom_bytes; True = it never waits for them
     overlap_unload_and_load: bool = False
+    # eviction order: lowest LRFU score first, each request's weight halving every this many
+    # seconds (frequency and recency in one score: a model used often stays over one used once
+    # lately); 0 or None = least recently used first (ModelMesh's and Ray Serve's LRU). See
+    # docs/placement.md for the simulations that chose 60 s.
+    frequency_half_life_s: float | None = 60.0
     # a copy that just became ready is not evicted for this long: the requests that waited for it
     # are still being replayed, and the gateway's request counts for it arrive ~1 s late
     min_cache_s: float = 2.0

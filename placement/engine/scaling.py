@@ -36,6 +36,29 @@ class RateTracker:
             self._buckets.popleft()
 
 
+class DecayingCount:
+    """Requests counted with exponential decay: each halves in weight every ``half_life_s``.
+
+    LRFU's reference score (Lee et al., 2001): a short half-life ranks by recency (LRU), a long
+    one by frequency (LFU). O(1) per record; the value is kept as of ``stamp``."""
+
+    __slots__ = ("half_life_s", "stamp", "value")
+
+    def __init__(self, half_life_s: float) -> None:
+        self.half_life_s = half_life_s
+        self.value = 0.0
+        self.stamp = 0.0
+
+    def add(self, now: float, count: float) -> None:
+        self.value = self.at(now) + count
+        self.stamp = max(self.stamp, now)
+
+    def at(self, now: float) -> float:
+        if self.value == 0.0 or now <= self.stamp:
+            return self.value
+        return self.value * 0.5 ** ((now - self.stamp) / self.half_life_s)
+
+
 class UsageHistory:
     """When a model was last used and since when it has been in use without a long gap."""
 

@@ -9,6 +9,7 @@ from msm.xds_stack import XdsStack
 from placement.control.controller import Controller
 from placement.engine.clock import FakeClock, MonotonicClock
 from placement.engine.engine import Engine
+from placement.engine.instance_cache import Phase
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from xds_server.mesh_view import MeshView
 from xds_server.translate import GatewayOptions
@@ -251,6 +252,35 @@ async def serve_cold(ctl: Controller, gateway: Gateway, name: str) -> None:
     await until(gateway, lambda: copies_in(gateway.views[-1], f"{name}__isvc-1"), f"{name} is routed")
     gateway.ack(len(gateway.views))
     assert await ready is None
+
+
+async def test_a_cold_load_starts_without_waiting_for_the_publish_of_its_tick() -> None:
+    """The tick that decides a load also publishes a view (a few ms for a large one); the waiting
+    request's load must not queue behind it. Here the publish is held until the load has begun."""
+    ctl, engine, _, gw, rts = await gated({"i0": 10 * MB}, [sized("a")])
+    held, publishing = asyncio.Event(), []
+    plain_publish = gw.publish
+
+    async def held_publish(view: MeshView) -> str:
+        if engine.copies_on("i0").get("a__isvc-1") is Phase.LOADING:  # the tick that decided it
+            publishing.append(True)
+            gw.changed.set()
+            await held.wait()
+        return await plain_publish(view)
+
+    gw.publish = held_publish  # type: ignore[method-assign]
+    try:
+        ready = asyncio.create_task(ctl.ensure_ready("a", timeout=30))
+        await until(gw, lambda: publishing, "the tick publishes", timeout=5)
+        await until(gw, lambda: ("load", "a__isvc-1") in rts["i0"].calls, "a's load starts, the publish held",
+                    timeout=2)
+        held.set()
+        await until(gw, lambda: copies_in(gw.views[-1] if gw.views else None, "a__isvc-1"), "a is routed")
+        gw.ack(len(gw.views))
+        assert await ready is None
+    finally:
+        held.set()
+        await ctl.stop()
 
 
 async def test_an_evicted_copy_is_unloaded_only_once_the_gateway_acks_routes_without_it() -> None:

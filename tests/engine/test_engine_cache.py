@@ -50,6 +50,48 @@ def test_lru_eviction_order(h: Harness) -> None:
     assert set(h.engine.status()["instances"]["i0"]["loaded"]) == {"a__isvc-a", "c__isvc-a", "d__isvc-a"}
 
 
+def _three_loaded_then_d(h: Harness) -> None:
+    """a, b, c loaded on one instance with room for three; a used 20 times long ago, c once
+    lately, b in between; then d is requested and one of them must go."""
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model(n) for n in "abcd"])
+    for n in "abc":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.engine.record_requests("a", 20)
+    h.clock.advance(30)
+    h.engine.record_requests("b", 2)
+    h.clock.advance(30)
+    h.engine.record_requests("c", 1)
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("d")
+
+
+def test_lrfu_eviction_keeps_a_frequently_used_model_over_recently_used_ones() -> None:
+    h = Harness(EngineConfig(frequency_half_life_s=60.0))
+    _three_loaded_then_d(h)
+    # scores at eviction: a 20 x 2^(-61/60) ≈ 9.9, b 2 x 2^(-31/60) ≈ 1.4, c 1 x 2^(-1/60) ≈ 0.99
+    assert h.unloads(h.tick()) == [("i0", "c__isvc-a")]
+
+
+def test_plain_lru_eviction_drops_the_least_recently_used_however_often_it_was_used() -> None:
+    for off in (None, 0.0):  # 0: what msm-local.yaml's placement.frequency_half_life_s can say
+        h = Harness(EngineConfig(frequency_half_life_s=off))
+        _three_loaded_then_d(h)
+        assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]
+
+
+def test_lrfu_forgets_old_popularity_by_its_half_life() -> None:
+    h = Harness(EngineConfig(frequency_half_life_s=10.0))
+    _three_loaded_then_d(h)
+    # a 20 x 2^(-6.1) ≈ 0.29, b 2 x 2^(-3.1) ≈ 0.23, c ≈ 0.93: b is now the lowest
+    assert h.unloads(h.tick()) == [("i0", "b__isvc-a")]
+
+
+def test_lrfu_is_the_default() -> None:
+    assert EngineConfig().frequency_half_life_s == 60.0
+
+
 def test_eviction_spares_min_copies_and_loads_in_flight(h: Harness) -> None:
     h.up("i0", capacity_mb=300)
     h.engine.set_desired([model("keep", min_copies=1), model("old"), model("busy"), model("new")])

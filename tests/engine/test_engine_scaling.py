@@ -7,7 +7,7 @@ import math
 from placement_harness import Harness, model
 
 from placement.engine.model_types import EngineConfig
-from placement.engine.scaling import RateTracker, ScaleInput, copy_cap, decide_copies
+from placement.engine.scaling import DecayingCount, RateTracker, ScaleInput, copy_cap, decide_copies
 
 
 def _hot(n_instances: int = 6, config: EngineConfig | None = None) -> Harness:
@@ -94,3 +94,15 @@ def test_decide_copies_rules() -> None:
     assert decide_copies(ScaleInput(2, 900, 0, 0, 60, 0, 9), cfg) == 2  # too soon after a change
     assert decide_copies(ScaleInput(2, 0, math.inf, 0, math.inf, 2, 9), cfg) == 2  # min_copies
     assert decide_copies(ScaleInput(1, 0, 0, 0, math.inf, 0, 9), cfg) == 1
+
+
+def test_decaying_count_halves_every_half_life_and_adds_on_top() -> None:
+    c = DecayingCount(half_life_s=10.0)
+    assert c.at(5.0) == 0.0
+    c.add(0.0, 8)
+    assert c.at(0.0) == 8.0 and c.at(10.0) == 4.0 and c.at(30.0) == 1.0
+    c.add(10.0, 1)  # 4 left of the first 8, and 1 more
+    assert c.at(10.0) == 5.0 and c.at(20.0) == 2.5
+    assert c.at(5.0) == 5.0  # no growth backwards in time: the value as of the last record
+    c.add(5.0, 1)  # a late record counts in full, and the clock does not go back
+    assert c.stamp == 10.0 and c.at(10.0) == 6.0

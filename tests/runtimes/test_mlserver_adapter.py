@@ -14,7 +14,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from placement.adapters.mlserver import AdapterConfig, serve
+from placement.adapters.mlserver import LOADED_SETTINGS_FILE, AdapterConfig, serve
 from placement.control.runtime_client import RuntimeCallError, RuntimeClient, RuntimeTimeout
 from placement.local.ports import free_port
 from placement.local.runtime_process import RuntimeReplica
@@ -39,6 +39,12 @@ async def infer(replica: RuntimeReplica, model: str) -> tuple[int, dict]:
         return r.status, await r.json(content_type=None)
 
 
+async def repository_index(replica: RuntimeReplica) -> list[dict]:
+    async with aiohttp.ClientSession() as s, s.post(f"{replica.rest_url}/v2/repository/index", json={}) as r:
+        assert r.status == 200
+        return await r.json()
+
+
 async def model_ready(replica: RuntimeReplica, model: str) -> int:
     async with aiohttp.ClientSession() as s, s.get(f"{replica.rest_url}/v2/models/{model}/ready") as r:
         return r.status
@@ -52,7 +58,10 @@ async def test_load_serve_unload(replica: RuntimeReplica, client: RuntimeClient,
     status, body = await infer(replica, "sklearn-mnist__isvc-1")
     assert status == 200, body
     assert body["outputs"][0]["data"] == [8]
-    settings = json.loads((replica.models_dir / "sklearn-mnist__isvc-1" / "model-settings.json").read_text())
+    # loaded: its settings are out of MLServer's repository scan, which every later load pays for
+    model_dir = replica.models_dir / "sklearn-mnist__isvc-1"
+    assert not (model_dir / "model-settings.json").exists()
+    settings = json.loads((model_dir / LOADED_SETTINGS_FILE).read_text())
     assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
     assert settings["parameters"]["uri"] == str(path)
     assert await client.model_size("sklearn-mnist__isvc-1") == size
@@ -85,6 +94,16 @@ async def test_multi_model_packing_and_inventory(replica: RuntimeReplica, client
         async with replica.client() as fresh:
             loaded = await fresh.loaded_models()
         assert loaded is not None and {k: loaded[k] for k in sizes} == sizes
+        # MLServer's own repository index lists none of them (a load parses only its own file),
+        # yet they are listed above, from MLServer's registry
+        assert not {item["name"] for item in await repository_index(replica)} & set(sizes)
+        # a model unloaded behind msm's back is listed as not ready, so inventory repair sees it
+        async with aiohttp.ClientSession() as s, \
+                s.post(f"{replica.rest_url}/v2/repository/models/svm__a/unload") as r:
+            assert r.status == 200
+        listed = {m.model_id: m for m in await client.list_models()}
+        assert listed["svm__a"].state == "UNAVAILABLE" and listed["logreg__b"].state == "READY"
+        assert "svm__a" not in (await client.loaded_models() or {})
     finally:
         for model in sizes:
             await client.unload_model(model)

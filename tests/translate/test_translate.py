@@ -465,14 +465,17 @@ def test_patched_snapshots_equal_full_builds(layout):
         MeshView.of([x for k, x in v1.models.items() if k != "m"]),
         v1,
     ]
-    for v in steps:
+    # what is rebuilt per step: the changed model and its group; with the activator come or gone,
+    # every model's routes and every group's clusters (groups stay while their models do)
+    rebuilt = {"subset": [2, 6, 6, 2], "per_revision": [1, 3, 3, 1]}[layout]
+    for v, expected in zip(steps, rebuilt, strict=True):
         changes = inc.changes(v)
         patched = Snapshot.patch(snap, changes)
         full = Snapshot.build(translate(v, opts))
         assert patched.version == full.version
         assert {t: set(r) for t, r in patched.resources.items() if r} == {
             t: set(r) for t, r in full.resources.items() if r}
-        assert inc.rebuilt < 6  # only what changed was rebuilt
+        assert inc.rebuilt == expected  # only what changed was rebuilt
         snap = patched
 
 
@@ -493,3 +496,53 @@ def test_routes_to_the_activator_ride_out_its_restart():
     assert p.num_retries.value == 8 and p.retry_back_off.max_interval.ToMilliseconds() == 500
     warm = next(r for n, r in routes.items() if n.startswith("warm/"))
     assert warm.route.retry_policy.num_retries.value == GatewayOptions().retries
+
+
+def test_a_cold_models_clusters_exist_before_its_first_copy_so_that_copy_changes_no_cluster():
+    """A new cluster must warm in Envoy (an EDS round trip) before routes can use it, and the cold
+    request waits for the gateway's ACK of its model's first copy: so a model's (runtime, shard)
+    clusters exist while the model does, copies or not, and the first copy changes only its
+    endpoints and routes. Both translators agree."""
+    from dataclasses import replace
+
+    from xds_server.snapshot import Snapshot
+    from xds_server.translate import names
+
+    opts = GatewayOptions()  # the subset layout, the default
+    act = ActivatorEndpoint("127.0.0.1", 7001, 7002)
+    cold = Model("cold", (Revision("cold__isvc-1"),))
+    shard = names.shard_of("cold", opts.subset_shards)
+    wanted = {names.runtime_cluster(k, "default", shard) for k in names.KINDS}
+    wanted |= {names.fallback_cluster(c) for c in wanted}
+    before = MeshView.of([cold], act)
+    full = translate(before, opts)
+    assert wanted <= set(full[CLUSTER])
+    for k in names.KINDS:  # no endpoint yet: its routes name the activator
+        cla = full[ENDPOINT][names.runtime_cluster(k, "default", shard)]
+        assert not [ep for loc in cla.endpoints for ep in loc.lb_endpoints]
+    inc = IncrementalTranslator(opts)
+    assert {t: {n: m.SerializeToString(deterministic=True) for n, m in r.items()}
+            for t, r in inc.translate(before).items()} == {
+        t: {n: m.SerializeToString(deterministic=True) for n, m in r.items()} for t, r in full.items()}
+
+    def sent(old: Snapshot, new: Snapshot) -> dict[str, set[str]]:
+        """What a gateway holding ``old`` is sent for ``new``: resources added, changed or removed."""
+        out = {}
+        for t in set(old.resources) | set(new.resources):
+            a, b = old.resources.get(t, {}), new.resources.get(t, {})
+            names_ = {n for n in set(a) | set(b) if n not in a or n not in b or a[n].version != b[n].version}
+            if names_:
+                out[t] = names_
+        return out
+
+    snap = Snapshot.build(full)
+    loaded = MeshView.of([replace(cold, revisions=(replace(cold.revisions[0], copies=(C1,)),))], act)
+    with_copy = Snapshot.patch(snap, inc.changes(loaded))
+    assert sent(snap, with_copy) == {
+        ENDPOINT: {names.runtime_cluster(k, "default", shard) for k in names.KINDS},
+        ROUTE: {"msm_rest/cold", "msm_grpc/cold"}}
+    # the group goes with its last model, not with its last copy
+    without = Snapshot.patch(with_copy, inc.changes(before))
+    assert CLUSTER not in sent(with_copy, without)
+    gone = Snapshot.patch(without, inc.changes(MeshView.of([], act)))
+    assert wanted <= sent(without, gone)[CLUSTER] and not wanted & set(gone.resources[CLUSTER])

@@ -273,13 +273,16 @@ Hosts = dict[str, tuple[str, int, int, bool, list[str]]]
 
 
 def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int], Hosts]:
-    """(runtime, shard) → the instances of that group and the revisions each holds."""
+    """(runtime, shard) → the instances of that group and the revisions each holds.
+
+    A group exists while any model of the view falls in it, copies or not: its clusters are then
+    in the gateway before a cold model's first copy needs them, and that copy's routes change
+    only endpoints and routes (a new cluster would first have to warm, an xDS round trip more
+    on the cold request's path)."""
     groups: dict[tuple[str, int], Hosts] = defaultdict(dict)
     for model in view.models.values():
         shard = names.shard_of(model.name, opts.subset_shards)
         for rev in model.own_revisions():
-            if not rev.copies:
-                continue
             hosts = groups[(rev.runtime, shard)]
             for cp in rev.copies:
                 entry = hosts.get(cp.instance)

@@ -42,9 +42,10 @@ class IncrementalTranslator:
         self.opts = opts or GatewayOptions()
         self._activator: ActivatorEndpoint | None = None
         self._measure: MeasureEndpoint | None = None
-        self._models: dict[str, tuple[Model, Resources, list[Contribution]]] = {}
+        self._models: dict[str, tuple[Model, Resources, list[Contribution], tuple[GroupKey, ...]]] = {}
         # group → instance → [address tuple, Counter of revision ids]
         self._groups: dict[GroupKey, dict[str, list]] = {}
+        self._members: Counter[GroupKey] = Counter()  # models per group (a group without copies stays)
         self._group_names: dict[GroupKey, Resources] = {}
         types = (rt.LISTENER, rt.ROUTE, rt.SCOPED_ROUTE, rt.CLUSTER, rt.ENDPOINT)
         self._out: Resources = {t: {} for t in types}
@@ -108,11 +109,12 @@ class IncrementalTranslator:
         rebuilt = 0
         models = view.models
         for name in [n for n in self._models if n not in models]:
-            _, parts, contrib = self._models.pop(name)
+            _, parts, contrib, member_of = self._models.pop(name)
             for type_url, msgs in parts.items():
                 for n in msgs:
                     put(type_url, n, None)
             dirty_groups.update(self._remove(contrib))
+            dirty_groups.update(self._join(member_of, -1))
             self._mirror_sources.pop(name, None)
             rebuilt += 1
         for name, model in models.items():
@@ -126,17 +128,20 @@ class IncrementalTranslator:
                 clusters, clas = model_revision_clusters(model, opts, fallback)
                 parts[rt.CLUSTER], parts[rt.ENDPOINT] = dict(clusters), dict(clas)
             contrib = [] if per_revision else _contributions(model, opts)
+            member_of = () if per_revision else _groups_of(model, opts)
             if cached is not None:
                 for type_url, msgs in cached[1].items():
                     for n in msgs:
                         if n not in parts.get(type_url, {}):
                             put(type_url, n, None)
                 dirty_groups.update(self._remove(cached[2]))
+                dirty_groups.update(self._join(cached[3], -1))
             for type_url, msgs in parts.items():
                 for n, msg in msgs.items():
                     put(type_url, n, msg)
             dirty_groups.update(self._add(contrib))
-            self._models[name] = (model, parts, contrib)
+            dirty_groups.update(self._join(member_of, +1))
+            self._models[name] = (model, parts, contrib, member_of)
             targets = mirror_targets(model)
             if targets:
                 self._mirror_sources[name] = targets
@@ -145,9 +150,9 @@ class IncrementalTranslator:
         for key in sorted(dirty_groups):
             rebuilt += 1
             old_names = self._group_names.pop(key, {})
-            hosts = self._groups.get(key)
+            hosts = self._groups.get(key, {})
             new_parts: Resources = {}
-            if hosts:
+            if hosts or self._members[key] > 0:  # see clusters.subset_groups: groups outlive copies
                 clusters, clas = group_clusters(key[0], key[1], {
                     inst: (*addr, sorted(revs)) for inst, (addr, revs) in hosts.items()}, opts, fallback)
                 new_parts = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
@@ -184,6 +189,18 @@ class IncrementalTranslator:
             touched.add(key)
         return touched
 
+    def _join(self, keys: tuple[GroupKey, ...], delta: int) -> set[GroupKey]:
+        """A model enters (+1) or leaves (-1) groups; those that appear or vanish are returned."""
+        touched = set()
+        for key in keys:
+            before = self._members[key]
+            self._members[key] = before + delta
+            if self._members[key] <= 0:
+                del self._members[key]
+            if (before > 0) != (self._members[key] > 0):
+                touched.add(key)
+        return touched
+
     def _add(self, contrib: list[Contribution]) -> set[GroupKey]:
         touched = set()
         for key, inst, addr, rev in contrib:
@@ -204,6 +221,11 @@ class _Never:
 
 
 _NEVER = _Never()
+
+
+def _groups_of(model: Model, opts: GatewayOptions) -> tuple[GroupKey, ...]:
+    shard = nm.shard_of(model.name, opts.subset_shards)
+    return tuple(sorted({(rev.runtime, shard) for rev in model.own_revisions()}))
 
 
 def _contributions(model: Model, opts: GatewayOptions) -> list[Contribution]:
