@@ -238,11 +238,14 @@ def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Name
     # unloaded may still use (--mem-buffer; the article's runtime has 128 MiB)
     (manifests / "runtime.yaml").write_text(runtime_yaml(memory=str(capacity + args.mem_buffer),
                                                          mem_buffer=args.mem_buffer, load_timeout_ms=60_000))
-    (manifests / "msm-local.yaml").write_text(local_config(models, args.replicas))
+    placement = "".join(f"  {k}: {v}\n" for k, v in args.placement)
+    (manifests / "msm-local.yaml").write_text(local_config(models, args.replicas)
+                                             + (f"placement:\n{placement}" if placement else ""))
     for name in sizes:
         (manifests / f"{name}.yaml").write_text(isvc_yaml(name, f"{name}.joblib"))
     mesh = LocalMeshProcess(manifests, root / f"msm-{cost}-state").start()
-    result = Result("msm", cost)
+    settings = " ".join(f"{k}={v}" for k, v in args.placement)
+    result = Result(f"msm ({settings})" if settings else "msm", cost)
     try:
         async def send(s: aiohttp.ClientSession, model: str) -> tuple[bool, str]:
             async with s.post(f"{mesh.rest}/v2/models/{model}/infer", data=DIGIT_8) as r:
@@ -368,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=90.0)
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--placement", nargs=2, action="append", default=[], metavar=("SETTING", "VALUE"),
+                   help="an msm engine setting (msm-local.yaml's placement:), e.g. frequency_half_life_s 0")
     p.add_argument("--warmup", type=float, default=10.0,
                    help="also report p99 without the requests sent in the first this many seconds")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
