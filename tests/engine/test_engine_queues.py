@@ -1,0 +1,111 @@
+"""Edges of the engine's work order: canary weights at their boundaries, urgent copies first and
+counted apart in the load queues, cold demand that expires, and instances skipped one by one."""
+
+from __future__ import annotations
+
+import pytest
+from placement_harness import MB, Harness, model
+
+from placement.engine.model_types import EngineConfig
+
+
+@pytest.mark.parametrize(("percent", "expected"), [
+    (None, [("m__isvc-v2", 100)]),  # promoted: no canary
+    (0, [("m__isvc-v1", 100)]),  # a 0 % canary takes nothing
+    (1, [("m__isvc-v1", 99), ("m__isvc-v2", 1)]),
+    (20, [("m__isvc-v1", 80), ("m__isvc-v2", 20)]),  # the larger share first
+    (50, [("m__isvc-v2", 50), ("m__isvc-v1", 50)]),  # from half on, the canary first
+    (80, [("m__isvc-v2", 80), ("m__isvc-v1", 20)]),
+])
+def test_canary_weights_and_their_order(percent: int | None, expected: list) -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2", min_copies=1, canary_percent=percent)])
+    h.settle()
+    assert h.routed("m") == expected
+
+
+def test_urgent_copies_are_placed_first_whatever_their_names() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)  # room for one
+    h.engine.set_desired([model("a_minimum", min_copies=1), model("z_cold")])
+    h.engine.request_for_cold_model("z_cold")  # both wait for the same tick
+    assert h.loads(h.tick()) == [("i0", "z_cold__isvc-a")]
+    assert "a_minimum__isvc-a" not in h.engine.copies_on("i0")
+
+
+def test_an_urgent_copy_queues_past_preemptive_ones_and_a_full_queue_takes_no_more() -> None:
+    h = Harness(EngineConfig(max_queued_loads=2))
+    h.up("i0")
+    h.engine.set_desired([model(f"p{i}", min_copies=1) for i in range(3)] + [model("x"), model("q")])
+    h.tick()  # p0 loading, p1 and p2 queued (pre-emptive)
+    assert h.engine.copies_on("i0") == {"p0__isvc-a": _ph("loading"), "p1__isvc-a": _ph("queued"),
+                                        "p2__isvc-a": _ph("queued")}
+    h.engine.request_for_cold_model("x")
+    h.tick()  # two pre-emptive copies wait, but none urgent: x is placed, ahead of them
+    assert h.engine.copies_on("i0")["x__isvc-a"] is _ph("queued")
+    h.succeed("i0", "p0__isvc-a")
+    assert h.loads(h.tick()) == [("i0", "x__isvc-a")]
+    # now x loads, p1 and p2 wait: a new minimum finds the queue full and waits too
+    h.engine.set_desired([model(f"p{i}", min_copies=1) for i in range(4)] + [model("x"), model("q")])
+    h.tick()
+    assert "p3__isvc-a" not in h.engine.copies_on("i0")
+    h.settle()
+    assert h.ready("p3") == {"p3__isvc-a": ["i0"]}  # once the queue drains
+
+
+def test_a_preemptive_copy_counts_urgent_and_preemptive_copies_waiting() -> None:
+    h = Harness(EngineConfig(max_queued_loads=2))
+    h.up("i0")
+    h.engine.set_desired([model("p0", min_copies=1), model("x"), model("p1", min_copies=1)])
+    h.engine.request_for_cold_model("x")
+    h.tick()  # x (urgent) loads first; p0 and p1 wait: the queue is full
+    h.engine.set_desired([model("p0", min_copies=1), model("x"), model("p1", min_copies=1),
+                          model("p2", min_copies=1)])
+    h.tick()
+    assert set(h.engine.copies_on("i0")) == {"x__isvc-a", "p0__isvc-a", "p1__isvc-a"}
+
+
+def test_an_instance_with_a_full_queue_is_skipped_for_the_next_one() -> None:
+    h = Harness(EngineConfig(max_queued_loads=2))
+    h.up("i0")
+    h.engine.set_desired([model(n) for n in "abcde"])
+    for n in "abc":
+        h.engine.request_for_cold_model(n)
+    h.tick()  # a loads on i0, b and c wait there: its queue is full
+    h.up("i1")
+    h.engine.request_for_cold_model("e")
+    assert h.loads(h.tick()) == [("i1", "e__isvc-a")]
+
+
+@pytest.mark.parametrize(("waited", "loads"), [(300.0, True), (300.5, False)])
+def test_cold_demand_lasts_cold_demand_ttl_s(waited: float, loads: bool) -> None:
+    h = Harness()
+    h.engine.set_desired([model("m", runtime="later")])
+    h.engine.request_for_cold_model("m")  # no instance of its runtime yet
+    h.tick()
+    h.clock.advance(waited)
+    h.up("i0", runtime="later")
+    assert h.loads(h.tick()) == ([("i0", "m__isvc-a")] if loads else [])
+
+
+def _ph(name: str):
+    from placement.engine.instance_cache import Phase
+    return Phase(name)
+
+
+def test_a_measured_size_is_carried_to_the_next_copy_placed() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=1000)
+    h.up("i1", capacity_mb=1000)
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    (where, rev), = h.loads(h.tick())
+    h.succeed(where, rev, 40 * MB)
+    h.engine.instance_down(where)
+    h.engine.request_for_cold_model("m")
+    (again, _), = h.loads(h.tick())
+    entry = h.engine.status()["instances"][again]["loaded"][rev]
+    assert (entry["size_bytes"], entry["measured"]) == (40 * MB, True)
