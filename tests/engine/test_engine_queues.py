@@ -109,3 +109,44 @@ def test_a_measured_size_is_carried_to_the_next_copy_placed() -> None:
     (again, _), = h.loads(h.tick())
     entry = h.engine.status()["instances"][again]["loaded"][rev]
     assert (entry["size_bytes"], entry["measured"]) == (40 * MB, True)
+
+
+def test_a_load_times_out_counting_from_when_it_really_started() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m", load_timeout_s=90.0)])
+    h.engine.request_for_cold_model("m")
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]
+    h.clock.advance(50)
+    h.engine.load_started("i0", "m__isvc-a")  # the runtime took it from its own queue only now
+    h.engine.load_started("i0", "nothing__isvc-z")  # an unknown copy: nothing to do
+    h.clock.advance(89)  # 139 s after dispatch, 89 s after the start
+    assert h.unloads(h.tick()) == [] and h.engine.counters["timeouts"] == 0
+    h.clock.advance(1)
+    assert h.unloads(h.tick()) == [("i0", "m__isvc-a")] and h.engine.counters["timeouts"] == 1
+
+
+def test_a_rollback_while_the_old_revision_drains_keeps_it() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2", min_copies=1)])
+    h.settle()  # v2 ready: v1 drains for rollout_drain_s (10 s)
+    h.engine.set_desired([model("m", "v1", min_copies=1)])  # rolled back within the drain
+    h.clock.advance(30)
+    h.settle()
+    assert h.ready("m")["m__isvc-v1"] == ["i0"]
+    assert "m__isvc-v2" not in h.engine.copies_on("i0")  # v2 retired instead
+
+
+def test_a_removed_model_is_forgotten_once_its_copies_are_unloaded() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("a", min_copies=1), model("b", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("b", min_copies=1)])
+    assert h.engine.model_of("a__isvc-a") == "a"  # its copy still unloads
+    h.settle()
+    assert h.engine.model_of("a__isvc-a") is None and not h.engine.has_model("a")
+    assert h.engine.model_of("b__isvc-a") == "b" and h.ready("b") == {"b__isvc-a": ["i0"]}
