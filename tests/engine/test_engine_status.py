@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from placement_harness import MB, Harness, model
 
+from placement.engine.model_types import EngineConfig
+from xds_server.mesh_view import ActivatorEndpoint
+
 
 def test_status_reports_models_instances_and_counters_field_for_field() -> None:
-    h = Harness()
-    h.up("i0", capacity_mb=250)
+    h = Harness(EngineConfig(rate_window_s=70.0))  # 30 requests in the window: 25.714… a minute
+    h.up("i0", capacity_mb=260)
     h.up("i1", capacity_mb=150, runtime="rt2")
+    h.engine.set_desired([model("0old", size_mb=10)])
+    h.engine.request_for_cold_model("0old")
+    assert h.loads(h.tick()) == [("i0", "0old__isvc-a")]
+    h.succeed("i0", "0old__isvc-a", 10 * MB)
+    # 0old is removed (its copy is still being unloaded when status is asked: no longer a model)
     h.engine.set_desired([model("a"), model("b", canary_percent=25), model("x", runtime="rt2")])
+    assert h.unloads(h.tick()) == [("i0", "0old__isvc-a")]
     h.engine.request_for_cold_model("a")
     assert h.loads(h.tick()) == [("i0", "a__isvc-a")]
     h.succeed("i0", "a__isvc-a", 120 * MB)  # the runtime measured more than the 100 MB estimate
@@ -22,7 +31,7 @@ def test_status_reports_models_instances_and_counters_field_for_field() -> None:
     h.fail("i1", "x__isvc-a", "boom")  # its runtime's only instance: failed, nowhere else to try
     h.clock.advance(2)
     h.engine.request_for_cold_model("b")
-    assert h.loads(h.tick()) == [("i0", "b__isvc-a")]  # 130 MB left on i0: b loads, a stays
+    assert h.loads(h.tick()) == [("i0", "b__isvc-a")]  # 130 MB left on i0 (0old's 10 MB drain beside)
     h.clock.advance(12.37)  # now = 21.37 s
 
     assert h.engine.status() == {
@@ -31,7 +40,7 @@ def test_status_reports_models_instances_and_counters_field_for_field() -> None:
                   "active_revision": "a__isvc-a", "target_revision": "a__isvc-a",
                   "revisions": {"a__isvc-a": {"i0": "ready"}},
                   "failed": False, "failure": None, "waiting": None, "failures": [],
-                  "requests_per_min": 30.0, "canary_percent": None},
+                  "requests_per_min": 25.7, "canary_percent": None},
             "b": {"ready": False, "ready_copies": 0, "loading_copies": 1,
                   "active_revision": "b__isvc-a", "target_revision": "b__isvc-a",
                   "revisions": {"b__isvc-a": {"i0": "loading"}},
@@ -45,11 +54,13 @@ def test_status_reports_models_instances_and_counters_field_for_field() -> None:
                   "requests_per_min": 0.0, "canary_percent": None},
         },
         "instances": {
-            "i0": {"runtime": "rt", "address": "127.0.0.1", "capacity_bytes": 250 * MB,
-                   "used_bytes": 220 * MB, "committed_bytes": 220 * MB,
+            "i0": {"runtime": "rt", "address": "127.0.0.1", "capacity_bytes": 260 * MB,
+                   "used_bytes": 230 * MB, "committed_bytes": 220 * MB,  # 0old's 10 MB still used
                    "cache_age_s": 16.4,  # a, its only ready copy, was last used at 5 s
-                   "requests_per_min": 30.0,
+                   "requests_per_min": 25.7,
                    "loaded": {
+                       "0old__isvc-a": {"phase": "unloading", "size_bytes": 10 * MB, "measured": True,
+                                        "model": "0old", "idle_s": 21.4},
                        "a__isvc-a": {"phase": "ready", "size_bytes": 120 * MB, "measured": True,
                                      "model": "a", "idle_s": 16.4},
                        "b__isvc-a": {"phase": "loading", "size_bytes": 100 * MB, "measured": False,
@@ -58,5 +69,30 @@ def test_status_reports_models_instances_and_counters_field_for_field() -> None:
                    "used_bytes": 0, "committed_bytes": 0, "cache_age_s": None,
                    "requests_per_min": 0.0, "loaded": {}},
         },
-        "counters": {"loads": 3, "unloads": 0, "evictions": 0, "load_failures": 1, "timeouts": 0},
+        "counters": {"loads": 4, "unloads": 1, "evictions": 0, "load_failures": 1, "timeouts": 0},
     }
+
+
+def test_the_mesh_view_skips_removed_models_orders_revisions_and_splits_only_canaries() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("0old"), model("m", "v1", min_copies=1), model("p")])
+    h.settle()
+    h.engine.request_for_cold_model("0old")
+    assert h.loads(h.tick()) == [("i0", "0old__isvc-a")]
+    # 0old is removed while it loads (it sorts first, and stays until its load returns), m rolls
+    # to v2, p stays plain
+    h.engine.set_desired([model("m", "v2", min_copies=1), model("p")])
+    h.tick()  # v2 waits for the load slot; v1 still routed
+    assert h.engine.copies_on("i0")["0old__isvc-a"].value == "loading"
+    act = ActivatorEndpoint("127.0.0.1", 7001, 7002)
+    view = h.engine.mesh_view(act)
+    assert view.activator == act
+    assert sorted(view.models) == ["m", "p"]
+    assert [r.id for r in view.models["m"].revisions] == ["m__isvc-v1"]  # v2 has no ready copy yet
+    assert view.models["m"].rules == () and view.models["p"].rules == ()  # one destination: no rule
+    h.settle()  # v2 ready and routed; v1 drains for rollout_drain_s, still listed with its copy
+    view = h.engine.mesh_view()
+    assert [(r.id, [c.instance for c in r.copies]) for r in view.models["m"].revisions] == [
+        ("m__isvc-v2", ["i0"]), ("m__isvc-v1", ["i0"])]
+    assert view.models["m"].rules == () and view.activator is None
