@@ -106,3 +106,36 @@ def test_decaying_count_halves_every_half_life_and_adds_on_top() -> None:
     assert c.at(5.0) == 5.0  # no growth backwards in time: the value as of the last record
     c.add(5.0, 1)  # a late record counts in full, and the clock does not go back
     assert c.stamp == 10.0 and c.at(10.0) == 6.0
+
+
+def test_models_in_a_canary_or_without_a_ready_copy_do_not_stop_the_others_scaling() -> None:
+    h = Harness()
+    for i in range(3):
+        h.up(f"i{i}")
+    # listed first, so met first: a model in a canary, and one with no ready copy
+    h.engine.set_desired([model("a_canary", "v1", min_copies=1), model("a_cold"),
+                          model("z_hot", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("a_canary", "v2", min_copies=1, canary_percent=20), model("a_cold"),
+                          model("z_hot", min_copies=1)])
+    h.settle()
+    h.engine.record_requests("z_hot", 5000)  # far above scale_up_rpm_per_copy (2000)
+    h.clock.advance(h.engine.config.scale_interval_s)
+    assert [r for _, r in h.loads(h.tick())] == ["z_hot__isvc-a"]
+
+
+def test_idle_scale_down_takes_the_copy_on_the_most_crowded_instance() -> None:
+    h = Harness()
+    h.up("i1")
+    h.engine.set_desired([model("filler", size_mb=800, min_copies=1), model("m")])
+    h.settle()  # filler on i1
+    h.up("i0")
+    h.engine.request_for_cold_model("m")
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]  # i1's 200 MB free is not near i0's 1000
+    h.settle()
+    h.engine.record_requests("m", 5000)
+    h.clock.advance(h.engine.config.scale_interval_s)
+    assert h.loads(h.tick()) == [("i1", "m__isvc-a")]  # a second copy, where there is room
+    h.settle()
+    h.clock.advance(h.engine.config.idle_s + h.engine.config.scale_down_delay_s)
+    assert h.unloads(h.tick()) == [("i1", "m__isvc-a")]  # i1 has 100 MB free, i0 900 MB
