@@ -163,3 +163,60 @@ def test_routable_copies_lists_ready_copies_of_the_revisions_taking_traffic() ->
     h.tick()
     assert [(r, w) for r, _, w in h.engine.routable_copies("m")] == [("m__isvc-a", 100), ("m__isvc-a", 100)]
     assert h.engine.routable_copies("nope") == []
+
+
+def test_a_preemptive_copy_is_as_recently_used_as_its_model_and_an_urgent_one_is_used_now() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.up("i2")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    (first,) = h.loads(h.tick())
+    h.clock.advance(5)
+    h.succeed(*first)  # urgent: used now (5 s)
+    h.engine.record_requests("m", 5000)  # at 5 s: scale up
+    h.clock.advance(h.engine.config.scale_interval_s)
+    (second,) = h.loads(h.tick())  # pre-emptive
+    h.clock.advance(3)
+    h.succeed(*second)  # at 18 s
+    h.clock.advance(2)
+    assert loaded_entry(h, second[0], second[1])["idle_s"] == 15.0  # the model's last use, 5 s
+    assert loaded_entry(h, first[0], first[1])["idle_s"] == 15.0  # touched by the requests at 5 s
+    h.engine.set_desired([model("m"), model("n", min_copies=1)])
+    (third,) = h.loads(h.tick())
+    h.clock.advance(1)
+    h.succeed(*third)  # never used: as of its load
+    assert loaded_entry(h, third[0], third[1])["idle_s"] == 0.0
+
+
+def test_an_over_capacity_load_evicts_by_the_same_lrfu_order() -> None:
+    h = Harness(EngineConfig(frequency_half_life_s=60.0))
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model(n) for n in "afn"])
+    for n in "af":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.engine.record_requests("f", 20)  # f: used often, a minute ago
+    h.clock.advance(60)
+    h.engine.record_requests("a", 1)  # a: used once, just now
+    h.clock.advance(5)
+    h.engine.request_for_cold_model("n")
+    assert h.loads(h.tick()) == [("i0", "n__isvc-a")]  # fits by its estimate
+    h.succeed("i0", "n__isvc-a", 150 * MB)  # 350 MB: one must go, and LRU would take f
+    assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]
+
+
+def test_one_byte_is_a_size() -> None:
+    h = Harness()
+    h.engine.set_desired([model("a"), model("b")])
+    h.up("i0", loaded={"a__isvc-a": 1})
+    assert loaded_entry(h, "i0", "a__isvc-a")["size_bytes"] == 1
+    assert loaded_entry(h, "i0", "a__isvc-a")["measured"] is True
+    h.engine.request_for_cold_model("b")
+    h.tick()
+    h.succeed("i0", "b__isvc-a", 1)
+    b = loaded_entry(h, "i0", "b__isvc-a")
+    assert (b["size_bytes"], b["measured"]) == (1, True)
+    h.engine.load_succeeded("i0", "late__isvc-z", 1)
+    assert loaded_entry(h, "i0", "late__isvc-z")["measured"] is True
