@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from placement_harness import MB, Harness, model
 
-from placement.engine.model_types import EngineConfig
-from xds_server.mesh_view import ActivatorEndpoint
+from placement.engine.model_types import EngineConfig, InstanceInfo, ModelStatus
+from xds_server.mesh_view import ActivatorEndpoint, Copy
 
 
 def test_status_reports_models_instances_and_counters_field_for_field() -> None:
@@ -96,3 +96,30 @@ def test_the_mesh_view_skips_removed_models_orders_revisions_and_splits_only_can
     assert [(r.id, [c.instance for c in r.copies]) for r in view.models["m"].revisions] == [
         ("m__isvc-v2", ["i0"]), ("m__isvc-v1", ["i0"])]
     assert view.models["m"].rules == () and view.activator is None
+
+
+def test_the_view_carries_each_ready_copys_address_ports_and_mesh_tls_in_instance_order() -> None:
+    h = Harness()
+    h.engine.instance_up(InstanceInfo("i1", "rt", "10.0.0.1", 8001, 9001, 1000 * MB))
+    h.engine.set_desired([model("m", min_copies=2)])
+    h.tick()  # one load (one instance): no copy in the view yet
+    assert h.engine.mesh_view().models["m"].revisions[0].copies == ()
+    h.settle()
+    h.engine.instance_up(InstanceInfo("i0", "rt", "10.0.0.2", 8002, 9002, 1000 * MB, mesh_tls=True))
+    h.settle()  # the second copy, placed after the first, on i0
+    assert h.engine.mesh_view().models["m"].revisions[0].copies == (
+        Copy("i0", "10.0.0.2", 8002, 9002, True), Copy("i1", "10.0.0.1", 8001, 9001, False))
+
+
+def test_why_a_model_waits_in_words() -> None:
+    h = Harness()
+    h.engine.set_desired([model("m", runtime="gpu"), model("exact", size_mb=100), model("huge", size_mb=101)])
+    st = h.engine.model_status("m")
+    assert (st.waiting, st.cannot_fit) == ("no instance of runtime 'gpu' is up", False)
+    h.up("i0", capacity_mb=100)
+    assert h.engine.model_status("exact").waiting is None  # exactly the capacity: it fits
+    assert not h.engine.model_status("exact").cannot_fit
+    st = h.engine.model_status("huge")
+    assert st.cannot_fit
+    assert st.waiting == f"needs {101 * MB} bytes, more than any instance of runtime 'rt' holds"
+    assert h.engine.model_status("nope") == ModelStatus("nope", known=False)
