@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,12 +245,8 @@ class MLServerBackend:
 
     async def model_ready(self, name: str, timeout: float = 5.0) -> bool:
         """Whether MLServer's registry holds ``name``, ready (false: unknown or not ready)."""
-        try:
+        with _rest_errors(timeout):
             status, _ = await self._get(f"/v2/models/{quote(name, safe='')}/ready", timeout)
-        except TimeoutError as e:
-            raise MLServerError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.0f}s") from e
-        except aiohttp.ClientError as e:
-            raise MLServerError(grpc.StatusCode.UNAVAILABLE, f"MLServer unreachable: {e!r}") from e
         if status >= 500:
             raise MLServerError(_http_code(status), f"model {name} readiness: HTTP {status}")
         return status == 200
@@ -287,15 +284,11 @@ class MLServerBackend:
             raise MLServerError(grpc.StatusCode.UNAVAILABLE, f"MLServer unreachable: {e!r}") from e
 
     async def _post(self, path: str, timeout: float) -> None:
-        try:
+        with _rest_errors(timeout):
             async with self.session.post(self.rest_url + path,
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 if r.status != 200:
                     raise MLServerError(_http_code(r.status), _error_text(r.status, await r.text()))
-        except TimeoutError as e:
-            raise MLServerError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.0f}s") from e
-        except aiohttp.ClientError as e:
-            raise MLServerError(grpc.StatusCode.UNAVAILABLE, f"MLServer unreachable: {e!r}") from e
 
     async def _grpc_call(self, method: str, request: Any, response_type: Any, timeout: float) -> None:
         assert self._channel is not None
@@ -306,6 +299,17 @@ class MLServerBackend:
             await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             raise MLServerError(e.code(), e.details() or e.code().name) from e
+
+
+@contextlib.contextmanager
+def _rest_errors(timeout: float) -> Iterator[None]:
+    """A REST call to MLServer that timed out or could not connect, as an :class:`MLServerError`."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise MLServerError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.0f}s") from e
+    except aiohttp.ClientError as e:
+        raise MLServerError(grpc.StatusCode.UNAVAILABLE, f"MLServer unreachable: {e!r}") from e
 
 
 def _http_code(status: int) -> grpc.StatusCode:
