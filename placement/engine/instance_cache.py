@@ -94,10 +94,7 @@ class InstanceCache:
         """Ready copies, least recently used first (orphans first of all); with ``score``, lowest
         score first, then least recently used."""
         ready = [c for c in self.copies.values() if c.phase is Phase.READY]
-        if score is None:
-            ready.sort(key=lambda c: (c.model is not None, c.last_used, c.revision))
-        else:
-            ready.sort(key=lambda c: (c.model is not None, score(c), c.last_used, c.revision))
+        ready.sort(key=lambda c: (c.model is not None, score(c) if score else 0.0, c.last_used, c.revision))
         return ready
 
     def cache_age(self, now: float) -> float:
