@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from placement_harness import MB, Harness, model
 
+from placement.engine.instance_cache import Phase
 from placement.engine.model_types import EngineConfig
 
 
@@ -41,11 +42,11 @@ def test_an_urgent_copy_queues_past_preemptive_ones_and_a_full_queue_takes_no_mo
     h.up("i0")
     h.engine.set_desired([model(f"p{i}", min_copies=1) for i in range(3)] + [model("x"), model("q")])
     h.tick()  # p0 loading, p1 and p2 queued (pre-emptive)
-    assert h.engine.copies_on("i0") == {"p0__isvc-a": _ph("loading"), "p1__isvc-a": _ph("queued"),
-                                        "p2__isvc-a": _ph("queued")}
+    assert h.engine.copies_on("i0") == {"p0__isvc-a": Phase.LOADING, "p1__isvc-a": Phase.QUEUED,
+                                        "p2__isvc-a": Phase.QUEUED}
     h.engine.request_for_cold_model("x")
     h.tick()  # two pre-emptive copies wait, but none urgent: x is placed, ahead of them
-    assert h.engine.copies_on("i0")["x__isvc-a"] is _ph("queued")
+    assert h.engine.copies_on("i0")["x__isvc-a"] is Phase.QUEUED
     h.succeed("i0", "p0__isvc-a")
     assert h.loads(h.tick()) == [("i0", "x__isvc-a")]
     # now x loads, p1 and p2 wait: a new minimum finds the queue full and waits too
@@ -89,11 +90,6 @@ def test_cold_demand_lasts_cold_demand_ttl_s(waited: float, loads: bool) -> None
     h.clock.advance(waited)
     h.up("i0", runtime="later")
     assert h.loads(h.tick()) == ([("i0", "m__isvc-a")] if loads else [])
-
-
-def _ph(name: str):
-    from placement.engine.instance_cache import Phase
-    return Phase(name)
 
 
 def test_a_measured_size_is_carried_to_the_next_copy_placed() -> None:
