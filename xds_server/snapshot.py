@@ -225,8 +225,9 @@ class Snapshot:
         in their cluster; the union is built once per snapshot and shared by every stream.
         """
         new = self.get(rt.ENDPOINT)[name]
-        if new.version in held.covers and len(held.covers) == 1:
-            return new
+        if new.version in held.covers:
+            # held is new, or a union already made with it: held has all of new and what it kept
+            return new if len(held.covers) == 1 else held
         key = (name, held.version)
         union = self._unions.get(key)
         if union is None:
