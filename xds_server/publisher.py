@@ -18,12 +18,19 @@ from xds_server.translate.incremental import IncrementalTranslator
 
 log = logging.getLogger("msm.publisher")
 
+#: A build whose previous one took at most this long runs on the event loop. Handing it to a
+#: thread and back costs about a millisecond on a busy 2-core machine (measured on the cold path:
+#: 1.1 ms for a 0.16 ms patch), and a cold request waits for the publication.
+INLINE_BUILD_S = 0.002
+
 
 class SnapshotPublisher:
     """Publishes a new snapshot whenever the mesh view changes.
 
     Translation and serialisation of a large view take tens to hundreds of milliseconds, so they
-    run in a worker thread; publications are serialised so versions never go backwards.
+    run in a worker thread, unless the last build of every kind was a patch cheaper than
+    ``INLINE_BUILD_S``: then the next patch (of a small mesh, or of a few models) runs on the loop.
+    Publications are serialised so versions never go backwards.
 
     ``kinds`` adds gateway kinds beside the default one (``gateway_kind.py``), each with its own
     options: every view is translated once per kind, and the snapshots are published together.
@@ -61,7 +68,10 @@ class SnapshotPublisher:
             if self._last_view is not None and view == self._last_view and self.version is not None:
                 return self.version
             started = time.perf_counter()
-            built = await asyncio.to_thread(self._build, view)
+            if all(b.cheap for b in self._builders.values()):
+                built = self._build(view)
+            else:
+                built = await asyncio.to_thread(self._build, view)
             elapsed = time.perf_counter() - started
             self._translate_seconds.observe(elapsed)
             snapshot = built.pop(DEFAULT_KIND)
@@ -84,8 +94,16 @@ class _Builder:
         self._options = options
         self._translator = IncrementalTranslator(options)
         self._previous: Snapshot | None = None
+        self._took = float("inf")  # the last build's seconds
+
+    @property
+    def cheap(self) -> bool:
+        """The next build patches the last snapshot, and the last build was cheap."""
+        return (self._previous is not None and self._translator.incremental
+                and self._took <= INLINE_BUILD_S)
 
     def build(self, view: MeshView) -> Snapshot:
+        started = time.perf_counter()
         try:
             if self._previous is None or not self._translator.incremental:
                 snapshot = Snapshot.build(self._translator.translate(view), previous=self._previous)
@@ -97,4 +115,5 @@ class _Builder:
             self._previous = None
             raise
         self._previous = snapshot
+        self._took = time.perf_counter() - started
         return snapshot
