@@ -266,8 +266,9 @@ class Stream:
                 return False
         if eds is not None and eds.requested:
             endpoints = snap.get(rt.ENDPOINT)
-            if eds.pending is not None or any(n in endpoints for n in eds.force):
+            if any(n in endpoints for n in eds.force):
                 return False
+            known, held_now = self._held_after_in_flight(eds)
             # a client holding the clusters needs all their endpoints; one without CDS, what it asked
             required = (snap.cluster_endpoint_names.values() if cds is not None and cds.requested
                         else (n for n in endpoints if eds.subscribed(n)))
@@ -275,11 +276,34 @@ class Stream:
                 r = endpoints.get(n)
                 if r is None:
                     continue
-                held = eds.held.get(n)
-                if eds.known.get(n) != r.version and (
-                        held is None or eds.known.get(n) != held.version or r.version not in held.covers):
+                held = held_now.get(n)
+                if known.get(n) != r.version and (
+                        held is None or known.get(n) != held.version or r.version not in held.covers):
                     return False
         return True
+
+    def _held_after_in_flight(self, ts: TypeState) -> tuple[Mapping[str, str], Mapping[str, Resource]]:
+        """What the client holds of ``ts``'s type once it has applied the response in flight.
+
+        One ADS stream delivers responses in order, and Envoy applies each before it reads the next
+        (the xDS protocol's ordering rule asks that endpoints *arrive* before the routes that use
+        them, not that they be ACKed). So routes may follow endpoints in flight: a cold model's
+        first copy costs one round trip to the gateway, not two. Clusters still wait for their ACK
+        (a new cluster warms, and asks for its endpoints, only once it is applied). Should the
+        client reject those endpoints, its routes may name hosts it lacks until the next snapshot;
+        a rejected assignment is a translation bug, and is logged as such.
+        """
+        p = ts.pending
+        if p is None:
+            return ts.known, ts.held
+        if self.full_state_responses:
+            return {n: r.version for n, r in p.sent.items()}, p.sent
+        known = {**ts.known, **{n: r.version for n, r in p.sent.items()}}
+        held = {**ts.held, **p.sent}
+        for n in p.removed:
+            known.pop(n, None)
+            held.pop(n, None)
+        return known, held
 
     def _prunable(self) -> bool:
         """True when the client routes by the target snapshot, so older clusters can go."""

@@ -147,3 +147,58 @@ async def test_hosts_dropped_from_a_shared_cluster_stay_until_routes_move(xds, d
         assert await xds.wait_for_ack(snap.version, timeout=2)
     finally:
         await envoy.c.close()
+
+
+async def _hold_everything(c: AdsClient) -> None:
+    """Subscribe as Envoy does, and ACK each first response: clusters, endpoints, listener, routes."""
+    steps = ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.LISTENER, None), (rt.ROUTE, ["r"]))
+    for type_url, names in steps:
+        await (c.delta_req(type_url, names) if c.delta else c.sotw(type_url, names))
+        resp = await c.recv()
+        assert resp.type_url == type_url
+        await c.ack(resp, names)
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_routes_follow_endpoints_in_flight_of_a_cluster_the_client_holds(xds, delta):
+    """A cold model's first copy: new endpoints of a held cluster, and routes to them. The routes
+    go out right behind the endpoints, before their ACK: the stream delivers them in order."""
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        await _hold_everything(c)
+        snap = publish(xds.cache, mesh({"rt": [1, 2]}, routes={"m": "rt", "n": "rt"}))
+        eds = await c.recv()
+        assert eds.type_url == rt.ENDPOINT
+        rds = await c.recv()  # no ACK of the endpoints yet
+        assert rds.type_url == rt.ROUTE and "/n/" in str(decode(rds, "r"))
+        assert not await xds.wait_for_ack(snap.version, timeout=0)  # the endpoints are unconfirmed
+        await c.ack(eds, ["rt"])
+        await c.ack(rds, ["r"])
+        assert await xds.wait_for_ack(snap.version, timeout=2)
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_routes_to_a_new_cluster_wait_until_it_is_warm(xds, delta):
+    """A new cluster warms only once applied, and asks for its endpoints then: routes to it wait
+    for those endpoints (and may follow them in flight)."""
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        await _hold_everything(c)
+        publish(xds.cache, mesh({"rt": [1], "rt2": [2]}, routes={"m": "rt", "n": "rt2"}))
+        cds = await c.recv()
+        assert cds.type_url == rt.CLUSTER
+        stream = await c.settled(xds)
+        assert stream.types[rt.ROUTE].pending is None  # nothing sent: rt2 is not warm yet
+        await c.ack(cds)
+        if delta:
+            await c.delta_req(rt.ENDPOINT, ["rt2"])
+        else:
+            await c.sotw(rt.ENDPOINT, ["rt", "rt2"])
+        types = [(await c.recv()).type_url for _ in range(2)]
+        assert types == [rt.ENDPOINT, rt.ROUTE]
+    finally:
+        await c.close()
