@@ -9,9 +9,10 @@ Semantics kept here:
   what it is known to hold; a NACK leaves the last good state in place, and the rejected content
   is not offered again until a newer snapshot (or a change of subscription) gives a reason to.
 - Make before break. Routing types (listeners, scoped routes, route tables) move to a snapshot
-  only once every cluster of that snapshot is acknowledged at its version together with its
-  endpoints; until the client acknowledges those routes, clusters it may still route to are kept
-  (and their endpoints too). Only then are clusters the new snapshot dropped removed.
+  only once every cluster of that snapshot is acknowledged at its version, with its endpoints
+  acknowledged or in flight (responses arrive in order); until the client acknowledges those
+  routes, clusters it may still route to are kept (and their endpoints too). Only then are
+  clusters the new snapshot dropped removed.
 - A cluster that changes is re-created by Envoy and stays warming until its endpoints arrive
   again, so the endpoints of every changed cluster are resent even when they did not change.
 """
