@@ -65,7 +65,8 @@ class ControlPlane:
         self.rollout_store = FileRolloutStore(rollout_state) if rollout_state is not None else None
         self.stack = XdsStack(options, self.status, gateway_token=gateway_token)
         self.engine = Engine(MonotonicClock(), engine_config)
-        self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port)
+        self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port,
+                                   registry=self.stack.registry)
         self.controller: Controller | None = None
         self.source = LocalDirSource(manifests_dir, on_change=self._on_desired, poll_interval=poll_interval,
                                      pvc_flags=pvc_flags)

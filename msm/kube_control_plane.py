@@ -142,7 +142,8 @@ class KubeControlPlane:
         self.secure_xds_port: int | None = None
         self.engine_config = engine_config
         self.engine: Engine | None = None  # the leader's; a new one each time this replica leads
-        self.activator = Activator(self._ensure_ready, gateway_address, options.rest_port, options.grpc_port)
+        self.activator = Activator(self._ensure_ready, gateway_address, options.rest_port, options.grpc_port,
+                                   registry=self.stack.registry)
         self.controller: Controller | None = None
         self.source = KubeSource(api, on_change=self._on_desired, watch_timeout_s=watch_timeout_s,
                                  model_gateway=model_gateway)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
 
 from xds_server.translate.names import (
     ACTIVATE_HEADER,
@@ -40,6 +42,10 @@ from xds_server.translate.names import (
 )
 
 log = logging.getLogger("msm.activator")
+
+#: the cold path's histograms (here and the controller's): its phases take milliseconds each
+COLD_PATH_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                     0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0)
 
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -85,7 +91,8 @@ class Activator:
     """REST and gRPC endpoints that load a cold model, then replay the request via the gateway."""
 
     def __init__(self, ensure_ready: EnsureReady, gateway_host: str, gateway_rest_port: int,
-                 gateway_grpc_port: int, timeout_s: float = 120.0) -> None:
+                 gateway_grpc_port: int, timeout_s: float = 120.0,
+                 registry: CollectorRegistry | None = None) -> None:
         self._ensure_ready = ensure_ready
         self._gateway_rest = f"http://{gateway_host}:{gateway_rest_port}"
         self._gateway_grpc = f"{gateway_host}:{gateway_grpc_port}"
@@ -98,6 +105,11 @@ class Activator:
         self.grpc_port: int | None = None
         self.activations = 0
         self.failovers = 0  # requests whose copies failed, held here while the model moved
+        self._replay_seconds = Histogram(
+            "msm_activator_replay_seconds", "A held request's replay through the gateway, from its "
+            "copy being routed to until the answer (the request's own work included); kind: cold "
+            "(loaded on demand) or failover (its copies had failed)", ["kind"],
+            buckets=COLD_PATH_BUCKETS, registry=registry if registry is not None else CollectorRegistry())
 
     async def start(self, host: str = "127.0.0.1", rest_port: int = 0, grpc_port: int = 0) -> None:
         # the replay's answer goes back as the gateway gave it: its body still in the encoding
@@ -129,6 +141,9 @@ class Activator:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+    def _observe_replay(self, started: float, failed_over: bool) -> None:
+        self._replay_seconds.labels("failover" if failed_over else "cold").observe(time.monotonic() - started)
 
     async def _activate(self, model: str, revision: str | None, failed_over: bool) -> str | None:
         if failed_over:
@@ -164,12 +179,14 @@ class Activator:
                                                                          request.path_qs)
         # the client's own headers only: no Content-Type of aiohttp's where the client sent none
         # (MLServer would read an octet-stream body as a string, not the V2 JSON it is)
+        started = time.monotonic()
         try:
             async with self._session.request(request.method, f"{self._gateway_rest}{path}", data=body,
                                              headers=_forward_headers(request.headers),
                                              skip_auto_headers=("Content-Type",)) as r:
                 payload = await r.read()
                 headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
+                self._observe_replay(started, fallback is not None)
                 return web.Response(status=r.status, body=payload, headers=headers)
         except TimeoutError:
             return _json_error(504, f"model '{model}' was ready, but its request got no answer within "
@@ -204,8 +221,12 @@ class Activator:
             forward = (*((k, v) for k, v in forward if k != MODEL_HEADER), (MODEL_HEADER, fallback))
         assert self._channel is not None
         call = self._channel.unary_unary(method)
+        started = time.monotonic()
         try:
-            return await call(request, metadata=(*forward, (ACTIVATED_HEADER, "1")), timeout=self._timeout_s)
+            answer = await call(request, metadata=(*forward, (ACTIVATED_HEADER, "1")),
+                                timeout=self._timeout_s)
+            self._observe_replay(started, fallback is not None)
+            return answer
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "")
         raise AssertionError("unreachable")

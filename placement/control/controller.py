@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from placement.control.activator import UNKNOWN_MODEL
+from placement.control.activator import COLD_PATH_BUCKETS, UNKNOWN_MODEL
 from placement.engine.engine import Engine, LoadAction, UnloadAction
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
@@ -104,10 +104,6 @@ def instances_routed(view: MeshView, model: str, revision: str | None = None) ->
     return frozenset(cp.instance for rev in _routed(view, model, revision) for cp in rev.copies)
 
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
-                   1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 90.0)
-
-
 class Controller:
     def __init__(self, engine: Engine, publisher: ViewPublisher, clients: Mapping[str, ModelLoader],
                  activator: ActivatorEndpoint | None = None, tick_interval: float = 0.25,
@@ -148,11 +144,11 @@ class Controller:
         # where a cold request's time goes (bench/ray_multiplex.py reads them): the runtime's load,
         # and the phases of the activator's wait
         self._load_seconds = Histogram("msm_model_load_seconds", "Runtime loadModel calls that succeeded",
-                                       buckets=LATENCY_BUCKETS, registry=registry)
+                                       buckets=COLD_PATH_BUCKETS, registry=registry)
         self._cold_seconds = Histogram(
             "msm_cold_request_seconds", "A request without a ready copy, held by the activator: until the "
             "copy it waited for loaded (queue and load), then until a published view routed to it, then "
-            "until the gateway ACKed that view", ["phase"], buckets=LATENCY_BUCKETS, registry=registry)
+            "until the gateway ACKed that view", ["phase"], buckets=COLD_PATH_BUCKETS, registry=registry)
         self._ready_at: dict[str, float] = {}  # model -> when its last load succeeded
         self._registry = registry
         self._collectors = [self._rollout_weight, self._rollout_events, self._load_seconds,

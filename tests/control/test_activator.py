@@ -10,10 +10,13 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from placement.control.activator import Activator
 from placement.local.ports import free_port
 from xds_server.translate.names import ACTIVATED_HEADER
+
+FALLBACK = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1", "x-msm-fallback": "digits"}
 
 
 class FakeGateway:
@@ -118,6 +121,34 @@ async def test_cold_rest_request_is_loaded_then_replayed_through_the_gateway(gat
         method, path, headers, body = gateway.rest_seen[0]
         assert (method, path, body) == ("POST", "/v2/models/sklearn-mnist/infer?x=1", b'{"inputs": []}')
         assert headers[ACTIVATED_HEADER] == "1"
+
+
+async def test_replays_are_timed_by_kind_and_refusals_are_not(gateway):
+    registry = CollectorRegistry()
+
+    async def ensure_ready(model, timeout, revision=None, failed_over=False):
+        return "no runtime supports format foo" if model == "bad" else None
+
+    act = Activator(ensure_ready, "127.0.0.1", gateway.rest_port, gateway.grpc_port, timeout_s=5,
+                    registry=registry)
+    await act.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path, headers in (("m", {}), ("bad", {}), ("svm__isvc-1", FALLBACK)):
+                async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/{path}/infer", data=b"{}",
+                                  headers=headers) as r:
+                    await r.read()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"\x0a\x01m", metadata=(("mm-vmodel-id", "m"),), timeout=5)
+    finally:
+        await act.stop()
+
+    def count(kind):
+        return registry.get_sample_value("msm_activator_replay_seconds_count", {"kind": kind})
+
+    assert (count("cold"), count("failover")) == (2, 1)  # the refused request replayed nothing
+    assert registry.get_sample_value("msm_activator_replay_seconds_sum", {"kind": "cold"}) > 0
 
 
 async def test_the_gateway_names_the_model_to_load_and_the_replay_keeps_the_revision(gateway):
@@ -260,7 +291,6 @@ async def test_a_failure_told_to_the_client_names_no_internal_address(gateway):
         assert "127.0.0.1" not in e.value.details() and "<internal>" in e.value.details()
 
 
-FALLBACK = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1", "x-msm-fallback": "digits"}
 
 
 async def test_a_request_whose_copies_failed_waits_failed_over_and_replays_under_the_clients_name(gateway):
