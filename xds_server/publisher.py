@@ -19,8 +19,8 @@ from xds_server.translate.incremental import IncrementalTranslator
 log = logging.getLogger("msm.publisher")
 
 #: A build whose previous one took at most this long runs on the event loop. Handing it to a
-#: thread and back costs about a millisecond on a busy 2-core machine (measured on the cold path:
-#: 1.1 ms for a 0.16 ms patch), and a cold request waits for the publication.
+#: thread and back cost 0.3-0.5 ms more than the patch itself (about 1 ms for one model) on a busy
+#: 2-core machine, in the Ray benchmark's traced runs, and a cold request waits for the publication.
 INLINE_BUILD_S = 0.002
 
 

@@ -4,7 +4,7 @@ cluster it does not hold warm, while placements move, in both protocol variants.
 from __future__ import annotations
 
 import pytest
-from xds_client import AdsClient, decode, mesh, names_of, publish
+from xds_client import AdsClient, decode, hold_everything, mesh, names_of, publish
 
 from xds_server import resource_types as rt
 
@@ -149,16 +149,6 @@ async def test_hosts_dropped_from_a_shared_cluster_stay_until_routes_move(xds, d
         await envoy.c.close()
 
 
-async def _hold_everything(c: AdsClient) -> None:
-    """Subscribe as Envoy does, and ACK each first response: clusters, endpoints, listener, routes."""
-    steps = ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.LISTENER, None), (rt.ROUTE, ["r"]))
-    for type_url, names in steps:
-        await (c.delta_req(type_url, names) if c.delta else c.sotw(type_url, names))
-        resp = await c.recv()
-        assert resp.type_url == type_url
-        await c.ack(resp, names)
-
-
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 async def test_routes_follow_endpoints_in_flight_of_a_cluster_the_client_holds(xds, delta):
     """A cold model's first copy: new endpoints of a held cluster, and routes to them. The routes
@@ -166,7 +156,7 @@ async def test_routes_follow_endpoints_in_flight_of_a_cluster_the_client_holds(x
     publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
     c = AdsClient(xds.test_port, delta=delta)
     try:
-        await _hold_everything(c)
+        await hold_everything(c)
         snap = publish(xds.cache, mesh({"rt": [1, 2]}, routes={"m": "rt", "n": "rt"}))
         eds = await c.recv()
         assert eds.type_url == rt.ENDPOINT
@@ -187,7 +177,7 @@ async def test_routes_to_a_new_cluster_wait_until_it_is_warm(xds, delta):
     publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
     c = AdsClient(xds.test_port, delta=delta)
     try:
-        await _hold_everything(c)
+        await hold_everything(c)
         publish(xds.cache, mesh({"rt": [1], "rt2": [2]}, routes={"m": "rt", "n": "rt2"}))
         cds = await c.recv()
         assert cds.type_url == rt.CLUSTER

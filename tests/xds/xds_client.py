@@ -194,6 +194,17 @@ class AdsClient:
         await self.channel.close()
 
 
+async def hold_everything(c: AdsClient) -> None:
+    """Subscribe as Envoy does and ACK each first response: clusters (wildcard), endpoints ``rt``,
+    listeners, route table ``r`` (the resources of ``mesh({"rt": ...})``)."""
+    steps = ((rt.CLUSTER, None), (rt.ENDPOINT, ["rt"]), (rt.LISTENER, None), (rt.ROUTE, ["r"]))
+    for type_url, names in steps:
+        await (c.delta_req(type_url, names) if c.delta else c.sotw(type_url, names))
+        resp = await c.recv()
+        assert resp.type_url == type_url
+        await c.ack(resp, names)
+
+
 async def until(predicate, timeout: float = TIMEOUT) -> None:
     """Wait for server-side state (a request the client wrote has been read)."""
     loop = asyncio.get_running_loop()
