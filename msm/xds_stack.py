@@ -96,8 +96,8 @@ class XdsStack:
     def version(self) -> str | None:
         return self.publisher.version
 
-    async def publish(self, view: MeshView) -> str:
-        version = await self.publisher.publish(view)
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
+        version = await self.publisher.publish(view, yield_loop=yield_loop)
         self.last_view = view
         return version
 

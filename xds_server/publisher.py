@@ -62,13 +62,16 @@ class SnapshotPublisher:
             self._builders[kind] = _Builder(options)
             self._last_view = None
 
-    async def publish(self, view: MeshView) -> str:
-        """Publish ``view``; returns the snapshot version now current (unchanged views are skipped)."""
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
+        """Publish ``view``; returns the snapshot version now current (unchanged views are skipped).
+
+        ``yield_loop``: the caller has work waiting on the event loop (a controller's loads just
+        started), so the build goes to the worker thread however cheap it is."""
         async with self._lock:
             if self._last_view is not None and view == self._last_view and self.version is not None:
                 return self.version
             started = time.perf_counter()
-            if all(b.cheap for b in self._builders.values()):
+            if not yield_loop and all(b.cheap for b in self._builders.values()):
                 built = self._build(view)
             else:
                 built = await asyncio.to_thread(self._build, view)

@@ -71,8 +71,9 @@ class ViewPublisher(Protocol):
     def version(self) -> str | None:
         """The version of the last view published (None before the first)."""
 
-    async def publish(self, view: MeshView) -> str:
-        """Publish ``view``; returns the version now current."""
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
+        """Publish ``view``; returns the version now current. ``yield_loop``: other work waits on
+        the event loop (loads just started), so do not build the view on it."""
 
     async def wait_for_ack(self, version: str, timeout: float) -> bool:
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
@@ -418,10 +419,12 @@ class Controller:
                 # routes to a copy before it is ready. Unloads are spawned after it: a copy being
                 # unloaded has already left the view, so its unload waits (in _execute) until the
                 # gateway has ACKed this version, whose routes no longer name it.
-                for action in actions:
-                    if isinstance(action, LoadAction):
-                        self._spawn(self._execute(action, None))
-                await self._publish()
+                loads = [a for a in actions if isinstance(a, LoadAction)]
+                for action in loads:
+                    self._spawn(self._execute(action, None))
+                # with loads just started, the view is built off the loop, so that their calls go
+                # out first (a small view is otherwise built on the loop, without yielding)
+                await self._publish(yield_loop=bool(loads))
                 for action in actions:
                     if not isinstance(action, LoadAction):
                         self._spawn(self._execute(action, self.publisher.version))
@@ -430,7 +433,7 @@ class Controller:
             except Exception:  # a bug here must not stop the mesh; log it loudly and go on
                 log.exception("controller tick failed")
 
-    async def _publish(self) -> None:
+    async def _publish(self, yield_loop: bool = False) -> None:
         engine_view = self.engine.mesh_view(self.activator)
         view, problems = compose(engine_view, self.traffic, self.rollouts.measured())
         if self.measure is not None:
@@ -446,7 +449,7 @@ class Controller:
         for name in sorted({m.host for p in self.traffic.values() for r in p.rules for m in r.mirrors}):
             if self.engine.has_model(name) and not routes_to_a_copy(engine_view, name):
                 self.engine.request_for_cold_model(name)
-        version = await self.publisher.publish(view)
+        version = await self.publisher.publish(view, yield_loop=yield_loop)
         self._published = (engine_view, version)
         async with self._changed:
             self._changed.notify_all()

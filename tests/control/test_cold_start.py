@@ -33,7 +33,7 @@ class Gateway:
     def version(self) -> str | None:
         return self.views[-1][0] if self.views else None
 
-    async def publish(self, view: MeshView) -> str:
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
         if not self.hold.is_set():
             self.holding.set()
             await self.hold.wait()

@@ -157,7 +157,7 @@ class Gateway:
     def version(self) -> str | None:
         return str(len(self.views)) if self.views else None
 
-    async def publish(self, view: MeshView) -> str:
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
         self.views.append(view)
         self.changed.set()
         return str(len(self.views))
@@ -261,12 +261,12 @@ async def test_a_cold_load_starts_without_waiting_for_the_publish_of_its_tick() 
     held, publishing = asyncio.Event(), []
     plain_publish = gw.publish
 
-    async def held_publish(view: MeshView) -> str:
+    async def held_publish(view: MeshView, yield_loop: bool = False) -> str:
         if engine.copies_on("i0").get("a__isvc-1") is Phase.LOADING:  # the tick that decided it
             publishing.append(True)
             gw.changed.set()
             await held.wait()
-        return await plain_publish(view)
+        return await plain_publish(view, yield_loop)
 
     gw.publish = held_publish  # type: ignore[method-assign]
     try:
@@ -280,6 +280,30 @@ async def test_a_cold_load_starts_without_waiting_for_the_publish_of_its_tick() 
         assert await ready is None
     finally:
         held.set()
+        await ctl.stop()
+
+
+async def test_the_tick_that_starts_a_load_asks_for_a_publish_that_yields() -> None:
+    """A small view is built on the event loop, without yielding: the tick that starts a load asks
+    the publisher to build off the loop (so that the load's call goes out first); the tick that
+    routes the loaded copy, which a request waits for, does not."""
+    ctl, engine, _, gw, _ = await gated({"i0": 10 * MB}, [sized("a")])
+    asked: list[tuple[bool, bool]] = []  # (a is loading, yield_loop)
+    plain_publish = gw.publish
+
+    async def publish(view: MeshView, yield_loop: bool = False) -> str:
+        asked.append((engine.copies_on("i0").get("a__isvc-1") is Phase.LOADING, yield_loop))
+        return await plain_publish(view, yield_loop)
+
+    gw.publish = publish  # type: ignore[method-assign]
+    try:
+        ready = asyncio.create_task(ctl.ensure_ready("a", timeout=30))
+        await until(gw, lambda: copies_in(gw.views[-1] if gw.views else None, "a__isvc-1"), "a is routed")
+        gw.ack(len(gw.views))
+        assert await ready is None
+        assert (True, True) in asked  # the tick that started the load
+        assert asked[-1] == (False, False)  # the tick that routed the copy
+    finally:
         await ctl.stop()
 
 

@@ -47,7 +47,7 @@ class AdsGateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.opts.rest_port}"
 
-    async def publish(self, view: MeshView) -> str:
+    async def publish(self, view: MeshView, yield_loop: bool = False) -> str:
         snap = Snapshot.build(translate(view, self.opts))
         self.cache.publish(snap)
         return snap.version

@@ -68,3 +68,15 @@ async def test_a_failed_build_starts_over_in_a_thread(threads, monkeypatch):
     assert threads == ["_build"]  # the failing patch ran on the loop
     await pub.publish(_view(5))  # the fresh translator builds in full: in a thread
     assert threads == ["_build", "_build"]
+
+
+async def test_a_caller_with_work_waiting_has_even_a_cheap_build_made_in_a_thread(threads, monkeypatch):
+    monkeypatch.setattr(publisher_mod, "INLINE_BUILD_S", 1.0)
+    pub = SnapshotPublisher(SnapshotCache(), GatewayOptions())
+    await pub.publish(_view(2))
+    await pub.publish(_view(3))
+    assert threads == ["_build"]
+    await pub.publish(_view(4), yield_loop=True)
+    assert threads == ["_build", "_build"]
+    await pub.publish(_view(5))
+    assert threads == ["_build", "_build"]
