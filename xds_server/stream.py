@@ -358,8 +358,9 @@ class Stream:
                 # a cluster the client holds but whose endpoints it never got (a newer snapshot
                 # dropped it before the client asked): without them it stays warming until
                 # Envoy's initial-fetch timeout (15 s); they come from the snapshot it came from
+                # held, or on its way: a cluster in a CDS response in flight is held once applied
                 cds = self.types.get(rt.CLUSTER)
-                held_clusters = cds.known if cds is not None else {}
+                held_clusters = self._held_after_in_flight(cds)[0] if cds is not None else {}
                 for n, (cluster, res) in list(self._cluster_endpoints.items()):
                     if cluster not in held_clusters:
                         del self._cluster_endpoints[n]

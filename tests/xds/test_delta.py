@@ -294,3 +294,31 @@ async def test_an_explicit_wildcard_subscription_comes_and_goes_beside_named_one
         assert await xds.wait_for_ack(moved.version, timeout=0)
     finally:
         await c.close()
+
+
+async def test_a_new_cluster_keeps_its_endpoints_to_come_while_its_cds_response_is_in_flight(xds):
+    """As above, with endpoints already subscribed for another cluster, as Envoy's are: the stream
+    looks at endpoints while the CDS response that brings x is in flight, and must not forget
+    where x's endpoints come from then (x is not held yet; it is once that response is applied)."""
+    publish(xds.cache, mesh({"y": [2]}, routes={"m": "y"}))
+    c = AdsClient(xds.test_port, delta=True)
+    try:
+        await c.delta_req(rt.CLUSTER)
+        await c.ack(await c.recv())
+        await c.delta_req(rt.ENDPOINT, subscribe=["y"])
+        await c.ack(await c.recv())
+        publish(xds.cache, mesh({"x": [1], "y": [2]}, routes={"m": "x"}))
+        cds = await c.recv()
+        assert names_of(cds) == ["x"]
+        await c.delta_req(rt.ROUTE, subscribe=["r"])  # its routes are in flight meanwhile
+        rds = await c.recv()
+        assert rds.type_url == rt.ROUTE
+        await c.settled(xds)  # the stream has looked at endpoints while x's CDS is in flight
+        publish(xds.cache, mesh({"y": [2]}, routes={"m": "y"}))  # x gone before it was applied
+        await c.settled(xds)
+        await c.ack(cds)
+        await c.delta_req(rt.ENDPOINT, subscribe=["x"])  # Envoy asks for what it created
+        eds = await c.recv()
+        assert names_of(eds) == ["x"]
+    finally:
+        await c.close()
