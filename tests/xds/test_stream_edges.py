@@ -9,7 +9,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from xds_client import AdsClient, cla, cluster, decode, hold_everything, mesh, names_of, publish, until
+from envoy.config.route.v3 import scoped_route_pb2
+from xds_client import (
+    AdsClient,
+    cla,
+    cluster,
+    decode,
+    hold_everything,
+    mesh,
+    names_of,
+    publish,
+    route_config,
+    until,
+)
 
 from xds_server import resource_types as rt
 from xds_server.cache import SnapshotCache
@@ -71,6 +83,7 @@ async def test_a_closed_stream_ends_its_responses_and_stops_watching_the_cache(d
 def test_a_stream_that_has_said_nothing_describes_itself_with_empty_names(delta):
     d = _stream(SnapshotCache(), delta).describe()
     assert (d["node_id"], d["cluster"], d["kind"], d["types"]) == ("", "", DEFAULT_KIND, {})
+    assert (d["peer"], d["authenticated"]) == ("ipv4:127.0.0.1:1", "")  # nothing proved yet
     assert d["variant"] == ("delta" if delta else "sotw")
 
 
@@ -392,5 +405,174 @@ async def test_sotw_a_name_dropped_then_asked_for_again_is_sent_again(xds):
         await c.sotw(rt.ENDPOINT, ["a", "b"], version=eds.version_info, nonce=eds.nonce)
         eds = await c.recv()
         assert sorted(names_of(eds)) == ["a", "b"]
+    finally:
+        await c.close()
+
+
+@VARIANTS
+async def test_routes_wait_for_new_endpoints_behind_an_older_assignment_in_flight(xds, delta):
+    """The gateway has not ACKed rt's assignment of snapshot 2 when snapshot 3 changes it again and
+    routes a new model there: 2's assignment in flight is not 3's, so the routes wait for 3's."""
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        await hold_everything(c)
+        publish(xds.cache, mesh({"rt": [1, 2]}, routes={"m": "rt"}))
+        eds = await c.recv()
+        assert eds.type_url == rt.ENDPOINT
+        await c.settled(xds)
+        publish(xds.cache, mesh({"rt": [1, 2, 3]}, routes={"m": "rt", "n": "rt"}))
+        stream = await c.settled(xds)
+        assert stream.types[rt.ROUTE].pending is None
+        await c.ack(eds, ["rt"])
+        eds = await c.recv()
+        assert eds.type_url == rt.ENDPOINT
+        assert len(decode(eds, "rt").endpoints[0].lb_endpoints) == 3
+        rds = await c.recv()
+        assert rds.type_url == rt.ROUTE and "/n/" in str(decode(rds, "r"))
+    finally:
+        await c.close()
+
+
+@VARIANTS
+async def test_without_clusters_routes_do_not_count_endpoints_whose_removal_is_in_flight(xds, delta):
+    """A client of endpoints and routes only (no CDS): b's assignment is dropped once the routes
+    leave it, and comes back, as it was, while that removal is still in flight. The client will
+    not hold it, so the routes that name b again wait until it is sent again."""
+    both = {rt.ENDPOINT: {"rt": cla("rt", 1), "b": cla("b", 2)},
+            rt.ROUTE: {"r": route_config("r", {"m": "rt", "n": "b"})}}
+    publish(xds.cache, both)
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        for type_url, names in ((rt.ENDPOINT, ["b", "rt"]), (rt.ROUTE, ["r"])):
+            await _subscribe(c, type_url, names)
+            await c.ack(await c.recv(), names)
+        publish(xds.cache, {rt.ENDPOINT: {"rt": cla("rt", 1)},
+                            rt.ROUTE: {"r": route_config("r", {"m": "rt"})}})
+        rds = await c.recv()  # routes leave b first
+        assert rds.type_url == rt.ROUTE
+        await c.ack(rds, ["r"])
+        eds = await c.recv()  # then b goes; not ACKed
+        assert eds.type_url == rt.ENDPOINT
+        assert list(eds.removed_resources) == ["b"] if delta else names_of(eds) == ["rt"]
+        await c.settled(xds)
+        publish(xds.cache, both)
+        stream = await c.settled(xds)
+        assert stream.types[rt.ROUTE].pending is None
+        await c.ack(eds, ["b", "rt"])
+        sent = [(await c.recv()).type_url for _ in range(2)]
+        assert sent == [rt.ENDPOINT, rt.ROUTE]
+    finally:
+        await c.close()
+
+
+async def test_sotw_an_empty_list_after_names_ends_a_legacy_wildcard(xds):
+    """An empty first request is a wildcard only until the client names resources (here beside
+    ``*``): an empty list after that subscribes to nothing."""
+    publish(xds.cache, mesh({"a": [1]}))
+    c = AdsClient(xds.test_port, delta=False)
+    try:
+        await c.sotw(rt.CLUSTER)
+        cds = await c.recv()
+        await c.sotw(rt.CLUSTER, ["*", "a"], version=cds.version_info, nonce=cds.nonce)  # still all
+        await c.sotw(rt.CLUSTER, [], version=cds.version_info, nonce=cds.nonce)
+        await c.settled(xds)
+        publish(xds.cache, mesh({"a": [1], "b": [2]}))
+        stream = await c.settled(xds)
+        assert stream.types[rt.CLUSTER].pending is None and not stream.types[rt.CLUSTER].wildcard
+    finally:
+        await c.close()
+
+
+def _scoped(name: str, routes: str) -> scoped_route_pb2.ScopedRouteConfiguration:
+    return scoped_route_pb2.ScopedRouteConfiguration(
+        name=name, route_configuration_name=routes,
+        key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=name)]))
+
+
+@VARIANTS
+async def test_scoped_routes_go_out_before_the_route_tables_they_name(xds, delta):
+    def resources(tables: list[str]) -> dict:
+        return {rt.SCOPED_ROUTE: {t: _scoped(t, t) for t in tables},
+                rt.ROUTE: {t: route_config(t, {"m": "rt"}) for t in tables}}
+
+    publish(xds.cache, resources(["r1"]))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        for type_url, names in ((rt.SCOPED_ROUTE, None), (rt.ROUTE, ["r1", "r2"])):
+            await _subscribe(c, type_url, names)
+            await c.ack(await c.recv(), names)
+        await c.settled(xds)
+        publish(xds.cache, resources(["r1", "r2"]))
+        srds = await c.recv()
+        assert srds.type_url == rt.SCOPED_ROUTE and "r2" in names_of(srds)
+        rds = await c.recv()
+        assert rds.type_url == rt.ROUTE and "r2" in names_of(rds)
+    finally:
+        await c.close()
+
+
+@VARIANTS
+async def test_routes_rejected_on_their_way_to_a_newer_snapshot_do_not_block_it(xds, delta):
+    """Routes of snapshot 2 go out while 3 (which adds a cluster) is not warm yet, and the client
+    rejects them. That rejects 2's routes only: once 3 is warm, its routes are sent."""
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        await hold_everything(c)
+        publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt", "n": "rt"}))
+        first = await c.recv()  # routes of snapshot 1.5, not ACKed yet
+        assert first.type_url == rt.ROUTE
+        await c.settled(xds)
+        publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt", "n": "rt", "p": "rt"}))  # 2: warm
+        await c.settled(xds)
+        publish(xds.cache, mesh({"rt": [1], "x": [3]}, routes={"m": "rt", "n": "rt", "p": "rt", "o": "x"}))
+        cds = await c.recv()  # 3: x is new
+        assert cds.type_url == rt.CLUSTER
+        await c.ack(first, ["r"])
+        rds = await c.recv()  # 2's routes, while 3 is the target
+        assert rds.type_url == rt.ROUTE
+        assert "/p/" in str(decode(rds, "r")) and "/o/" not in str(decode(rds, "r"))
+        await c.nack(rds, "no", ["r"])
+        await c.ack(cds)
+        if delta:
+            await c.delta_req(rt.ENDPOINT, ["x"])
+        else:
+            await c.sotw(rt.ENDPOINT, ["rt", "x"])
+        sent = {}
+        while rt.ROUTE not in sent:
+            resp = await c.recv()
+            sent[resp.type_url] = resp
+        assert "/o/" in str(decode(sent[rt.ROUTE], "r"))
+    finally:
+        await c.close()
+
+
+@VARIANTS
+async def test_a_new_clusters_endpoints_asked_for_late_are_the_newest(xds, delta):
+    """Cluster c arrives with its assignment at v1; before the client asks for c's endpoints, a
+    newer snapshot changes them (routes not moved yet). The client gets the newer assignment, not
+    the one the cluster came with."""
+    publish(xds.cache, mesh({"rt": [1]}, routes={"m": "rt"}))
+    c = AdsClient(xds.test_port, delta=delta)
+    try:
+        await hold_everything(c)
+        publish(xds.cache, mesh({"rt": [1], "c": [7]}, routes={"m": "rt", "n": "c"}))
+        cds = await c.recv()
+        assert cds.type_url == rt.CLUSTER
+        await c.settled(xds)
+        publish(xds.cache, mesh({"rt": [1], "c": [8]}, routes={"m": "rt", "n": "c"}))
+        await c.settled(xds)
+        await c.ack(cds)
+        if delta:
+            await c.delta_req(rt.ENDPOINT, ["c"])
+        else:
+            await c.sotw(rt.ENDPOINT, ["c", "rt"])
+        eds = await c.recv()
+        assert eds.type_url == rt.ENDPOINT
+        ports = [ep.endpoint.address.socket_address.port_value
+                 for ep in decode(eds, "c").endpoints[0].lb_endpoints]
+        assert ports == [8]
     finally:
         await c.close()

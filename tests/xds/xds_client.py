@@ -11,7 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import duration_pb2
 from google.rpc import status_pb2
@@ -221,7 +221,8 @@ def names_of(resp: Any) -> list[str]:
     out = []
     for a in resp.resources:
         msg = {rt.CLUSTER: cluster_pb2.Cluster, rt.ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-               rt.LISTENER: listener_pb2.Listener, rt.ROUTE: route_pb2.RouteConfiguration}[a.type_url]()
+               rt.LISTENER: listener_pb2.Listener, rt.ROUTE: route_pb2.RouteConfiguration,
+               rt.SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration}[a.type_url]()
         a.Unpack(msg)
         out.append(msg.cluster_name if isinstance(msg, endpoint_pb2.ClusterLoadAssignment) else msg.name)
     return sorted(out)
@@ -234,7 +235,8 @@ def decode(resp: Any, name: str) -> Any:
         anys = list(resp.resources)
     for a in anys:
         msg = {rt.CLUSTER: cluster_pb2.Cluster, rt.ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-               rt.LISTENER: listener_pb2.Listener, rt.ROUTE: route_pb2.RouteConfiguration}[a.type_url]()
+               rt.LISTENER: listener_pb2.Listener, rt.ROUTE: route_pb2.RouteConfiguration,
+               rt.SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration}[a.type_url]()
         a.Unpack(msg)
         if getattr(msg, "name", None) == name or getattr(msg, "cluster_name", None) == name:
             return msg
