@@ -335,10 +335,11 @@ async def test_delta_a_resource_changed_and_changed_back_meanwhile_sends_nothing
     publish(xds.cache, _endpoints(x=1))
     c = await _eds_client(xds, ["x", "z"])
     try:
-        publish(xds.cache, _endpoints(x=2, z=9))
-        publish(xds.cache, _endpoints(x=1))  # before the stream looks
+        between = publish(xds.cache, _endpoints(x=2, z=9))  # kept: the stream compares by what
+        publish(xds.cache, _endpoints(x=1))  # changed since, through it; before the stream looks
         stream = await c.settled(xds)
         assert stream.types[rt.ENDPOINT].pending is None
+        assert between.version
     finally:
         await c.close()
 
@@ -347,9 +348,10 @@ async def test_delta_sends_only_what_changed_and_removes_only_what_the_client_ho
     publish(xds.cache, _endpoints(x=1, y=1))
     c = await _eds_client(xds, ["x", "y", "z"])
     try:
-        publish(xds.cache, _endpoints(x=2, y=2, z=9))
+        between = publish(xds.cache, _endpoints(x=2, y=2, z=9))  # kept, as above
         publish(xds.cache, _endpoints(x=1, y=3))
         eds = await c.recv()
+        assert between.version
         assert names_of(eds) == ["y"] and list(eds.removed_resources) == []
         assert [ep.endpoint.address.socket_address.port_value
                 for ep in decode(eds, "y").endpoints[0].lb_endpoints] == [3]
