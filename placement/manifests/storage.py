@@ -133,7 +133,8 @@ def _within(path: Path, root: Path) -> bool:
 
 
 def disk_size(path: Path, root: Path | None = None, max_entries: int | None = None) -> int:
-    """Bytes on disk of a file, or of every file under a folder (symlinks not followed).
+    """Bytes on disk of a file, or of every file under a folder (a linked file counts its
+    target's bytes, which the runtime reads; linked folders are not walked into).
 
     With ``root``, a symlink under the folder that leads outside ``root`` is refused, since the
     runtime would follow it; more than ``max_entries`` entries are refused too.
