@@ -12,7 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import json_format
 
 from xds_server.auth import GATEWAY_TOKEN_HEADER
-from xds_server.translate import names
+from xds_server.translate import data_path, names
 from xds_server.translate.listeners import (
     DENIED_MESSAGE,
     HCM_FILTER,
@@ -56,6 +56,15 @@ def test_the_listeners_their_addresses_and_the_internal_mirror_listener():
     assert (m.stat_prefix, m.rds.route_config_name, m.rds.config_source) == (
         names.MIRROR_LISTENER, names.MIRROR_ROUTE, ADS)
     assert m.codec_type == hcm.HttpConnectionManager.AUTO
+
+
+def test_each_listener_has_its_own_filter_chain():
+    opts = GatewayOptions(max_request_bytes=1234)
+    assert list(http_connection_manager(names.REST, opts).http_filters) == data_path.rest_http_filters(opts)
+    assert list(http_connection_manager(names.GRPC, opts).http_filters) == data_path.grpc_http_filters(opts)
+    assert data_path.rest_http_filters(opts) != data_path.grpc_http_filters(opts)
+    mirror = _hcm(build_listeners(opts)[names.MIRROR_LISTENER])
+    assert list(mirror.http_filters) == data_path.mirror_http_filters()
 
 
 def test_paths_are_normalised_and_escaped_slashes_refused_on_both_listeners():
