@@ -61,6 +61,16 @@ class Pending:
     epoch: int = 0
     resubscribed: bool = False  # the subscription changed while this response was in flight
 
+    def apply_to(self, known: dict[str, str], held: dict[str, Resource]) -> None:
+        """Into ``known`` and ``held``: what a client holds once it has applied this response
+        (what it sent replaces, what it removed goes)."""
+        for n, r in self.sent.items():
+            known[n] = r.version
+            held[n] = r
+        for n in self.removed:
+            known.pop(n, None)
+            held.pop(n, None)
+
 
 class _Named(Mapping[str, Resource | None]):
     """A named subscription's view of a snapshot mapping, built in O(1)."""
@@ -129,15 +139,8 @@ class TypeState:
     def accept(self, p: Pending, full_state: bool) -> None:
         """The client ACKed ``p``: it now holds what was sent (all it holds, with ``full_state``)."""
         if full_state:
-            self.known = {n: r.version for n, r in p.sent.items()}
-            self.held = dict(p.sent)
-        else:
-            for n, r in p.sent.items():
-                self.known[n] = r.version
-                self.held[n] = r
-            for n in p.removed:
-                self.known.pop(n, None)
-                self.held.pop(n, None)
+            self.known, self.held = {}, {}
+        p.apply_to(self.known, self.held)
         self.acked_version = p.version
         self.synced_snap = p.snap if p.snap is not None and p.epoch == self.epoch else None
 
@@ -297,13 +300,8 @@ class Stream:
         p = ts.pending
         if p is None:
             return ts.known, ts.held
-        if self.full_state_responses:
-            return {n: r.version for n, r in p.sent.items()}, p.sent
-        known = {**ts.known, **{n: r.version for n, r in p.sent.items()}}
-        held = {**ts.held, **p.sent}
-        for n in p.removed:
-            known.pop(n, None)
-            held.pop(n, None)
+        known, held = ({}, {}) if self.full_state_responses else (dict(ts.known), dict(ts.held))
+        p.apply_to(known, held)  # as accept() will, on copies
         return known, held
 
     def _prunable(self) -> bool:
