@@ -4,7 +4,7 @@ cluster it does not hold warm, while placements move, in both protocol variants.
 from __future__ import annotations
 
 import pytest
-from xds_client import AdsClient, decode, hold_everything, mesh, names_of, publish
+from xds_client import AdsClient, ask_endpoints_too, decode, hold_everything, mesh, names_of, publish
 
 from xds_server import resource_types as rt
 
@@ -184,10 +184,7 @@ async def test_routes_to_a_new_cluster_wait_until_it_is_warm(xds, delta):
         stream = await c.settled(xds)
         assert stream.types[rt.ROUTE].pending is None  # nothing sent: rt2 is not warm yet
         await c.ack(cds)
-        if delta:
-            await c.delta_req(rt.ENDPOINT, ["rt2"])
-        else:
-            await c.sotw(rt.ENDPOINT, ["rt", "rt2"])
+        await ask_endpoints_too(c, "rt2")
         types = [(await c.recv()).type_url for _ in range(2)]
         assert types == [rt.ENDPOINT, rt.ROUTE]
     finally:

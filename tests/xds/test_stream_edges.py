@@ -12,6 +12,7 @@ import pytest
 from envoy.config.route.v3 import scoped_route_pb2
 from xds_client import (
     AdsClient,
+    ask_endpoints_too,
     cla,
     cluster,
     decode,
@@ -238,10 +239,7 @@ async def test_rejected_routes_are_not_offered_again_while_a_newer_snapshot_warm
         stream = await c.settled(xds)
         assert stream.types[rt.ROUTE].pending is None  # 2's routes are not offered again
         await c.ack(cds)
-        if delta:
-            await c.delta_req(rt.ENDPOINT, ["x"])
-        else:
-            await c.sotw(rt.ENDPOINT, ["rt", "x"])
+        await ask_endpoints_too(c, "x")
         eds = await c.recv()
         assert eds.type_url == rt.ENDPOINT
         rds = await c.recv()
@@ -538,10 +536,7 @@ async def test_routes_rejected_on_their_way_to_a_newer_snapshot_do_not_block_it(
         assert "/p/" in str(decode(rds, "r")) and "/o/" not in str(decode(rds, "r"))
         await c.nack(rds, "no", ["r"])
         await c.ack(cds)
-        if delta:
-            await c.delta_req(rt.ENDPOINT, ["x"])
-        else:
-            await c.sotw(rt.ENDPOINT, ["rt", "x"])
+        await ask_endpoints_too(c, "x")
         sent = {}
         while rt.ROUTE not in sent:
             resp = await c.recv()
@@ -567,10 +562,7 @@ async def test_a_new_clusters_endpoints_asked_for_late_are_the_newest(xds, delta
         publish(xds.cache, mesh({"rt": [1], "c": [8]}, routes={"m": "rt", "n": "c"}))
         await c.settled(xds)
         await c.ack(cds)
-        if delta:
-            await c.delta_req(rt.ENDPOINT, ["c"])
-        else:
-            await c.sotw(rt.ENDPOINT, ["c", "rt"])
+        await ask_endpoints_too(c, "c")
         eds = await c.recv()
         assert eds.type_url == rt.ENDPOINT
         ports = [ep.endpoint.address.socket_address.port_value

@@ -205,6 +205,15 @@ async def hold_everything(c: AdsClient) -> None:
         await c.ack(resp, names)
 
 
+async def ask_endpoints_too(c: AdsClient, name: str) -> None:
+    """Ask for one more cluster's endpoints beside ``rt``'s, as Envoy does once it has applied a
+    new cluster: delta subscribes the name; SotW sends its whole list again."""
+    if c.delta:
+        await c.delta_req(rt.ENDPOINT, [name])
+    else:
+        await c.sotw(rt.ENDPOINT, sorted({"rt", name}))
+
+
 async def until(predicate, timeout: float = TIMEOUT) -> None:
     """Wait for server-side state (a request the client wrote has been read)."""
     loop = asyncio.get_running_loop()
