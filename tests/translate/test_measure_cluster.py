@@ -41,7 +41,8 @@ def test_the_istio_gateway_reports_over_mutual_tls_to_the_measure_port(tmp_path:
     address = ep.endpoint.address.socket_address
     assert (address.address, address.port_value) == ("10.0.0.7", 15013)  # the leader, its measure port
     ctx = tls_pb2.UpstreamTlsContext()
-    c.transport_socket.typed_config.Unpack(ctx)
+    assert c.transport_socket.name == "envoy.transport_sockets.tls"
+    assert c.transport_socket.typed_config.Unpack(ctx)
     assert ctx.sni == NAME
     common = ctx.common_tls_context
     assert [s.name for s in common.tls_certificate_sds_secret_configs] == ["default"]
