@@ -137,7 +137,7 @@ def _fallback_priority(retries: int) -> rc.RetryPolicy.RetryPriority:
         typed_config=pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=every)))
 
 
-def _retry(rule: RouteRule, opts: GatewayOptions, fallback: bool = False) -> rc.RetryPolicy:
+def _retry(rule: RouteRule, opts: GatewayOptions, fallback: bool) -> rc.RetryPolicy:
     retries = opts.retries if rule.retries is None else rule.retries
     p = rc.RetryPolicy(
         retry_on=rule.retry_on or RETRY_ON,
