@@ -187,3 +187,44 @@ def test_mirror_routes_follow_the_activator_into_the_incremental_translation() -
         expected = translate(view, t.opts)[rt.ROUTE][names.MIRROR_ROUTE]
         assert t.translate(view)[rt.ROUTE][names.MIRROR_ROUTE] == expected
     assert [r.name for r in expected.virtual_hosts[0].routes] == ["mirror/b/rest/b__1", "mirror/b/grpc/b__1"]
+
+
+def test_the_per_try_timeout_of_the_gateway_or_of_the_rule() -> None:
+    model = Model("m", (Revision("m__1", copies=(C0,)),))
+    view = MeshView.of([model])
+    p = only_route(model, view, GatewayOptions(per_try_timeout_s=0.3)).route.retry_policy
+    assert p.per_try_timeout.ToMilliseconds() == 300
+    assert not only_route(model, view, GatewayOptions()).route.retry_policy.HasField("per_try_timeout")
+    ruled = Model("m", model.revisions, rules=(RouteRule((Destination("m__1"),), per_try_timeout_s=1.25),))
+    p = only_route(ruled, MeshView.of([ruled]), GatewayOptions(per_try_timeout_s=0.3)).route.retry_policy
+    assert p.per_try_timeout.ToMilliseconds() == 1250
+
+
+def test_every_route_configuration_is_named_as_listed_and_leaves_clusters_unchecked() -> None:
+    """Envoy checks a route's cluster only when validate_clusters is true (its default for routes
+    in the bootstrap): a route may name a cluster still warming."""
+    view = MeshView.of([Model("m", (Revision("m__1", copies=(C0,)),)), Model("n", (Revision("n__1"),))])
+    for layout in ("scoped", "flat"):
+        res = translate(view, GatewayOptions(route_layout=layout))
+        expected = {"scoped": {"msm_rest/m", "msm_grpc/m", "msm_rest/n", "msm_grpc/n"},
+                    "flat": {"msm_rest", "msm_grpc"}}[layout] | {"msm_mirror"}
+        assert set(res[rt.ROUTE]) == expected
+        for name, cfg in res[rt.ROUTE].items():
+            assert cfg.name == name
+            assert cfg.HasField("validate_clusters") and not cfg.validate_clusters.value, name
+
+
+def test_route_names_and_the_revision_they_name() -> None:
+    assert names.route_name("m", 0, "grpc", "m__1") == "m/0/grpc/m__1"
+    assert names.route_name("m", 2, "body", "m__1", "pinned") == "m/2/body/m__1/pinned"
+    assert names.revision_of_route("m/2/body/m__1/pinned") == "m__1"
+    assert names.revision_of_route("m/0/grpc/") is None and names.revision_of_route("m/0/grpc") is None
+
+
+def test_a_models_shard_is_the_crc32_of_its_name() -> None:
+    import zlib
+
+    odd = next(m for m in ("a", "b", "c", "d") if zlib.crc32(m.encode()) % 2)
+    assert names.shard_of(odd, 2) == 1
+    assert [names.shard_of(m, 7) for m in ("a", "b")] == [zlib.crc32(b"a") % 7, zlib.crc32(b"b") % 7]
+    assert names.shard_of(odd, 1) == 0
