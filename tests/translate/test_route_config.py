@@ -228,3 +228,17 @@ def test_a_models_shard_is_the_crc32_of_its_name() -> None:
     assert names.shard_of(odd, 2) == 1
     assert [names.shard_of(m, 7) for m in ("a", "b")] == [zlib.crc32(b"a") % 7, zlib.crc32(b"b") % 7]
     assert names.shard_of(odd, 1) == 0
+
+
+def test_a_split_skips_zero_weights_keeps_small_ones_and_answers_503_for_the_first_cold_one() -> None:
+    revs = (Revision("m__1", copies=(C0,)), Revision("m__2", copies=(C0,)), Revision("m__3", copies=(C0,)))
+    split = RouteRule((Destination("m__1", 0), Destination("m__2", 1), Destination("m__3", 3)))
+    model = Model("m", revs, rules=(split,))
+    routes = model_routes(model, names.GRPC, MeshView.of([model]), GatewayOptions())
+    assert [r.name for r in routes] == ["m/0/grpc/m__2/pinned", "m/0/grpc/m__3/pinned",
+                                        "m/0/grpc/m__2", "m/0/grpc/m__3"]
+    assert routes[2].match.runtime_fraction.default_value.numerator == 250_000
+    cold = Model("c", (Revision("c__1"), Revision("c__2")),
+                 rules=(RouteRule((Destination("c__1", 50), Destination("c__2", 50))),))
+    (r,) = model_routes(cold, names.GRPC, MeshView.of([cold]), GatewayOptions())
+    assert (r.name, r.direct_response.status) == ("c/0/grpc/c__1", 503)
