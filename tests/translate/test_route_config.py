@@ -242,3 +242,37 @@ def test_a_split_skips_zero_weights_keeps_small_ones_and_answers_503_for_the_fir
                  rules=(RouteRule((Destination("c__1", 50), Destination("c__2", 50))),))
     (r,) = model_routes(cold, names.GRPC, MeshView.of([cold]), GatewayOptions())
     assert (r.name, r.direct_response.status) == ("c/0/grpc/c__1", 503)
+
+
+def test_a_fraction_routes_match_field_for_field() -> None:
+    revs = (Revision("m__1", copies=(C0,)), Revision("m__2", copies=(C0,)))
+    model = Model("m", revs, rules=(RouteRule((Destination("m__1", 3), Destination("m__2", 1))),))
+    first = model_routes(model, names.GRPC, MeshView.of([model]), GatewayOptions())[2]
+    assert first.name == "m/0/grpc/m__1"
+    assert as_dict(first.match) == {
+        "prefix": "/", "headers": [{"name": "mm-vmodel-id", "stringMatch": {"exact": "m"}}],
+        # never set in Envoy's runtime: the default share applies
+        "runtimeFraction": {"defaultValue": {"numerator": 750_000, "denominator": "MILLION"},
+                            "runtimeKey": "msm.split.unset"}}
+
+
+def test_a_sticky_split_needs_two_destinations_and_skips_empty_bucket_ranges() -> None:
+    def sticky(*dests: Destination, revs: tuple[Revision, ...]) -> list[str]:
+        model = Model("m", revs, rules=(RouteRule(dests, sticky_header="x-user"),))
+        routes = model_routes(model, names.GRPC, MeshView.of([model]), GatewayOptions())
+        for r in routes:
+            on = dp.STICKY_FILTER in r.typed_per_filter_config
+            assert on is (not r.name.endswith("/pinned") and len(routes) > 1), r.name
+        return [r.name for r in routes]
+
+    warm = (Revision("m__1", copies=(C0,)), Revision("m__2", copies=(C0,)))
+    assert sticky(Destination("m__1", 1), Destination("m__2", 1), revs=warm) == [
+        "m/0/grpc/m__1/pinned", "m/0/grpc/m__2/pinned", "m/0/grpc/m__1/bucket0", "m/0/grpc/m__2/bucket5000",
+        "m/0/grpc/m__1", "m/0/grpc/m__2"]
+    # a share too small for a bucket: no bucket route (its range would be empty)
+    assert sticky(Destination("m__1", 1), Destination("m__2", 99_999), revs=warm) == [
+        "m/0/grpc/m__1/pinned", "m/0/grpc/m__2/pinned", "m/0/grpc/m__2/bucket0",
+        "m/0/grpc/m__1", "m/0/grpc/m__2"]
+    # one destination left (the other has no copy and no activator holds it): nothing to keep a key on
+    half_cold = (Revision("m__1", copies=(C0,)), Revision("m__2"))
+    assert sticky(Destination("m__1", 1), Destination("m__2", 1), revs=half_cold) == ["m/0/grpc/m__1"]
