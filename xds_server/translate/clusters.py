@@ -302,7 +302,7 @@ class _Builder:
         self.clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
 
     def add(self, kind: str, name: str, endpoints: list[endpoint_components_pb2.LbEndpoint],
-            runtime: str = "") -> None:
+            runtime: str) -> None:
         c = cluster_pb2.Cluster()
         c.CopyFrom(self.protos[kind])
         c.name = name
