@@ -126,7 +126,7 @@ def test_a_rule_with_nothing_to_route_to_answers_503_naming_the_model() -> None:
 
 def test_a_mirror_policy_field_for_field() -> None:
     b = Model("b", (Revision("b__1", copies=(C0,)),))
-    rule = RouteRule((Destination("a__1"),), mirrors=(Mirror("b", 100.0), Mirror("b", 2.5), Mirror("b", 0.0),
+    rule = RouteRule((Destination("a__1"),), mirrors=(Mirror("b", 100.0), Mirror("b", 0.5), Mirror("b", 0.0),
                                                       Mirror("gone", 50.0)))
     a = Model("a", (Revision("a__1", copies=(C0,)),), rules=(rule,))
     view = MeshView.of([a, b])
@@ -137,7 +137,7 @@ def test_a_mirror_policy_field_for_field() -> None:
                              "requestHeadersMutations": [header]}
     assert as_dict(part) == {
         "cluster": "mirror_grpc", "disableShadowHostSuffixAppend": True, "requestHeadersMutations": [header],
-        "runtimeFraction": {"defaultValue": {"numerator": 25_000, "denominator": "MILLION"},
+        "runtimeFraction": {"defaultValue": {"numerator": 5_000, "denominator": "MILLION"},
                             "runtimeKey": "msm.mirror.unset"}}
     assert part.runtime_fraction.default_value.denominator == MILLION
 
@@ -276,3 +276,37 @@ def test_a_sticky_split_needs_two_destinations_and_skips_empty_bucket_ranges() -
     # one destination left (the other has no copy and no activator holds it): nothing to keep a key on
     half_cold = (Revision("m__1", copies=(C0,)), Revision("m__2"))
     assert sticky(Destination("m__1", 1), Destination("m__2", 1), revs=half_cold) == ["m/0/grpc/m__1"]
+
+
+def test_the_virtual_host_takes_every_domain_and_buffers_up_to_the_gateways_limit() -> None:
+    model = Model("m", (Revision("m__1", copies=(C0,)),))
+    res = translate(MeshView.of([model]), GatewayOptions(max_request_bytes=12_345))
+    for kind in names.KINDS:
+        (vh,) = res[rt.ROUTE][names.scoped_route_config(kind, "m")].virtual_hosts
+        assert (vh.name, list(vh.domains), vh.request_body_buffer_limit.value) == (
+            names.VHOST[kind], ["*"], 12_345)
+
+
+def test_transcoding_runs_only_on_rest_routes_to_a_runtimes_grpc_port() -> None:
+    """On the REST listener, routes to a runtime's REST port (``data`` bodies, ready, metadata)
+    and routes to the activator (which takes the request as the client sent it) turn the
+    classifier and the transcoder off; the gRPC listener has neither."""
+    off = {dp.CLASSIFY_FILTER, dp.TRANSCODER_FILTER}
+    warm = Model("m", (Revision("m__1", copies=(C0,)),))
+    cold = Model("c", (Revision("c__1"),))
+    view = MeshView.of([warm, cold], ACT)
+
+    def disabled(r: rc.Route) -> set[str]:
+        out = set()
+        for name, cfg in r.typed_per_filter_config.items():
+            fc = rc.FilterConfig()
+            if cfg.Unpack(fc) and fc.disabled:
+                out.add(name)
+        return out
+
+    rest = {r.name: disabled(r) for r in model_routes(warm, names.REST, view, GatewayOptions())}
+    assert rest == {"m/0/body/m__1": off, "m/0/infer/m__1": set(), "m/0/other/m__1": off}
+    assert {disabled(r) == off for r in model_routes(cold, names.REST, view, GatewayOptions())} == {True}
+    for model in (warm, cold):
+        assert {n for r in model_routes(model, names.GRPC, view, GatewayOptions())
+                for n in r.typed_per_filter_config} == set()
