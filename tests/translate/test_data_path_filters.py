@@ -77,3 +77,30 @@ def test_the_transcoder_is_skipped_for_bodies_the_classifier_marked() -> None:
     inner = transcoder_pb2.GrpcJsonTranscoder()
     assert wrapped.extension_config.typed_config.Unpack(inner)
     assert list(inner.services) == [dp.INFERENCE_SERVICE]
+
+
+def test_each_lua_filter_runs_its_shipped_script_and_only_the_classifier_reroutes() -> None:
+    scripts = {dp.CLASSIFY_FILTER: "classify_body.lua", dp.REWRITE_FILTER: "rewrite_model.lua",
+               dp.STICKY_FILTER: "sticky_bucket.lua"}
+    for chain in (dp.rest_http_filters(), dp.grpc_http_filters(), dp.mirror_http_filters()):
+        for f in chain:
+            if f.name in scripts:
+                lua = unpack(f, lua_pb2.Lua)
+                assert lua.default_source_code.inline_string == dp.lua_source(scripts[f.name]), f.name
+                assert lua.HasField("clear_route_cache"), f.name
+                assert lua.clear_route_cache.value is (f.name != dp.REWRITE_FILTER), f.name
+    assert dp.lua_source("rewrite_model.lua").strip()
+
+
+def test_the_transcoder_skip_reads_the_classifiers_header() -> None:
+    from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+    from envoy.type.matcher.v3 import http_inputs_pb2
+
+    rest = {f.name: f for f in dp.rest_http_filters()}
+    wrapped = unpack(rest[dp.TRANSCODER_FILTER], extension_matcher_pb2.ExtensionWithMatcher)
+    (matcher,) = wrapped.xds_matcher.matcher_list.matchers
+    given = matcher.predicate.single_predicate.input
+    assert given.name == "msm.body_header"
+    header = http_inputs_pb2.HttpRequestHeaderMatchInput()
+    assert given.typed_config.Unpack(header)
+    assert header.header_name == dp.REST_BODY_HEADER == "x-msm-body"

@@ -310,3 +310,14 @@ def test_transcoding_runs_only_on_rest_routes_to_a_runtimes_grpc_port() -> None:
     for model in (warm, cold):
         assert {n for r in model_routes(model, names.GRPC, view, GatewayOptions())
                 for n in r.typed_per_filter_config} == set()
+
+
+def test_the_mirror_listener_skips_models_it_cannot_route() -> None:
+    b = Model("b", (Revision("b__1", copies=(C0,)),))
+    tester_only = Model("t", (Revision("t__1", copies=(C0,)),),
+                        rules=(RouteRule((Destination("t__1"),), headers=(HeaderMatch("x-a", exact="1"),)),))
+    view = MeshView.of([b, tester_only])
+    cfg = mirror_route_config(view, {"0gone", "b", "t"}, GatewayOptions())
+    # a model not in the view, and one whose every rule matches headers (a shadow has no rule of its own)
+    assert [r.name for r in cfg.virtual_hosts[0].routes] == ["mirror/b/rest/b__1", "mirror/b/grpc/b__1"]
+    assert list(cfg.virtual_hosts[0].domains) == ["*"]
