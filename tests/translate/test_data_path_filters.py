@@ -104,3 +104,14 @@ def test_the_transcoder_skip_reads_the_classifiers_header() -> None:
     header = http_inputs_pb2.HttpRequestHeaderMatchInput()
     assert given.typed_config.Unpack(header)
     assert header.header_name == dp.REST_BODY_HEADER == "x-msm-body"
+
+
+def test_the_rest_listeners_transcoder_takes_the_gateways_size_limit() -> None:
+    from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+
+    rest = {f.name: f for f in dp.rest_http_filters(GatewayOptions(max_request_bytes=4321))}
+    wrapped = unpack(rest[dp.TRANSCODER_FILTER], extension_matcher_pb2.ExtensionWithMatcher)
+    inner = transcoder_pb2.GrpcJsonTranscoder()
+    assert wrapped.extension_config.typed_config.Unpack(inner)
+    assert wrapped.extension_config.name == dp.TRANSCODER_FILTER
+    assert (inner.max_request_body_size.value, inner.max_response_body_size.value) == (4321, 4321)
