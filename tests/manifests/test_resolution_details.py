@@ -278,10 +278,11 @@ def test_a_model_and_a_runtime_may_share_a_name() -> None:
 def test_runtimes_of_one_name_in_two_namespaces_the_first_namespace_keeps_it() -> None:
     """Without per-namespace runtimes the name must be unique: the namespace that sorts first
     keeps it (not the file), and the other is reported under its file, named with spaces and all."""
-    state = resolve(docs(runtime("rt", namespace="team-b"), runtime("rt", namespace="team-a"), runtime("zz"),
+    state = resolve(docs(runtime("rt", namespace="team-b"), runtime("rt", namespace="team-a"),
+                         runtime("after", namespace="team-c"),
                          names=("my runtimes.yaml", "other.yaml", "z.yaml")))
     assert state.runtimes["rt"].namespace == "team-a"
-    assert "zz" in state.runtimes  # after the duplicate, the others are still read
+    assert "after" in state.runtimes  # the runtimes after the duplicate are still read
     assert state.errors == {"my runtimes.yaml": (
         "my runtimes.yaml doc 1 ServingRuntime/rt: a runtime named rt is already defined (other.yaml doc 1); "
         "msm needs runtime names to be unique; ignored")}
