@@ -566,7 +566,8 @@ def resolve(documents: Iterable[Document], local_config: LocalConfig | None = No
         ident = (doc.kind or "", ns, doc.name or "")
         if ident in seen:
             first = seen[ident]
-            _add_error(errors, doc.source, f"{doc.where}: {first.kind} {ns}/{doc.name} is already defined "
+            named = f"{ns}/{doc.name}" if ns else doc.name  # a ClusterServingRuntime has no namespace
+            _add_error(errors, doc.source, f"{doc.where}: {first.kind} {named} is already defined "
                        f"in {first.origin}, which stays in use; this one is ignored")
             continue
         seen[ident] = doc

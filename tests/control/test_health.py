@@ -305,3 +305,90 @@ async def test_checking_stops_and_starts_again_and_a_recheck_of_a_removed_instan
     await health.remove("i0")
     assert await asyncio.wait_for(waiting, 2) == {"i0"}
     assert events[-1] == ("down", "i0")
+
+
+async def test_a_runtime_that_is_not_ready_is_shown_with_the_status_it_gave() -> None:
+    health, clients, _, _ = make("i0")
+    clients["i0"].answer = "STARTING"
+    await health.check_all()
+    placed: dict = {}
+    health.annotate(placed)
+    assert (placed["i0"]["up"], placed["i0"]["last_error"]) == (False, "runtime status STARTING")
+
+
+class Tracked(Client):
+    """A client whose checks hang until cancelled, and that says in which order things ended."""
+
+    def __init__(self, iid: str, ended: list[str]) -> None:
+        super().__init__(iid)
+        self.ended = ended
+        self.hang = asyncio.Event()  # never set
+        self.checking = asyncio.Event()
+
+    async def runtime_status(self, timeout=None) -> RuntimeStatus:
+        self.checking.set()
+        try:
+            return await super().runtime_status(timeout)
+        except asyncio.CancelledError:
+            self.ended.append(f"{self.address} check cancelled")
+            raise
+
+    async def close(self) -> None:
+        self.ended.append(f"{self.address} closed")
+
+
+async def test_a_removed_instances_check_in_flight_is_over_before_its_client_is_closed() -> None:
+    health, _, _, _ = make()
+    ended: list[str] = []
+    health.start()
+    try:
+        slow = Tracked("i1", ended)
+        health.add(InstanceInfo("i1", "rt", "127.0.0.2", 1, 2, 100), slow)
+        await asyncio.wait_for(slow.checking.wait(), 5)
+        await health.remove("i1")
+        assert ended == ["i1:1 check cancelled", "i1:1 closed"]
+    finally:
+        await health.stop()
+
+
+async def test_stopping_ends_the_checks_in_flight_before_it_returns() -> None:
+    ended: list[str] = []
+    clients = {i: Tracked(i, ended) for i in ("i0", "i1")}
+    health = InstanceHealth([(InstanceInfo(i, "rt", "127.0.0.1", 1, 2, 100), c) for i, c in clients.items()],
+                            lambda *_: None, lambda _: None, interval=0.001)
+    health.start()
+    await asyncio.wait_for(asyncio.gather(*(c.checking.wait() for c in clients.values())), 5)
+    await health.stop()
+    assert sorted(ended) == ["i0:1 check cancelled", "i1:1 check cancelled"]
+
+
+async def test_each_instances_checks_run_in_a_task_named_after_it() -> None:
+    """Named for whoever reads a task dump or asyncio's report of a task that failed."""
+    health, clients, _, _ = make("i0")
+    health.interval = 3600
+    await health.check_all()
+    clients["i0"].answer = REFUSED
+    clients["i0"].hang = asyncio.Event()
+    health.start()
+    try:
+        health.add(InstanceInfo("i1", "rt", "127.0.0.2", 1, 2, 100), Client("i1"))
+        recheck = asyncio.create_task(health.recheck(frozenset({"i0"})))
+        await asyncio.sleep(0)
+        names = {t.get_name() for t in asyncio.all_tasks()}
+        assert {"runtime-health:i0", "runtime-health:i1", "runtime-recheck:i0"} <= names
+        clients["i0"].hang.set()
+        clients["i0"].hang = None
+        assert await recheck == {"i0"}
+    finally:
+        await health.stop()
+
+
+def test_the_metrics_say_what_they_count() -> None:
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    make("i0", registry=registry)
+    text = generate_latest(registry).decode()
+    assert "# HELP msm_runtime_instances_up Runtime instances in placement\n" in text
+    assert ("# HELP msm_runtime_instance_down_total Runtime instances taken out of placement after failed "
+            "health checks\n") in text

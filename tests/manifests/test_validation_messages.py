@@ -225,6 +225,20 @@ def test_duplicates_and_names_that_must_be_unique() -> None:
     }
 
 
+def test_a_cluster_runtime_defined_twice_is_named_without_a_namespace() -> None:
+    """A ClusterServingRuntime has no namespace: the message names it alone (it once said
+    ``None/crt``); a ServingRuntime defined twice keeps its ``namespace/name``."""
+    crt = runtime("crt", kind="ClusterServingRuntime", namespace=None)
+    state = resolve(_docs(crt, crt, runtime("rt"), runtime("rt")))
+    assert state.errors == {
+        "f2.yaml": "f2.yaml doc 1 ClusterServingRuntime/crt: ClusterServingRuntime crt is already defined in "
+                   "f1.yaml doc 1, which stays in use; this one is ignored",
+        "f4.yaml": "f4.yaml doc 1 ServingRuntime/rt: ServingRuntime modelmesh-serving/rt is already defined "
+                   "in f3.yaml doc 1, which stays in use; this one is ignored",
+    }
+    assert set(state.runtimes) == {"crt", "rt"}
+
+
 def test_storage_keys_not_mapped_in_local_mode(tmp_path: Path) -> None:
     local_dir(tmp_path)
     write(tmp_path / "rt.yaml", runtime("mlserver"))
