@@ -494,6 +494,12 @@ W = "vs.yaml doc 1 VirtualService/ab"
      [f"{W}: {R}.headers.request.set: a map of header names to strings"]),
     (rule(headers={"request": {"remove": ["x-a", 1]}}),
      [f"{W}: {R}.headers.request.remove: a list of header names"]),
+    # msm's reason may itself hold a colon: the field is what comes before the first
+    (spec(tcp="x"), [f"{W}: spec.tcp: not supported by msm: models are reached over HTTP and gRPC only"]),
+    # one schema problem left out does not leave out the ones after it
+    (lambda d: (d["spec"].update(hosts="ab"), d["spec"]["http"][0].update(match=[{"name": 7}])),
+     [f"{W}: spec.hosts: at least one model name",
+      f"{W}: {R}.match[0].name must be of type string, got integer 7 (Istio CRD schema)"]),
     # a field whose name merely starts like the one msm reported is the schema's to report
     (rule(fault={"abort": {"httpStatus": 7, "percentage": {"value": "a"}}}),
      [f"{W}: {R}.fault.abort.httpStatus: an HTTP status from 200 to 599",
@@ -584,9 +590,10 @@ def test_the_incumbent_keeps_its_host_whatever_the_order() -> None:
 
 
 def test_the_same_virtualservice_twice_keeps_the_first() -> None:
-    one, again = vs("one", ("ab",), "a"), vs("one", ("cd",), "b")
-    traffic, errors = resolve_traffic([claim(one, 0, "f1.yaml"), claim(again, 1, "f2.yaml")], MODELS)
-    assert traffic.services == {"team/one": one}
+    one, again, later = vs("one", ("ab",), "a"), vs("one", ("cd",), "b"), vs("later", ("ef",), "c")
+    claims = [claim(one, 0, "f1.yaml"), claim(again, 1, "f2.yaml"), claim(later, 2)]
+    traffic, errors = resolve_traffic(claims, MODELS)
+    assert traffic.services == {"team/one": one, "team/later": later}  # the claims after it are read
     assert errors == {"f2.yaml": "f2.yaml doc 1: VirtualService team/one is already defined in "
                                  "f1.yaml doc 1, which stays in use; this one is ignored"}
 

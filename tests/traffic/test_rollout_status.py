@@ -89,6 +89,11 @@ def test_the_error_rate_allowance_is_said_as_set() -> None:
         "error rate 50.0% against 0.0% for the old revision (allowed: +2.5 points)"
     assert judge(spec, window(10, latency_s=1.0), window(10, latency_s=0.2)).reason == \
         "p99 latency 1000 ms against 200 ms for the old revision (allowed: x3, and +100 ms)"
+    slow = RolloutSpec(steps=(5,), min_requests=1, max_latency_ratio=2.0, latency_slack_s=1.0)
+    assert judge(slow, window(10, latency_s=3.0), window(10, latency_s=1.0)).reason == \
+        "p99 latency 3000 ms against 1000 ms for the old revision (allowed: x2, and +1000 ms)"
+    assert judge(slow, window(10, latency_s=2.0), window(10, latency_s=1.0)).reason == \
+        "error rate 0.0% (old 0.0%), p99 2000 ms (old 1000 ms) over 10 requests"
 
 
 def test_the_latency_bound_is_the_larger_of_the_ratio_and_the_slack() -> None:
@@ -231,18 +236,19 @@ def test_observations_reach_the_rollouts_of_their_revision_only() -> None:
 def test_status_lists_finished_and_active_rollouts_by_model() -> None:
     ro = Rollouts()
     spec = RolloutSpec(steps=(50,), interval_s=1.0, min_requests=1)
-    models = [desired("m__1"), DesiredModel("n", "n__1", "rt", "sklearn", "/n", 1000)]
-    ro.desired(models, {"m": spec, "n": spec}, 0.0)
-    new = [desired("m__2"), DesiredModel("n", "n__2", "rt", "sklearn", "/n2", 1000)]
-    ro.desired(new, {"m": spec, "n": spec}, 0.0)
-    ro.tick(0.0, lambda m, rev: m == "n")  # only n's new revision is ready
-    feed(ro, "n__2", 1, failed=1)
-    assert [(m, e.kind) for m, e in ro.tick(1.0, lambda m, rev: m == "n")] == [("n", "rolled-back")]
-    ro.desired(new, {"m": spec, "n": spec}, 1.0)
-    # a rolled-back rollout is over: later ticks leave it alone, and still tick the others
+    models = [desired("m__1"), DesiredModel("k", "k__1", "rt", "sklearn", "/k", 1000)]
+    ro.desired(models, {"m": spec, "k": spec}, 0.0)
+    new = [desired("m__2"), DesiredModel("k", "k__2", "rt", "sklearn", "/k2", 1000)]
+    ro.desired(new, {"m": spec, "k": spec}, 0.0)
+    assert ro.active["k"].model == "k" and ro.active["m"].model == "m"
+    ro.tick(0.0, lambda m, rev: m == "k")  # only k's new revision is ready
+    feed(ro, "k__2", 1, failed=1)
+    assert [(m, e.kind) for m, e in ro.tick(1.0, lambda m, rev: m == "k")] == [("k", "rolled-back")]
+    ro.desired(new, {"m": spec, "k": spec}, 1.0)
+    # a rolled-back rollout is over: later ticks leave it alone, and still tick the others after it
     assert [(m, e.kind) for m, e in ro.tick(2.0, lambda m, rev: True)] == [("m", "started")]
     st = ro.status(2.0)
-    assert (set(st), st["m"]["phase"], st["n"]["phase"]) == ({"m", "n"}, "stepping", "rolled back")
+    assert (set(st), st["m"]["phase"], st["k"]["phase"]) == ({"m", "k"}, "stepping", "rolled back")
     assert ro.measured() == {"m__1", "m__2"}
 
 
@@ -290,3 +296,32 @@ def test_a_saved_rollout_that_cannot_go_on_is_refused() -> None:
     last = Rollout.from_saved("m", {**saved, "step": 2, "failed_checks": 1, "outcome": None}, 7.0)
     assert (last.step, last.weight(), last.failed_checks, last.outcome) == (2, 50, 1, "")
     assert (last.model, last.started_at, last.phase) == ("m", 7.0, Phase.STEPPING)
+
+
+def test_every_event_says_what_happened_and_why() -> None:
+    """Events go to the log and, by kind, to metrics: each carries a message, with the check's
+    reason when a check decided it (the wording itself is for people and not pinned here)."""
+    r = Rollout("m", "m__1", "m__2", RolloutSpec(steps=(5, 50), interval_s=1.0, min_requests=2, threshold=2),
+                0.0)
+    started = r.tick(0.0, True)
+    assert started is not None and isinstance(started.message, str) and "m__2" in started.message
+    seen = []
+    for now, ok, failed in ((1.0, 1, 0), (2.0, 2, 0), (3.0, 2, 2), (4.0, 2, 0)):
+        feed(r, "m__2", ok, failed=failed)
+        event = r.tick(now, True)
+        assert event is not None and r.last_check is not None
+        assert isinstance(event.message, str) and r.last_check.reason in event.message
+        seen.append(event.kind)
+    assert seen == ["held", "advanced", "failed-check", "promoted"]
+
+
+def test_a_promoted_revision_reaches_the_engine_without_a_canary_share() -> None:
+    ro = Rollouts()
+    spec = RolloutSpec(steps=(50,), interval_s=1.0, min_requests=1)
+    ro.desired([desired("m__1")], {"m": spec}, 0.0)
+    ro.desired([desired("m__2", canary_percent=30)], {"m": spec}, 0.0)
+    ro.tick(0.0, lambda m, rev: True)
+    feed(ro, "m__2", 1)
+    ro.tick(1.0, lambda m, rev: True)
+    assert ro.desired([desired("m__2", canary_percent=30)], {"m": spec}, 1.0) == [desired("m__2")]
+
