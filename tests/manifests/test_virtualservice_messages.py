@@ -429,8 +429,11 @@ def test_matches_keep_their_order_and_header_names_are_lowercase() -> None:
 def test_weights_at_their_bounds_and_a_lone_destination() -> None:
     assert only_rule(route=two(("a", 0), ("b", 100))).route == (RouteDestination("a", 0),
                                                                  RouteDestination("b", 100))
-    lone = [{"destination": {"host": "a"}, "weight": 40}]
-    assert only_rule(route=lone).route == (RouteDestination("a", 40),)
+    # as in Istio, a rule's only destination takes all of its traffic whatever its weight: a weight
+    # of 0 there does not leave the rule without a destination
+    for weight in (0, 40, 100):
+        lone = [{"destination": {"host": "a"}, "weight": weight}]
+        assert only_rule(route=lone).route == (RouteDestination("a", 100),)
 
 
 def test_mirrors_and_their_percentages() -> None:
