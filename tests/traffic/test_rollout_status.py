@@ -282,16 +282,17 @@ def test_the_rollout_ends_when_its_settings_change() -> None:
 
 
 def test_a_saved_rollout_that_cannot_go_on_is_refused() -> None:
+    """(Why is only logged: the control plane carries on without that rollout.)"""
     saved = stepping().saved()
     assert saved == {"old": "m__1", "new": "m__2", "spec": {
         "steps": (5, 25, 50), "interval_s": 10.0, "min_requests": 20, "max_error_rate_increase": 1.0,
         "max_latency_ratio": 1.5, "latency_slack_s": 0.025, "threshold": 1},
         "phase": "stepping", "step": 0, "failed_checks": 0, "outcome": ""}
-    with pytest.raises(ValueError, match=r"^step 3 of 3 in phase stepping$"):
+    with pytest.raises(ValueError):
         Rollout.from_saved("m", {**saved, "step": 3}, 0.0)
-    with pytest.raises(ValueError, match=r"^step -1 of 3 in phase stepping$"):
+    with pytest.raises(ValueError):
         Rollout.from_saved("m", {**saved, "step": -1}, 0.0)
-    with pytest.raises(ValueError, match=r"^step 0 of 3 in phase promoted$"):
+    with pytest.raises(ValueError):
         Rollout.from_saved("m", {**saved, "phase": "promoted"}, 0.0)
     last = Rollout.from_saved("m", {**saved, "step": 2, "failed_checks": 1, "outcome": None}, 7.0)
     assert (last.step, last.weight(), last.failed_checks, last.outcome) == (2, 50, 1, "")
