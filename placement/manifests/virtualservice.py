@@ -214,8 +214,8 @@ def _rule(r: _Reader, obj: Any, where: str) -> HttpRule | None:
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
             r.bad(f"{dw}.weight", "an integer from 0 to 100 (required when a rule has several destinations)")
             continue
-        if host is not None:
-            route.append(RouteDestination(host, weight))
+        if host is not None:  # Istio: a rule's only destination takes all its traffic, whatever its weight
+            route.append(RouteDestination(host, weight if len(dests) > 1 else 100))
     if len(dests) > 1 and len(route) == len(dests) and sum(x.weight for x in route) != 100:
         r.bad(f"{where}.route", f"weights add up to {sum(x.weight for x in route)}, not 100")
     if len({x.host for x in route}) != len(route):

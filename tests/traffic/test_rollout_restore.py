@@ -44,6 +44,7 @@ def test_a_rolled_back_model_stays_on_its_old_revision_after_a_restart() -> None
     assert [e.kind for _, e in ro.tick(22.0, lambda m, r: True)] == ["rolled-back"]
     new = Rollouts()
     assert new.restore(json.loads(json.dumps(ro.export())), 50.0) == []
+    assert new.status(50.0)["m"]["phase"] == "rolled back"  # shown before the manifests are read again
     [m] = new.desired([desired("m__2")], {"m": SPEC}, 50.0)
     assert m.revision == "m__1" and m.canary_percent is None  # the old revision, as before the restart
     st = new.status(50.0)["m"]
@@ -60,6 +61,14 @@ def test_a_changed_manifest_since_the_export_ends_the_restored_rollout() -> None
     new.restore(roll_to_step_two().export(), 0.0)
     [m] = new.desired([desired("m__3")], {"m": SPEC}, 0.0)  # changed while no one decided
     assert (m.revision, m.canary_percent) == ("m__3", 0) and new.active["m"].old == "m__1"
+
+
+def test_a_restored_rollout_whose_settings_went_away_is_over() -> None:
+    new = Rollouts()
+    new.restore(roll_to_step_two().export(), 0.0)
+    assert new.status(0.0)["m"]["phase"] == "stepping"
+    assert new.desired([desired("m__2")], {}, 1.0) == [desired("m__2")]  # taken at once, as without a rollout
+    assert new.status(1.0) == {} and not new.active and new.stable["m"] == desired("m__2")
 
 
 def test_models_that_roll_nowhere_are_not_exported_and_bad_entries_are_skipped() -> None:
