@@ -110,12 +110,16 @@ def decide_copies(s: ScaleInput, config: EngineConfig) -> int:
     per_copy = s.rate_per_min / n
     if per_copy > config.scale_up_rpm_per_copy and n < cap:
         return n + 1
-    steady = s.idle_s <= config.second_copy_recent_s and s.in_use_s >= config.second_copy_history_s
+    idle = config.idle_scale_down and s.idle_s >= config.idle_s
+    # Not steady once idle: with an ``idle_s`` below ``second_copy_recent_s`` the second copy
+    # would otherwise go at ``idle_s`` and come back at the next tick.
+    steady = (s.idle_s <= config.second_copy_recent_s and s.in_use_s >= config.second_copy_history_s
+              and not idle)
     if steady and n < 2 <= cap:
         return 2
     if not config.idle_scale_down or n <= floor or s.since_last_change_s < config.scale_down_delay_s:
         return n
-    if s.idle_s >= config.idle_s:
+    if idle:
         return n - 1
     keep = 2 if steady else 1
     if n > keep and s.rate_per_min / (n - 1) < config.scale_down_fraction * config.scale_up_rpm_per_copy:
