@@ -146,3 +146,17 @@ def test_a_removed_model_is_forgotten_once_its_copies_are_unloaded() -> None:
     h.settle()
     assert h.engine.model_of("a__isvc-a") is None and not h.engine.has_model("a")
     assert h.engine.model_of("b__isvc-a") == "b" and h.ready("b") == {"b__isvc-a": ["i0"]}
+
+
+def test_a_request_for_a_model_already_ready_leaves_no_cold_demand_behind() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    (where,) = h.ready("m")["m__isvc-a"]
+    h.engine.request_for_cold_model("m")  # late: the copy is ready, the request is served
+    h.engine.instance_down(where)
+    actions = h.tick()  # the copy it had is placed again, but no request waits for it
+    assert [(a.revision, a.urgent) for a in actions] == [("m__isvc-a", False)]
