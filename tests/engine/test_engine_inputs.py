@@ -163,3 +163,72 @@ def test_an_instance_going_down_with_an_orphan_and_a_copy_unloading() -> None:
     assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]  # a unloads, c waits for the room
     h.engine.instance_down("i0")
     assert h.engine.copies_on("i0") == {} and h.ready("b") == {"b__isvc-a": []}
+
+
+def test_copies_held_before_the_desired_set_take_its_estimate_unless_measured() -> None:
+    h = Harness()
+    h.up("i0", loaded={"m__isvc-a": 0, "n__isvc-a": 30 * MB})  # before the desired state is read
+    h.engine.set_desired([model("m"), model("n")])
+    m, n = loaded_entry(h, "i0", "m__isvc-a"), loaded_entry(h, "i0", "n__isvc-a")
+    assert (m["size_bytes"], m["measured"], m["model"]) == (100 * MB, False, "m")
+    assert (n["size_bytes"], n["measured"], n["model"]) == (30 * MB, True, "n")
+
+
+def test_a_copy_found_by_an_inventory_is_used_as_of_then() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.clock.advance(5)
+    h.engine.inventory("i0", {"m__isvc-a": MB}, {})
+    h.clock.advance(2)
+    assert loaded_entry(h, "i0", "m__isvc-a")["idle_s"] == 2.0
+
+
+def test_every_timeout_is_counted() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m", load_timeout_s=30)])
+    h.engine.request_for_cold_model("m")
+    for _ in range(2):
+        assert len(h.loads(h.tick())) == 1
+        h.clock.advance(30)
+    h.tick()
+    assert h.engine.counters["timeouts"] == 2
+
+
+def test_failures_are_kept_for_failure_expiry_s_and_reported_only_once_failed() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    (load,) = h.loads(h.tick())
+    h.fail(*load, error="boom")
+    st = h.engine.model_status("m")
+    assert st.name == "m" and not st.failed and st.failure is None and len(st.failures) == 1
+    (other,) = h.loads(h.tick())
+    h.fail(*other, error="boom")
+    assert h.engine.model_status("m").failed  # both instances tried
+    assert h.tick() == []
+    h.clock.advance(h.engine.config.failure_expiry_s)  # the first failure's age: exactly the expiry
+    st = h.engine.model_status("m")
+    assert not st.failed and st.failures == ()
+    h.engine.request_for_cold_model("m")
+    assert len(h.loads(h.tick())) == 1
+
+
+def test_a_serving_models_failure_is_reported_until_failure_expiry_s() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    (load,) = h.loads(h.tick())
+    h.fail(*load, error="boom")
+    (other,) = h.loads(h.tick())
+    h.succeed(*other)  # served from the other instance
+    h.clock.advance(h.engine.config.failure_expiry_s - 1)
+    assert [f.error for f in h.engine.model_status("m").failures] == ["boom"]
+    h.clock.advance(1)
+    assert h.engine.model_status("m").failures == ()
