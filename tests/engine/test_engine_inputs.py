@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from placement_harness import MB, Harness, model
 
+from placement.engine.clock import FakeClock
+from placement.engine.engine import Engine
+from placement.engine.model_types import EngineConfig, InstanceInfo
+
 
 def loaded_entry(h: Harness, iid: str, rev: str) -> dict:
     return h.engine.status()["instances"][iid]["loaded"][rev]
@@ -232,3 +236,29 @@ def test_a_serving_models_failure_is_reported_until_failure_expiry_s() -> None:
     assert [f.error for f in h.engine.model_status("m").failures] == ["boom"]
     h.clock.advance(1)
     assert h.engine.model_status("m").failures == ()
+
+
+def test_an_engine_without_an_rng_decides_the_same_every_run() -> None:
+    def picks() -> list[str]:
+        engine = Engine(FakeClock())
+        for i in range(8):
+            engine.instance_up(InstanceInfo(f"i{i}", "rt", "127.0.0.1", 9000 + i, 9100 + i, 1000 * MB, 8))
+        engine.set_desired([model(f"m{n}", min_copies=1) for n in range(8)])
+        return [a.instance for a in engine.tick()]
+
+    first = picks()
+    assert len(set(first)) > 1 and all(picks() == first for _ in range(5))
+
+
+def test_request_rates_are_kept_in_buckets_of_rate_bucket_s() -> None:
+    h = Harness(EngineConfig(rate_window_s=60.0, rate_bucket_s=30.0))
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.clock.advance(5)
+    h.engine.record_requests("m", 6, "i0")  # in the bucket [0 s, 30 s)
+    h.clock.advance(70)  # 75 s: the window starts at 15 s
+    st = h.engine.status()
+    assert st["models"]["m"]["requests_per_min"] == 6.0  # [0, 30) still reaches into [15, 75]
+    assert st["instances"]["i0"]["requests_per_min"] == 6.0
