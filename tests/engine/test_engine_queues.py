@@ -160,3 +160,32 @@ def test_a_request_for_a_model_already_ready_leaves_no_cold_demand_behind() -> N
     h.engine.instance_down(where)
     actions = h.tick()  # the copy it had is placed again, but no request waits for it
     assert [(a.revision, a.urgent) for a in actions] == [("m__isvc-a", False)]
+
+
+def _filler_loading_on(h: Harness, iid: str, size_mb: int) -> None:
+    """A copy loading on ``iid`` (not evictable) that takes ``size_mb`` of it."""
+    h.engine.set_desired([model("filler", size_mb=size_mb, min_copies=1)])
+    assert h.loads(h.tick()) == [(iid, "filler__isvc-a")]
+
+
+def test_copies_that_wait_for_room_on_one_runtime_do_not_hold_up_another() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)
+    h.up("j0", capacity_mb=100, runtime="rt2")
+    _filler_loading_on(h, "i0", 100)
+    h.engine.set_desired([model("filler", size_mb=100, min_copies=1), model("a", min_copies=1),
+                          model("b", min_copies=1), model("c", min_copies=1, runtime="rt2")])
+    assert h.loads(h.tick()) == [("j0", "c__isvc-a")]  # a and b wait for i0; c goes on j0
+
+
+def test_a_copy_that_found_no_room_because_of_its_own_failures_does_not_hold_up_the_next() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)
+    h.up("i1", capacity_mb=150)
+    _filler_loading_on(h, "i1", 150)  # too big for i0
+    h.engine.set_desired([model("filler", size_mb=150, min_copies=1), model("a_x", min_copies=1)])
+    assert h.loads(h.tick()) == [("i0", "a_x__isvc-a")]
+    h.fail("i0", "a_x__isvc-a")  # a_x may not go on i0 again; i1 is full
+    h.engine.set_desired([model("filler", size_mb=150, min_copies=1), model("a_x", min_copies=1),
+                          model("b_y", min_copies=1)])
+    assert h.loads(h.tick()) == [("i0", "b_y__isvc-a")]  # b_y, the same size, fits on i0
