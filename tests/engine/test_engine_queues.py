@@ -189,3 +189,18 @@ def test_a_copy_that_found_no_room_because_of_its_own_failures_does_not_hold_up_
     h.engine.set_desired([model("filler", size_mb=150, min_copies=1), model("a_x", min_copies=1),
                           model("b_y", min_copies=1)])
     assert h.loads(h.tick()) == [("i0", "b_y__isvc-a")]  # b_y, the same size, fits on i0
+
+
+def test_a_request_after_the_last_demand_expired_is_a_new_demand_even_before_a_tick_ends_it() -> None:
+    h = Harness()
+    h.engine.set_desired([model("m", runtime="later")])
+    h.engine.request_for_cold_model("m")  # no instance of its runtime yet: it waits
+    for _ in range(300):
+        h.clock.advance(1)
+        h.tick()  # at the last tick the demand is exactly cold_demand_ttl_s old: still on
+    h.clock.advance(0.5)
+    h.engine.request_for_cold_model("m")  # a new request, after the first demand's TTL
+    assert h.tick() == []
+    h.up("i0", runtime="later")
+    actions = h.tick()
+    assert h.loads(actions) == [("i0", "m__isvc-a")] and actions[0].urgent
