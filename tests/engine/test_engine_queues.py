@@ -204,3 +204,32 @@ def test_a_request_after_the_last_demand_expired_is_a_new_demand_even_before_a_t
     h.up("i0", runtime="later")
     actions = h.tick()
     assert h.loads(actions) == [("i0", "m__isvc-a")] and actions[0].urgent
+
+
+def test_an_optional_copy_with_no_room_is_let_go_even_behind_one_that_must_wait() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=200)
+    _filler_loading_on(h, "i0", 200)
+    h.engine.set_desired([model("filler", size_mb=200, min_copies=1), model("b_y")])
+    h.up("i1", capacity_mb=100, loaded={"b_y__isvc-a": 100 * MB})  # b_y: one copy wanted, not a must
+    h.engine.set_desired([model("filler", size_mb=200, min_copies=1), model("a_x", min_copies=1),
+                          model("b_y")])
+    h.engine.instance_down("i1")  # b_y's copy is gone; a_x must have one; i0 is full
+    assert h.tick() == []
+    h.fail("i0", "filler__isvc-a")  # i0 is free again: a_x takes it, b_y waits for a request
+    assert h.loads(h.tick()) == [("i0", "a_x__isvc-a")]
+    assert "b_y__isvc-a" not in h.engine.copies_on("i0")
+
+
+def test_a_removed_model_among_the_models_to_look_at_does_not_stop_the_others() -> None:
+    h = Harness()
+    for i in range(10):
+        h.up(f"i{i:02}")
+    h.engine.set_desired([model("gone")])
+    h.engine.request_for_cold_model("gone")
+    ((where, rev),) = h.loads(h.tick())
+    names = [f"m{i:02}" for i in range(30)]
+    h.engine.set_desired([model(n, min_copies=1) for n in names])  # gone is removed, still loading
+    h.fail(where, rev)  # gone is looked at again, with the thirty new ones
+    h.tick()
+    assert [h.engine.model_status(n).loading_copies for n in names] == [1] * 30
