@@ -64,3 +64,18 @@ def test_an_instance_going_away_wakes_the_models_of_its_runtime() -> None:
     h.clock.advance(0.5)
     h.engine.instance_down("small")
     assert h.unloads(h.tick()) == [("i0", "x__isvc-a")]
+
+
+def test_a_copy_that_waits_for_its_own_unload_is_placed_once_it_is_done() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.engine.set_desired([])
+    assert h.unloads(h.tick()) == [("i0", "m__isvc-a")]
+    h.engine.set_desired([model("m")])  # back before its old copy is unloaded
+    h.engine.request_for_cold_model("m")
+    assert h.tick() == []  # i0 still holds the revision: not twice on one instance
+    h.finish_unloads()
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]
