@@ -233,3 +233,46 @@ def test_a_removed_model_among_the_models_to_look_at_does_not_stop_the_others() 
     h.fail(where, rev)  # gone is looked at again, with the thirty new ones
     h.tick()
     assert [h.engine.model_status(n).loading_copies for n in names] == [1] * 30
+
+
+def test_a_copy_kept_off_the_instance_holding_its_own_revision_does_not_hold_up_the_next() -> None:
+    h = Harness()
+    h.up("B", capacity_mb=100)
+    _filler_loading_on(h, "B", 100)
+    h.up("C", capacity_mb=100)
+    desired = [model("filler", min_copies=1), model("b_y", min_copies=1)]
+    h.engine.set_desired(desired)
+    assert h.loads(h.tick()) == [("C", "b_y__isvc-a")]
+    h.succeed("C", "b_y__isvc-a")  # fresh: not evictable for min_cache_s
+    desired.append(model("a_x", min_copies=1))
+    h.engine.set_desired(desired)
+    h.up("A", capacity_mb=200, loaded={"a_x__isvc-a": 100 * MB})
+    assert h.tick() == []
+    # both want a second copy: a_x finds no room (A holds it, B loads, C's copy is fresh), but
+    # b_y, the same size, fits beside a_x on A
+    h.engine.set_desired([model("filler", min_copies=1), model("a_x", min_copies=2),
+                          model("b_y", min_copies=2)])
+    assert h.loads(h.tick()) == [("A", "b_y__isvc-a")]
+
+
+def test_a_copy_kept_off_an_instance_by_its_failure_does_not_hold_up_another_with_failures() -> None:
+    h = Harness()
+    h.up("B", capacity_mb=100)
+    h.up("C", capacity_mb=100)
+    desired = [model("f1", min_copies=1), model("f2", min_copies=1)]
+    h.engine.set_desired(desired)
+    assert sorted(i for i, _ in h.loads(h.tick())) == ["B", "C"]  # loading: B and C are full
+    h.up("D", capacity_mb=100)
+    desired.append(model("b_y", min_copies=1))
+    h.engine.set_desired(desired)
+    assert h.loads(h.tick()) == [("D", "b_y__isvc-a")]
+    h.fail("D", "b_y__isvc-a")
+    desired.append(model("f3", min_copies=1))
+    h.engine.set_desired(desired)
+    assert h.loads(h.tick()) == [("D", "f3__isvc-a")]  # D full too; b_y waits
+    h.up("A", capacity_mb=100)
+    desired.append(model("a_x", min_copies=1))
+    h.engine.set_desired(desired)
+    assert h.loads(h.tick()) == [("A", "a_x__isvc-a")]  # a_x before b_y
+    h.fail("A", "a_x__isvc-a")  # a_x may not go on A again, and finds no room; b_y may
+    assert h.loads(h.tick()) == [("A", "b_y__isvc-a")]
