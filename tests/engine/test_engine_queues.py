@@ -276,3 +276,16 @@ def test_a_copy_kept_off_an_instance_by_its_failure_does_not_hold_up_another_wit
     assert h.loads(h.tick()) == [("A", "a_x__isvc-a")]  # a_x before b_y
     h.fail("A", "a_x__isvc-a")  # a_x may not go on A again, and finds no room; b_y may
     assert h.loads(h.tick()) == [("A", "b_y__isvc-a")]
+
+
+def test_a_second_request_does_not_make_a_waiting_demand_newer() -> None:
+    h = Harness()
+    h.engine.set_desired([model("a", runtime="later"), model("b", runtime="later")])
+    h.engine.request_for_cold_model("a")  # no instance of their runtime yet: both wait
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("b")
+    h.clock.advance(299)  # a's demand is exactly cold_demand_ttl_s old: still on
+    h.engine.request_for_cold_model("a")  # ... and still the older one
+    h.up("i0", capacity_mb=100, runtime="later")  # room for one of them
+    assert h.loads(h.tick()) == [("i0", "a__isvc-a")]
+    assert "b__isvc-a" not in h.engine.copies_on("i0")
