@@ -1,13 +1,15 @@
 """A copy that must be placed but finds no room waits without a search every tick; it is looked
 at again when room may have appeared: at once after the event that frees it (a load failing or
-finishing, an instance's holdings changing), and once a second for what frees room without an
-event (a fresh copy's min_cache_s running out). The clock does not move between the event and the
-tick in these tests, so only the event can wake the waiting copy."""
+finishing, an instance's holdings changing, a drained revision's queued copy leaving), and once a
+second for what frees room without an event (a fresh copy's min_cache_s running out). The clock
+does not move between the event and the tick in these tests, so only the event can wake the
+waiting copy."""
 
 from __future__ import annotations
 
 from placement_harness import Harness, model
 
+from placement.engine.instance_cache import Phase
 from placement.engine.model_types import EngineConfig
 
 
@@ -79,3 +81,27 @@ def test_a_copy_that_waits_for_its_own_unload_is_placed_once_it_is_done() -> Non
     assert h.tick() == []  # i0 still holds the revision: not twice on one instance
     h.finish_unloads()
     assert h.loads(h.tick()) == [("i0", "m__isvc-a")]
+
+
+
+def test_a_queued_copy_of_a_drained_revision_frees_its_room_at_once() -> None:
+    h = Harness(EngineConfig(scale_interval_s=3600.0))  # no scale tick looks at every model
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model("f", size_mb=50, min_copies=1)])
+    assert h.loads(h.tick()) == [("i0", "f__isvc-a")]  # f takes i0's only load slot
+    h.up("i1", capacity_mb=100)
+    h.engine.set_desired([model("f", size_mb=50, min_copies=1), model("m", min_copies=2)])
+    h.tick()  # m: one copy loads on i1, one waits on i0 behind f
+    h.succeed("i1", "m__isvc-a")
+    assert h.engine.copies_on("i0")["m__isvc-a"] is Phase.QUEUED
+    h.up("i2", capacity_mb=100)
+    h.engine.set_desired([model("f", size_mb=50, min_copies=1), model("m", "b", min_copies=1),
+                          model("y", size_mb=150, min_copies=1)])
+    assert h.loads(h.tick()) == [("i2", "m__isvc-b")]  # y: only i0 is big enough, and it is full
+    h.succeed("i2", "m__isvc-b")  # routes move to b; a drains for rollout_drain_s (10 s)
+    assert h.tick() == []
+    h.clock.advance(9.5)
+    assert h.tick() == []  # the safety net runs, y still finds no room
+    h.clock.advance(0.5)  # a has drained: its queued copy leaves i0, and y takes the room
+    assert h.unloads(h.tick()) == [("i1", "m__isvc-a")]
+    assert h.engine.copies_on("i0") == {"f__isvc-a": Phase.LOADING, "y__isvc-a": Phase.QUEUED}
