@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from placement_harness import Harness, model
 
 from placement.engine.model_types import EngineConfig
@@ -74,6 +75,21 @@ def test_second_copy_for_steadily_used_model() -> None:
     _traffic(h, 60, 2)  # in use for 40 minutes and used within the last 7
     assert len(h.ready("m")["m__isvc-a"]) == 2
 
+
+
+@pytest.mark.parametrize(("idle", "copies"), [(300.0, 2), (300.5, 1)])
+def test_a_streak_ended_by_a_gap_over_usage_gap_s_earns_no_second_copy(idle: float, copies: int) -> None:
+    # a gap shorter than second_copy_recent_s: used "recently", but no longer "in use"
+    h = _hot(2, EngineConfig(usage_gap_s=300.0))
+    h.engine.record_requests("m", 1)
+    for _ in range(39):
+        h.clock.advance(60)
+        h.engine.record_requests("m", 1)
+    h.clock.advance(59)
+    h.engine.record_requests("m", 1)  # in use for 2399 s, one short of second_copy_history_s
+    h.clock.advance(idle)  # the first scale tick since: the streak is 2399 s + idle long, or over
+    h.settle()
+    assert len(h.ready("m")["m__isvc-a"]) == copies
 
 def test_rate_tracker_window() -> None:
     r = RateTracker(window_s=60, bucket_s=10)
