@@ -340,8 +340,8 @@ class Engine:
             rs = ms.revisions.get(rev)
             if rs is None or weight <= 0 or rs.ready() > 0 or self._failed(rs, now):
                 continue
-            if rs.cold_since is None:
-                rs.cold_since = now
+            if rs.cold_since is None or now - rs.cold_since > self.config.cold_demand_ttl_s:
+                rs.cold_since = now  # (an expired demand no tick has ended yet: this one is new)
             for c in rs.copies.values():
                 c.urgent = True  # a queued pre-emptive load of it now jumps the queue
         self._dirty.add(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from placement_harness import MB, Harness, model
 
 from placement.engine.model_types import EngineConfig, InstanceInfo
@@ -320,3 +321,151 @@ def test_cold_models_are_placed_in_the_order_their_requests_came(h: Harness) -> 
             started.append(a.revision.split("__")[0])
             h.succeed(a.instance, a.revision)
     assert started == order
+
+
+def test_an_optional_copy_evicts_only_copies_used_before_its_model_was() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)
+    h.engine.set_desired([model("m"), model("x")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.up("i1", capacity_mb=100)
+    h.engine.request_for_cold_model("x")
+    h.settle()
+    h.clock.advance(60)
+    h.engine.record_requests("m", 5000)  # busy enough for a second copy ...
+    h.engine.record_requests("x", 1)  # ... but x was used at the same moment
+    h.clock.advance(h.engine.config.scale_interval_s)
+    assert h.tick() == []
+    assert h.ready("x") == {"x__isvc-a": ["i1"]} and h.ready("m") == {"m__isvc-a": ["i0"]}
+
+
+def test_an_evicted_copy_is_not_placed_again_when_room_appears() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model(n) for n in "abc"])
+    for n in "ab":
+        h.engine.request_for_cold_model(n)
+        h.settle()
+        h.clock.advance(1)
+    h.clock.advance(h.engine.config.min_cache_s)
+    h.engine.request_for_cold_model("c")
+    assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]
+    h.settle()
+    h.engine.set_desired([model("a"), model("c")])  # b goes: room for a again
+    h.settle()
+    h.clock.advance(h.engine.config.scale_interval_s)
+    assert h.tick() == []  # a waits for its next request
+    assert h.ready("a") == {"a__isvc-a": []}
+
+
+def test_a_copy_found_on_an_instance_is_evicted_before_any_model_copy() -> None:
+    h = Harness()  # LRFU: orphans have no score, and go first whatever the order
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model("a"), model("n")])
+    h.engine.request_for_cold_model("a")
+    h.settle()
+    h.clock.advance(60)
+    h.engine.request_for_cold_model("n")
+    assert h.loads(h.tick()) == [("i0", "n__isvc-a")]
+    h.clock.advance(1)
+    # while n loads, the runtime turns out to hold a stray copy (the orphan sweep comes at the
+    # next tick), and n proves bigger than estimated: 100 + 200 + 50 MB > 300 MB
+    h.engine.inventory("i0", {"a__isvc-a": 100 * MB, "stray__isvc-z": 50 * MB}, h.engine.copies_on("i0"))
+    h.succeed("i0", "n__isvc-a", 200 * MB)
+    assert h.unloads(h.tick()) == [("i0", "stray__isvc-z")]
+    assert h.ready("a") == {"a__isvc-a": ["i0"]}
+
+
+def test_a_copy_that_must_be_placed_evicts_another_models_minimum_when_nothing_else_can_go() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)
+    h.engine.set_desired([model("keep", min_copies=1), model("cold")])
+    h.settle()
+    h.clock.advance(60)
+    h.engine.request_for_cold_model("cold")  # requests wait: it must be placed
+    assert h.unloads(h.tick()) == [("i0", "keep__isvc-a")]
+    assert h.engine.copies_on("i0")["cold__isvc-a"].value == "queued"
+
+
+def test_a_copy_goes_where_it_fits_exactly_before_evicting_anywhere() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)
+    h.engine.set_desired([model("x"), model("y"), model("n")])
+    h.engine.request_for_cold_model("x")
+    h.settle()  # x on i0, used long ago
+    h.up("i1", capacity_mb=200)
+    h.clock.advance(100)
+    h.engine.request_for_cold_model("y")
+    h.settle()  # y on i1, just used: i1 has exactly 100 MB left
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("n")
+    actions = h.tick()
+    assert h.unloads(actions) == [] and h.loads(actions) == [("i1", "n__isvc-a")]
+
+
+def test_an_instance_holding_fewer_models_stays_a_candidate_beside_one_with_much_more_room() -> None:
+    picks = set()
+    for seed in range(10):
+        h = Harness(seed=seed)
+        h.engine.set_desired([model(n) for n in ("a", "b", "c", "new")])
+        h.up("i0", capacity_mb=1000, loaded={"a__isvc-a": 100 * MB, "b__isvc-a": 100 * MB})  # 800 MB free
+        h.up("i1", capacity_mb=250, loaded={"c__isvc-a": 100 * MB})  # 150 MB free, one model
+        h.engine.request_for_cold_model("new")
+        picks.update(i for i, _ in h.loads(h.tick()))
+    assert picks == {"i0", "i1"}  # i1 ranks first; i0 is near it (free ≥ a quarter of i1's)
+
+
+def test_an_urgent_copy_goes_where_fewer_loads_are_queued_or_running() -> None:
+    for seed in range(10):
+        h = Harness(seed=seed)
+        h.up("i0", concurrency=2)
+        h.up("i1", concurrency=2)
+        h.engine.set_desired([model(n) for n in "abcd"])
+        for n in "abc":
+            h.engine.request_for_cold_model(n)
+        first = h.loads(h.tick())
+        assert len(first) == 3
+        busier = max(("i0", "i1"), key=lambda i: sum(1 for j, _ in first if j == i))
+        h.engine.request_for_cold_model("d")
+        assert h.loads(h.tick()) == [("i1" if busier == "i0" else "i0", "d__isvc-a")], seed
+
+
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_copies_placed_behind_loads_in_flight_count_the_free_slots(concurrency: int) -> None:
+    h = Harness()
+    h.up("i0", concurrency=concurrency)
+    running = [model(f"l{i}", min_copies=1) for i in range(concurrency - 1)]
+    h.engine.set_desired(running)
+    assert len(h.loads(h.tick())) == concurrency - 1  # one slot left free
+    h.engine.set_desired(running + [model(f"p{i}", min_copies=1) for i in range(4)])
+    assert h.loads(h.tick()) == [("i0", "p0__isvc-a")]  # the free slot ...
+    copies = h.engine.copies_on("i0")
+    assert (copies["p1__isvc-a"].value, copies["p2__isvc-a"].value) == ("queued", "queued")  # ... and 2
+    assert "p3__isvc-a" not in copies
+
+
+@pytest.mark.parametrize("off", [None, 0.0])
+def test_plain_lru_counts_no_frequency(off: float | None) -> None:
+    h = Harness(EngineConfig(frequency_half_life_s=off))
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.engine.record_requests("m", 1)
+    h.clock.advance(10)
+    h.engine.record_requests("m", 1)
+    assert h.engine.status()["models"]["m"]["requests_per_min"] == 2.0
+
+
+def test_a_copy_lost_of_a_model_never_used_is_placed_again_over_copies_used_before() -> None:
+    h = Harness()
+    h.up("i1", capacity_mb=100)
+    h.engine.set_desired([model("m"), model("x")])
+    h.engine.request_for_cold_model("x")
+    h.settle()  # x on i1
+    h.clock.advance(100)
+    h.up("i0", loaded={"m__isvc-a": 100 * MB})  # m adopted: wanted, never used
+    h.engine.instance_down("i0")
+    assert h.unloads(h.tick()) == [("i1", "x__isvc-a")]
+    assert h.engine.copies_on("i1")["m__isvc-a"].value == "queued"

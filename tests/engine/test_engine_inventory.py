@@ -104,3 +104,29 @@ def test_a_freshly_loaded_copy_is_not_evicted_before_its_requests_are_served() -
     assert h.tick() == [] and h.ready("a") == {"a__isvc-a": ["i0"]}
     h.clock.advance(h.engine.config.min_cache_s)
     assert h.unloads(h.tick()) == [("i0", "a__isvc-a")]  # now the LRU one makes room
+
+
+def test_a_copy_on_an_instance_of_another_runtime_counts_for_a_rollout_at_once() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m", "a", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "b", min_copies=1)])
+    assert h.loads(h.tick()) == [("i0", "m__isvc-b")]
+    assert h.engine.model_status("m").active_revision == "m__isvc-a"
+    # an instance of the runtime the model used before turns up holding the new revision
+    h.up("x", runtime="before", loaded={"m__isvc-b": 100 * MB})
+    h.tick()  # same instant: no scale tick looks at every model
+    assert h.engine.model_status("m").active_revision == "m__isvc-b"
+    assert h.ready("m")["m__isvc-b"] == ["x"]
+
+
+def test_a_copy_on_an_instance_of_another_runtime_is_placed_again_at_once_when_it_goes() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.up("x", runtime="before", loaded={"m__isvc-a": 100 * MB})  # adopted: one copy wanted
+    assert h.tick() == []
+    assert h.ready("m") == {"m__isvc-a": ["x"]}
+    h.engine.instance_down("x")
+    assert h.loads(h.tick()) == [("i0", "m__isvc-a")]  # same instant: no scale tick

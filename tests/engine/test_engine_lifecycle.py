@@ -137,3 +137,41 @@ def test_wrong_runtime_instances_are_not_used(h: Harness) -> None:
     assert "no instance of runtime 'rt'" in (h.engine.model_status("m").waiting or "")
     h.up("mine")
     assert h.loads(h.tick()) == [("mine", "m__isvc-a")]
+
+
+def test_a_revision_still_draining_does_not_hold_up_another_models_retirement(h: Harness) -> None:
+    for i in range(2):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("a", "v1", min_copies=1), model("b", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("a", "v2", min_copies=1), model("b", min_copies=1)])
+    h.settle()  # a's v1 drains for rollout_drain_s
+    (b_on,) = h.ready("b")["b__isvc-a"]
+    h.engine.set_desired([model("a", "v2", min_copies=1)])  # b goes now
+    assert h.unloads(h.tick()) == [(b_on, "b__isvc-a")]
+
+
+def test_a_model_removed_mid_rollout_unloads_both_revisions_the_old_one_drained(h: Harness) -> None:
+    for i in range(2):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2", min_copies=1)])
+    h.settle()  # v2 routed, v1 draining: both have a ready copy
+    assert set(h.ready("m")) == {"m__isvc-v1", "m__isvc-v2"}
+    h.engine.set_desired([])
+    assert [r for _, r in h.unloads(h.tick())] == ["m__isvc-v2"]  # v1 drains on
+    h.clock.advance(h.engine.config.rollout_drain_s)
+    assert [r for _, r in h.unloads(h.tick())] == ["m__isvc-v1"]
+
+
+def test_a_model_removed_and_added_again_starts_afresh(h: Harness) -> None:
+    h.up("i0")
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.engine.record_requests("m", 60)
+    h.engine.set_desired([])
+    h.settle()
+    h.engine.set_desired([model("m")])
+    assert h.engine.status()["models"]["m"]["requests_per_min"] == 0.0

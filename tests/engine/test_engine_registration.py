@@ -220,3 +220,22 @@ def test_one_byte_is_a_size() -> None:
     assert (b["size_bytes"], b["measured"]) == (1, True)
     h.engine.load_succeeded("i0", "late__isvc-z", 1)
     assert loaded_entry(h, "i0", "late__isvc-z")["measured"] is True
+
+
+def test_registering_again_keeps_a_load_in_flight_and_a_ready_copys_last_use() -> None:
+    h = Harness()
+    h.up("i0")
+    h.engine.set_desired([model("a"), model("b")])
+    h.engine.request_for_cold_model("a")
+    h.settle(sizes=lambda a: 80 * MB)
+    h.clock.advance(30)
+    h.engine.request_for_cold_model("b")
+    assert h.loads(h.tick()) == [("i0", "b__isvc-a")]
+    h.clock.advance(5)
+    # it says it holds a (with one byte more than measured), not b, which is still loading
+    h.engine.instance_up(h.engine.instances["i0"].info, {"a__isvc-a": 1})
+    a, b = loaded_entry(h, "i0", "a__isvc-a"), loaded_entry(h, "i0", "b__isvc-a")
+    assert (a["phase"], a["size_bytes"], a["idle_s"]) == ("ready", 1, 35.0)  # used when it loaded
+    assert b["phase"] == "loading"
+    h.succeed("i0", "b__isvc-a")
+    assert h.ready("b") == {"b__isvc-a": ["i0"]}

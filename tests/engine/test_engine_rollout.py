@@ -131,3 +131,152 @@ def test_a_superseded_canary_drains_before_it_unloads(h: Harness) -> None:
     h.clock.advance(0.5)
     assert h.unloads(h.tick()) == [(canary_at, "m__isvc-v2")]
     assert "m__isvc-v2" not in h.ready("m")
+
+
+def test_a_100_percent_canary_is_a_plain_rollout(h: Harness) -> None:
+    _serving(h, 1)
+    h.engine.set_desired([model("m", "v2", canary_percent=100)])
+    h.settle()
+    assert h.routed("m") == [("m__isvc-v2", 100)]
+    st = h.engine.model_status("m")
+    assert (st.active_revision, st.target_revision) == ("m__isvc-v2", "m__isvc-v2")
+    h.clock.advance(h.engine.config.rollout_drain_s)
+    h.settle()
+    assert "m__isvc-v1" not in h.ready("m")
+
+
+def test_a_99_percent_canary_counts_and_revives_its_one_percent_stable_revision(h: Harness) -> None:
+    for i in range(3):
+        h.up(f"i{i}", capacity_mb=100)  # one copy each: the revisions are on different instances
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2", min_copies=1, canary_percent=99)])
+    h.settle()
+    (v1_on,) = h.ready("m")["m__isvc-v1"]
+    (v2_on,) = h.ready("m")["m__isvc-v2"]
+    assert h.routed("m") == [("m__isvc-v2", 99), ("m__isvc-v1", 1)]
+    assert h.engine.model_status("m").ready_copies == 2
+    assert h.engine.routable_copies("m") == [("m__isvc-v2", v2_on, 99), ("m__isvc-v1", v1_on, 1)]
+    h.engine.instance_down(v1_on)  # the stable revision, with its 1 %, loses its copy
+    h.engine.request_for_cold_model("m")  # a request routed to it waits
+    actions = h.tick()
+    assert [(a.revision, a.urgent) for a in actions] == [("m__isvc-v1", True)]
+
+
+def test_a_rollout_waits_for_the_new_revisions_min_copies(h: Harness) -> None:
+    _serving(h, 1)
+    h.engine.set_desired([model("m", "v2", min_copies=2)])
+    loads = h.loads(h.tick())
+    assert len(loads) == 2
+    h.succeed(*loads[0])
+    assert h.routed("m") == [("m__isvc-v1", 100)]  # one ready, two wanted
+    h.succeed(*loads[1])
+    assert h.routed("m") == [("m__isvc-v2", 100)]
+    assert h.engine.model_status("m").active_revision == "m__isvc-v2"
+
+
+def test_a_rollout_needs_no_more_copies_than_instances_it_may_still_use() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m", "v1", min_copies=2)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2")])  # two copies wanted, like v1
+    loads = sorted(h.loads(h.tick()))
+    assert loads == [("i0", "m__isvc-v2"), ("i1", "m__isvc-v2")]
+    h.fail(*loads[0])  # i0 cannot load it: one instance is left to try
+    h.succeed(*loads[1])
+    assert h.routed("m") == [("m__isvc-v2", 100)]
+
+
+def test_a_retry_on_an_instance_exactly_as_large_as_the_model() -> None:
+    h = Harness()
+    h.up("exact", capacity_mb=100)
+    h.up("big", capacity_mb=1000)
+    h.engine.set_desired([model("m")])
+    h.engine.request_for_cold_model("m")
+    assert h.loads(h.tick()) == [("big", "m__isvc-a")]  # more room
+    h.fail("big", "m__isvc-a")
+    assert not h.engine.model_status("m").failed
+    assert h.loads(h.tick()) == [("exact", "m__isvc-a")]
+
+
+def test_a_rollout_never_evicts_its_own_serving_revision() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=100)  # room for one copy
+    h.engine.set_desired([model("m", "v1")])
+    h.engine.request_for_cold_model("m")
+    h.settle()
+    h.clock.advance(60)
+    h.engine.set_desired([model("m", "v2")])
+    assert h.tick() == []  # v2 waits for room rather than take v1's
+    assert h.routed("m") == [("m__isvc-v1", 100)] and h.ready("m")["m__isvc-v1"] == ["i0"]
+
+
+def test_a_rollout_evicts_other_models_copies_for_its_new_revision() -> None:
+    h = Harness()
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model("m", "v1"), model("other")])
+    for n in ("m", "other"):
+        h.engine.request_for_cold_model(n)
+        h.settle()
+    h.clock.advance(60)
+    h.engine.record_requests("other", 1)  # used after m: LRU alone would keep it
+    h.engine.set_desired([model("m", "v2"), model("other")])
+    actions = h.tick()
+    assert h.unloads(actions) == [("i0", "other__isvc-a")]
+    h.settle()
+    assert h.routed("m") == [("m__isvc-v2", 100)]
+
+
+def test_warming_revisions_are_listed_target_first_after_the_routed_ones() -> None:
+    h = Harness()
+    for i in range(6):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("m", "v1", min_copies=2)])
+    h.settle()
+    h.engine.set_desired([model("m", "v3")])  # wants two copies before it takes over
+    first = h.loads(h.tick())[0]
+    h.succeed(*first)
+    h.loading.clear()
+    h.engine.set_desired([model("m", "v2")])  # superseded: v3 drains with its one ready copy
+    second = h.loads(h.tick())[0]
+    h.succeed(*second)
+    view = h.engine.mesh_view().models["m"]
+    assert [r.id for r in view.revisions] == ["m__isvc-v1", "m__isvc-v2", "m__isvc-v3"]
+    assert [r.runtime for r in view.revisions] == ["rt", "rt", "rt"]
+    h.engine.set_desired([model("m", "v4")])
+    third = h.loads(h.tick())[0]
+    h.succeed(*third)
+    view = h.engine.mesh_view().models["m"]  # v4 before v2 and v3, which drain
+    assert [r.id for r in view.revisions] == ["m__isvc-v1", "m__isvc-v4", "m__isvc-v2", "m__isvc-v3"]
+
+
+def test_a_revision_revived_by_a_rollback_is_placed_again_when_its_copy_is_lost() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2", min_copies=1)])
+    h.settle()  # v2 ready and routed: v1 drains
+    h.engine.set_desired([model("m", "v1", min_copies=1)])  # rolled back within the drain
+    h.settle()
+    (v1_on,) = h.ready("m")["m__isvc-v1"]
+    h.engine.instance_down(v1_on)
+    h.settle()
+    assert len(h.ready("m")["m__isvc-v1"]) == 1 and h.routed("m") == [("m__isvc-v1", 100)]
+
+
+def test_a_request_during_a_rollout_whose_new_revision_failed_once() -> None:
+    h = Harness()
+    h.up("i0")
+    h.up("i1")
+    h.engine.set_desired([model("m", "v1", min_copies=1)])
+    h.settle()
+    h.engine.set_desired([model("m", "v2")])
+    (load,) = h.loads(h.tick())
+    h.fail(*load)
+    h.engine.request_for_cold_model("m")  # v1 serves it: nothing to load for the request
+    assert h.routed("m") == [("m__isvc-v1", 100)]
+    assert [a.urgent for a in h.tick()] == [False]  # v2 tried again elsewhere, not urgently

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from placement_harness import Harness, model
 
 from placement.engine.model_types import EngineConfig
@@ -75,6 +76,21 @@ def test_second_copy_for_steadily_used_model() -> None:
     assert len(h.ready("m")["m__isvc-a"]) == 2
 
 
+
+@pytest.mark.parametrize(("idle", "copies"), [(300.0, 2), (300.5, 1)])
+def test_a_streak_ended_by_a_gap_over_usage_gap_s_earns_no_second_copy(idle: float, copies: int) -> None:
+    # a gap shorter than second_copy_recent_s: used "recently", but no longer "in use"
+    h = _hot(2, EngineConfig(usage_gap_s=300.0))
+    h.engine.record_requests("m", 1)
+    for _ in range(39):
+        h.clock.advance(60)
+        h.engine.record_requests("m", 1)
+    h.clock.advance(59)
+    h.engine.record_requests("m", 1)  # in use for 2399 s, one short of second_copy_history_s
+    h.clock.advance(idle)  # the first scale tick since: the streak is 2399 s + idle long, or over
+    h.settle()
+    assert len(h.ready("m")["m__isvc-a"]) == copies
+
 def test_rate_tracker_window() -> None:
     r = RateTracker(window_s=60, bucket_s=10)
     r.add(0, 100)
@@ -121,7 +137,8 @@ def test_models_in_a_canary_or_without_a_ready_copy_do_not_stop_the_others_scali
     h.settle()
     h.engine.record_requests("z_hot", 5000)  # far above scale_up_rpm_per_copy (2000)
     h.clock.advance(h.engine.config.scale_interval_s)
-    assert [r for _, r in h.loads(h.tick())] == ["z_hot__isvc-a"]
+    h.tick()
+    assert h.engine.model_status("z_hot").loading_copies == 1
 
 
 def test_idle_scale_down_takes_the_copy_on_the_most_crowded_instance() -> None:
@@ -139,3 +156,37 @@ def test_idle_scale_down_takes_the_copy_on_the_most_crowded_instance() -> None:
     h.settle()
     h.clock.advance(h.engine.config.idle_s + h.engine.config.scale_down_delay_s)
     assert h.unloads(h.tick()) == [("i1", "m__isvc-a")]  # i1 has 100 MB free, i0 900 MB
+
+
+def test_scale_down_never_takes_the_last_ready_copy_while_another_is_loading() -> None:
+    h = Harness()
+    for i in range(3):
+        h.up(f"i{i}")
+    slow = model("a_slow", min_copies=2, load_timeout_s=10**6)
+    h.engine.set_desired([slow, model("z_busy", min_copies=1)])
+    loads = h.loads(h.tick())
+    (first,) = [lo for lo in loads if lo[1] == "a_slow__isvc-a"][:1]
+    h.succeed(*first)  # the other copy of a_slow keeps loading
+    for lo in [lo for lo in loads if lo[1] == "z_busy__isvc-a"]:
+        h.succeed(*lo)
+    h.engine.set_desired([model("a_slow", load_timeout_s=10**6), model("z_busy", min_copies=1)])
+    h.clock.advance(h.engine.config.idle_s + h.engine.config.scale_down_delay_s)
+    h.engine.record_requests("z_busy", 5000)  # and z_busy, met after a_slow, needs another copy
+    assert h.unloads(h.tick()) == []  # a_slow: one copy too many, but its only ready one stays
+    assert h.engine.model_status("z_busy").loading_copies == 1
+
+
+def test_a_removed_model_still_loading_does_not_stop_scaling() -> None:
+    h = Harness()
+    for i in range(3):
+        h.up(f"i{i}")
+    h.engine.set_desired([model("a_gone"), model("z_hot", min_copies=1)])
+    h.engine.request_for_cold_model("a_gone")
+    h.tick()
+    h.engine.set_desired([model("z_hot", min_copies=1)])  # a_gone's load is still under way
+    for key in [k for k in h.loading if k[1] == "z_hot__isvc-a"]:
+        h.succeed(*key)
+    h.engine.record_requests("z_hot", 5000)
+    h.clock.advance(h.engine.config.scale_interval_s)
+    h.tick()
+    assert h.engine.model_status("z_hot").loading_copies == 1

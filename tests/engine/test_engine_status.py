@@ -89,6 +89,7 @@ def test_the_mesh_view_skips_removed_models_orders_revisions_and_splits_only_can
     view = h.engine.mesh_view(act)
     assert view.activator == act
     assert sorted(view.models) == ["m", "p"]
+    assert sorted(h.engine.status()["models"]) == ["m", "p"]  # 0old, still loading, is no model
     assert [r.id for r in view.models["m"].revisions] == ["m__isvc-v1"]  # v2 has no ready copy yet
     assert view.models["m"].rules == () and view.models["p"].rules == ()  # one destination: no rule
     h.settle()  # v2 ready and routed; v1 drains for rollout_drain_s, still listed with its copy
