@@ -55,7 +55,7 @@ faults: setup
 	$(VENV)/bin/python bench/faults.py
 
 # Mutation testing of the engine, the xDS state machine, translation, the activator and manifest
-# resolution (docs/testing.md: about an hour on 2 cores; not part of `make test`).
+# resolution (docs/testing.md: well over an hour on 2 cores; not part of `make test`).
 mutate: setup
 	rm -rf mutants
 	$(VENV)/bin/mutmut run --max-children 2
