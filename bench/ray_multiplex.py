@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,25 @@ class RssSampler:
         self.peak = max(self.peak, tree_rss(self.root))
         self._stop.set()
         self._thread.join(10)
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+
+def wait_for_quiet(threshold: float = 0.9, longest_s: float = 60.0) -> float:
+    """Wait (up to ``longest_s``) until the CPU is ``threshold`` idle over a second: a system
+    stopped just before (Ray's daemons wind down for a while) must not slow the next one down.
+    Returns the idle fraction of the last second."""
+    deadline = time.monotonic() + longest_s
+    while True:
+        idle0, all0 = _cpu_times()
+        time.sleep(1.0)
+        idle1, all1 = _cpu_times()
+        idle = (idle1 - idle0) / max(1, all1 - all0)
+        if idle >= threshold or time.monotonic() >= deadline:
+            return idle
 
 
 async def drive(stream: list[tuple[float, str]], send: Callable, result: Result) -> None:
@@ -408,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             models = root / f"models-{cost}"
             sizes = make_models(models, args.models, compress=cost == "costlier")
             for system in args.systems:
-                print(f"{cost}: {system} …", flush=True)
+                idle = wait_for_quiet()
+                print(f"{cost}: {system} … (CPU {idle:.0%} idle before it)", flush=True)
                 r = (run_msm(root, models, sizes, args, stream, cost) if system == "msm"
                      else run_ray(root, models, args, stream, cost, per_replica))
                 results.append(r)
