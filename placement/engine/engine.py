@@ -54,6 +54,10 @@ class RevisionState:
     def ready(self) -> int:
         return sum(1 for c in self.copies.values() if c.phase is Phase.READY)
 
+    def demand_expired(self, now: float, ttl_s: float) -> bool:
+        """Requests waited since ``cold_since``, longer ago than ``ttl_s``: their demand is over."""
+        return self.cold_since is not None and now - self.cold_since > ttl_s
+
 
 @dataclass
 class ModelState:
@@ -340,7 +344,7 @@ class Engine:
             rs = ms.revisions.get(rev)
             if rs is None or weight <= 0 or rs.ready() > 0 or self._failed(rs, now):
                 continue
-            if rs.cold_since is None or now - rs.cold_since > self.config.cold_demand_ttl_s:
+            if rs.cold_since is None or rs.demand_expired(now, self.config.cold_demand_ttl_s):
                 rs.cold_since = now  # (an expired demand no tick has ended yet: this one is new)
             for c in rs.copies.values():
                 c.urgent = True  # a queued pre-emptive load of it now jumps the queue
@@ -763,7 +767,7 @@ class Engine:
             for rs in ms.revisions.values():
                 if rs.retire_at is not None:
                     continue
-                if rs.cold_since is not None and now - rs.cold_since > self.config.cold_demand_ttl_s:
+                if rs.demand_expired(now, self.config.cold_demand_ttl_s):
                     rs.cold_since = None
                 work.append((0 if rs.cold_since is not None else 1, name, ms, rs))
         self._dirty = set()
