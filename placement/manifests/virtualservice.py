@@ -201,6 +201,7 @@ def _rule(r: _Reader, obj: Any, where: str) -> HttpRule | None:
     if not isinstance(dests, list) or not dests:
         r.bad(f"{where}.route", "at least one destination")
         dests = []
+    lone = len(dests) == 1  # Istio: a rule's only destination takes all its traffic, whatever its weight
     for i, dest in enumerate(dests):
         dw = f"{where}.route[{i}]"
         dd = r.fields(dest, dw, {"destination", "weight", "headers"})
@@ -210,12 +211,12 @@ def _rule(r: _Reader, obj: Any, where: str) -> HttpRule | None:
         host = r.host(dst.get("host"), f"{dw}.destination.host")
         if "headers" in dd:
             r.bad(f"{dw}.headers", "not supported by msm: set headers on the rule")
-        weight = dd.get("weight", 100 if len(dests) == 1 else None)
+        weight = dd.get("weight", 100 if lone else None)
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
             r.bad(f"{dw}.weight", "an integer from 0 to 100 (required when a rule has several destinations)")
             continue
-        if host is not None:  # Istio: a rule's only destination takes all its traffic, whatever its weight
-            route.append(RouteDestination(host, weight if len(dests) > 1 else 100))
+        if host is not None:
+            route.append(RouteDestination(host, 100 if lone else weight))
     if len(dests) > 1 and len(route) == len(dests) and sum(x.weight for x in route) != 100:
         r.bad(f"{where}.route", f"weights add up to {sum(x.weight for x in route)}, not 100")
     if len({x.host for x in route}) != len(route):
