@@ -30,16 +30,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from ray_multiplex import PIXELS, make_models  # noqa: E402
+from ray_multiplex import PIXELS, make_models, quantile  # noqa: E402
 
 from placement.local.ports import free_port  # noqa: E402
 
 IMPLEMENTATION = {False: "mlserver_sklearn.SKLearnModel", True: "mlserver_threaded.ThreadedSKLearnModel"}
-
-
-def _q(values: list[float], p: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
 async def _measure(base: str, repo: Path, files: list[Path], impl: str) -> tuple[list[float], list[float],
@@ -133,8 +128,9 @@ def main() -> int:
     kind = ("zlib" if args.compress else "uncompressed") + (", loads in a thread" if args.threaded else "")
     print(f"{len(files)} models, {kind}: joblib.load median {statistics.median(direct[1:]):.1f} ms; "
           f"MLServer load median {statistics.median(loads):.1f} ms")
-    print(f"inference alone: p50 {_q(alone, 50):.1f} ms, p99 {_q(alone, 99):.1f} ms ({len(alone)}); "
-          f"during the loads: p50 {_q(during, 50):.1f}, p90 {_q(during, 90):.1f}, "
+    print(f"inference alone: p50 {quantile(alone, 0.5):.1f} ms, p99 {quantile(alone, 0.99):.1f} ms "
+          f"({len(alone)}); "
+          f"during the loads: p50 {quantile(during, 0.5):.1f}, p90 {quantile(during, 0.9):.1f}, "
           f"max {max(during):.1f} ms ({len(during)})")
     return 0
 

@@ -119,8 +119,13 @@ class Result:
 
     def pct(self, q: float, after_s: float = 0.0) -> float:
         """The q-quantile of the answered requests' latencies, of those sent ``after_s`` or later."""
-        v = sorted(lat for at, _, lat in self.samples if at >= after_s)
-        return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+        return quantile([lat for at, _, lat in self.samples if at >= after_s], q)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile by rank (no interpolation); NaN for no values."""
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
 
 
 def histograms(metrics_text: str) -> dict[str, tuple[int, float, float]]:
