@@ -111,7 +111,9 @@ class Result:
     failed: list[tuple[float, str]] = field(default_factory=list)
     loads: int = 0
     rss_bytes: int = 0
-    cold: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # what -> (count, mean, median)
+    #: what -> (count, mean, median, p90), the quantiles interpolated in the histogram's buckets
+    cold: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
+    replays: dict[str, int] = field(default_factory=dict)  # held requests by replay path (msm)
 
     @property
     def requests(self) -> int:
@@ -128,8 +130,8 @@ def quantile(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
 
 
-def histograms(metrics_text: str) -> dict[str, tuple[int, float, float]]:
-    """msm's cold-path histograms: name (with its phase) -> (count, mean, median from the buckets)."""
+def histograms(metrics_text: str) -> dict[str, tuple[int, float, float, float]]:
+    """msm's cold-path histograms: name (with its phase) -> (count, mean, median, p90 from the buckets)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out = {}
@@ -153,18 +155,28 @@ def histograms(metrics_text: str) -> dict[str, tuple[int, float, float]]:
             n = int(d.get("count", 0))
             if not n:
                 continue
-            out[key] = (n, d["sum"] / n, _bucket_median(sorted(d["buckets"]), n))
+            buckets = sorted(d["buckets"])
+            out[key] = (n, d["sum"] / n, bucket_quantile(buckets, n, 0.5), bucket_quantile(buckets, n, 0.9))
     return out
 
 
-def _bucket_median(buckets: list[tuple[float, float]], n: int) -> float:
-    """The median, interpolated within the bucket it falls in (Prometheus' histogram_quantile)."""
+def replay_paths(metrics_text: str) -> dict[str, int]:
+    """msm's held requests by how the activator replayed them (``msm_cold_replays``): direct, routes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["path"]: int(s.value) for family in text_string_to_metric_families(metrics_text)
+            if family.name == "msm_cold_replays" for s in family.samples if s.name.endswith("_total")}
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], n: int, q: float) -> float:
+    """The q-quantile, interpolated within the bucket it falls in (Prometheus' histogram_quantile)."""
     lower, below = 0.0, 0.0
+    rank = n * q
     for upper, cumulative in buckets:
-        if cumulative >= n / 2:
+        if cumulative >= rank:
             if upper == float("inf") or cumulative == below:
                 return lower
-            return lower + (upper - lower) * (n / 2 - below) / (cumulative - below)
+            return lower + (upper - lower) * (rank - below) / (cumulative - below)
         lower, below = upper, cumulative
     return lower
 
@@ -271,8 +283,9 @@ def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Name
                                              + (f"placement:\n{placement}" if placement else ""))
     for name in sizes:
         (manifests / f"{name}.yaml").write_text(isvc_yaml(name, f"{name}.joblib"))
-    mesh = LocalMeshProcess(manifests, root / f"msm-{cost}-state").start()
-    settings = " ".join(f"{k}={v}" for k, v in args.placement)
+    extra = () if args.direct_replay else ("--no-direct-replay",)
+    mesh = LocalMeshProcess(manifests, root / f"msm-{cost}-state", extra).start()
+    settings = " ".join([f"{k}={v}" for k, v in args.placement] + list(extra))
     result = Result(f"msm ({settings})" if settings else "msm", cost)
     try:
         async def send(s: aiohttp.ClientSession, model: str) -> tuple[bool, str]:
@@ -285,7 +298,9 @@ def run_msm(root: Path, models: Path, sizes: dict[str, int], args: argparse.Name
             asyncio.run(drive(stream, send, result))
         result.rss_bytes = rss.peak
         result.loads = int(mesh.status()["counters"]["loads"])
-        result.cold = histograms(httpx.get(f"http://127.0.0.1:{mesh.admin_port}/metrics", timeout=10).text)
+        metrics = httpx.get(f"http://127.0.0.1:{mesh.admin_port}/metrics", timeout=10).text
+        result.cold = histograms(metrics)
+        result.replays = replay_paths(metrics)
     finally:
         mesh.stop()
     return result
@@ -364,20 +379,26 @@ def table(results: list[Result], probs: list[float], per_replica: int, args: arg
                   "for loaded (queue and load), until a published view routed to it, until the gateway "
                   "ACKed that view, then its replay through the gateway (the request's own work "
                   "included).", "",
-                  "| loads | what | count | median | mean |", "| --- | --- | ---: | ---: | ---: |"]
+                  "| loads | what | count | median | p90 | mean |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
         for r in cold:
             for what in ("runtime load", "load", "publish", "ack", "replay"):
                 if what in r.cold:
-                    n, mean, median = r.cold[what]
+                    n, mean, median, p90 = r.cold[what]
                     label = what if what == "runtime load" else f"held request: {what}"
                     lines.append(f"| {r.cost} | {label} | {n:,} | {median * 1000:.1f} ms "
-                                 f"| {mean * 1000:.1f} ms |")
-        lines += ["", "Beyond the load (sum of medians: the held request's load phase less the runtime's "
-                  "load, then publish and ACK; then the replay as well):", ""]
+                                 f"| {p90 * 1000:.1f} ms | {mean * 1000:.1f} ms |")
         for r in cold:
-            if all(k in r.cold for k in ("runtime load", "load", "publish", "ack")):
-                outside = (r.cold["load"][2] - r.cold["runtime load"][2] + r.cold["publish"][2]
-                           + r.cold["ack"][2])
+            if r.replays:
+                lines += ["", f"{r.cost}: held requests replayed straight to the copy whose load returned: "
+                          f"{r.replays.get('direct', 0):,}; once the routes named it: "
+                          f"{r.replays.get('routes', 0):,}."]
+        lines += ["", "Beyond the load (sum of medians: the held request's load phase less the runtime's "
+                  "load, then publish and ACK where it waited for them; then the replay as well):", ""]
+        for r in cold:
+            if all(k in r.cold for k in ("runtime load", "load")):
+                outside = (r.cold["load"][2] - r.cold["runtime load"][2]
+                           + sum(r.cold[k][2] for k in ("publish", "ack") if k in r.cold))
                 replay = r.cold["replay"][2] if "replay" in r.cold else float("nan")
                 lines.append(f"- {r.cost}: {outside * 1000:.1f} ms until the gateway routes to the copy; "
                              f"{(outside + replay) * 1000:.1f} ms with the replay")
@@ -411,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--placement", nargs=2, action="append", default=[], metavar=("SETTING", "VALUE"),
                    help="an msm engine setting (msm-local.yaml's placement:), e.g. frequency_half_life_s 0")
+    p.add_argument("--no-direct-replay", dest="direct_replay", action="store_false",
+                   help="msm's activator replays only once the routes name the new copy (msm up's flag)")
     p.add_argument("--warmup", type=float, default=10.0,
                    help="also report p99 without the requests sent in the first this many seconds")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")

@@ -31,6 +31,8 @@ def gateway_options(args: argparse.Namespace):
         kwargs["cluster_layout"] = args.cluster_layout
     if getattr(args, "subset_shards", None) is not None:
         kwargs["subset_shards"] = args.subset_shards
+    if getattr(args, "direct_replay", True) is False:
+        kwargs["direct_replay"] = False
     try:
         return GatewayOptions(**kwargs)
     except ValueError as e:
@@ -136,6 +138,9 @@ def _add_gateway_args(p: argparse.ArgumentParser) -> None:
                    help="Envoy cluster layout (default: the one chosen by bench/envoy_memory.py)")
     p.add_argument("--subset-shards", type=int, default=None,
                    help="runtime clusters per runtime in the subset layout (default 64, see docs/gateway.md)")
+    p.add_argument("--no-direct-replay", dest="direct_replay", action="store_false",
+                   help="the activator replays a cold request only once the gateway's routes name its new "
+                        "copy (default: at once, to that copy; docs/xds.md, 'The cold path')")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from prometheus_client import Counter
 
 from msm.running import run_until_signalled
 from msm.xds_stack import XdsStack, read_gateway_token
-from placement.control.activator import Activator
+from placement.control.activator import Activator, DirectCopy
 from placement.control.controller import Controller
 from placement.control.gateway_stats import GatewayStatsPoller
 from placement.control.health import InstanceHealth
@@ -67,6 +68,9 @@ class ControlPlane:
         self.engine = Engine(MonotonicClock(), engine_config)
         self.activator = Activator(self._ensure_ready, "127.0.0.1", options.rest_port, options.grpc_port,
                                    registry=self.stack.registry)
+        # the activator's direct replays (docs/placement.md, "Load on demand"): a new secret per
+        # process, in the routes of the views it publishes
+        self.replay_token = secrets.token_urlsafe(18) if options.direct_replay else ""
         self.controller: Controller | None = None
         self.source = LocalDirSource(manifests_dir, on_change=self._on_desired, poll_interval=poll_interval,
                                      pvc_flags=pvc_flags)
@@ -85,7 +89,8 @@ class ControlPlane:
         assert self.activator.rest_port is not None and self.activator.grpc_port is not None
         self.controller = Controller(
             self.engine, self.stack, {},
-            ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port),
+            ActivatorEndpoint("127.0.0.1", self.activator.rest_port, self.activator.grpc_port,
+                              replay_token=self.replay_token),
             inventory_interval=self.inventory_interval, registry=self.stack.registry,
             rollout_store=self.rollout_store, recheck=self.health.recheck)
         self.stack.xds.on_measurements = self.controller.record_measurements
@@ -139,7 +144,7 @@ class ControlPlane:
             self.controller.record_requests(model, count)
 
     async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None,
-                            failed_over: bool = False) -> str | None:
+                            failed_over: bool = False) -> str | DirectCopy | None:
         if not failed_over:
             self._activations.inc()
         assert self.controller is not None

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge
 
 from msm.running import run_until_signalled
 from msm.xds_stack import XdsStack, read_gateway_token
-from placement.control.activator import Activator
+from placement.control.activator import Activator, DirectCopy
 from placement.control.controller import Controller
 from placement.control.gateway_stats import GatewayStatsPoller
 from placement.control.health import InstanceHealth
@@ -419,7 +419,7 @@ class KubeControlPlane:
             self.controller.record_requests(model, count)
 
     async def _ensure_ready(self, model: str, timeout: float, revision: str | None = None,
-                            failed_over: bool = False) -> str | None:
+                            failed_over: bool = False) -> str | DirectCopy | None:
         if self.controller is None:  # the gateway has an old view: the leader's activator loads
             leader = self.elector.leader if self.elector is not None else None
             return f"this control-plane replica does not lead (the leader is {leader})"

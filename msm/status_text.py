@@ -88,7 +88,9 @@ def _gateway(gw: dict[str, Any]) -> list[str]:
                 lines.append(f"      {name} rejected: {t['last_error']}")
     act = gw.get("activator") or {}
     if act:
-        lines.append(f"  cold-start requests handled by the activator: {act.get('activations', 0)}")
+        direct = act.get("direct_replays")
+        lines.append(f"  cold-start requests handled by the activator: {act.get('activations', 0)}"
+                     + (f" ({direct} replayed straight to the copy just loaded)" if direct else ""))
     return lines
 
 

@@ -184,6 +184,8 @@ class LocalMesh:
             cmd += ["--cluster-layout", a.cluster_layout]
         if a.subset_shards:
             cmd += ["--subset-shards", str(a.subset_shards)]
+        if not a.direct_replay:
+            cmd += ["--no-direct-replay"]
         return [*cmd, "--gateway-token-file", str(self.token_file),
                 "--activator-rest-port", str(self.activator_ports[0]),
                 "--activator-grpc-port", str(self.activator_ports[1])]

@@ -166,7 +166,7 @@ class XdsStack:
             "rest_port": self.options.rest_port, "grpc_port": self.options.grpc_port,
             "xds_port": self.xds_port, "snapshot_version": self.version, "clients": self.clients_status(),
             "activator": {"rest_port": activator.rest_port, "grpc_port": activator.grpc_port,
-                          "activations": activator.activations},
+                          "activations": activator.activations, "direct_replays": activator.direct_replays},
         }
 
     def clients_status(self) -> list[dict[str, Any]]:

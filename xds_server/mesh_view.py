@@ -157,6 +157,10 @@ class ActivatorEndpoint:
     address: str
     rest_port: int
     grpc_port: int
+    #: the secret the activator's direct replays carry (``names.REPLAY_TOKEN_HEADER``): only a
+    #: request with it may name the copy it goes to. Empty: no direct replays (every replay waits
+    #: until the routes send the revision to a copy).
+    replay_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,10 @@ class MeshView:
     models: Mapping[str, Model] = field(default_factory=dict)
     activator: ActivatorEndpoint | None = None
     measure: MeasureEndpoint | None = None
+    #: runtime -> every instance of it that is up (a Copy's fields: instance, address, ports), for
+    #: the activator's direct replays: the runtime's direct cluster holds them all, so a copy just
+    #: loaded anywhere is reachable at once. Only with an activator that has a replay token.
+    runtime_instances: Mapping[str, tuple[Copy, ...]] = field(default_factory=dict)
 
     @staticmethod
     def of(models: list[Model] | tuple[Model, ...], activator: ActivatorEndpoint | None = None) -> MeshView:

@@ -5,6 +5,13 @@ urgent load, waits until a copy is ready *and* the gateway has ACKed routes to i
 the request through the gateway, which now sends it straight to the copy. Only cold requests take
 this path; every other request goes gateway → runtime in one hop.
 
+A *direct* replay goes sooner: the controller answers with a :class:`DirectCopy` the moment the
+copy's load returns (the gateway already holds a view that lists the copy's instance in its
+runtime's direct cluster). The replay then carries the view's secret replay token and the copy's
+address, and the gateway's direct route for the revision sends it to that copy: no new view, no
+ACK to wait for. The gateway, not the activator, still rewrites, transcodes and secures the
+request.
+
 The gateway names the model to load in ``x-msm-model`` (a VirtualService may send one model's
 traffic to another; without it, the model is the one the request names) and the revision the
 request was routed to in ``x-msm-revision``. The replay carries ``x-msm-activated`` and that
@@ -22,11 +29,14 @@ request under the client's model name.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 import grpc
@@ -36,8 +46,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from xds_server.translate.names import (
     ACTIVATE_HEADER,
     ACTIVATED_HEADER,
+    COPY_HEADER,
     FALLBACK_HEADER,
     MODEL_HEADER,
+    REPLAY_TOKEN_HEADER,
     REVISION_HEADER,
 )
 
@@ -57,10 +69,35 @@ _HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 
+@dataclass(frozen=True, slots=True)
+class DirectCopy:
+    """A copy whose load has returned and that the gateway can reach before its routes name it
+    (its instance is in the runtime's direct cluster): the held request is replayed to it at once,
+    with the replay token and its address (``ip:port`` of its REST and gRPC ports) for the
+    gateway's direct route, instead of after a new view and the gateway's ACK of it."""
+
+    token: str
+    rest: str
+    grpc: str
+    #: called once the replay has its answer (or failed): the controller publishes after it
+    done: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def finished(self) -> None:
+        if self.done is not None:
+            self.done()
+
+    def headers(self) -> dict[str, str]:
+        """The replay's extra headers (names.REPLAY_TOKEN_HEADER, names.COPY_HEADER)."""
+        return {REPLAY_TOKEN_HEADER: self.token,
+                COPY_HEADER["rest"]: base64.b64encode(self.rest.encode()).decode(),
+                COPY_HEADER["grpc"]: base64.b64encode(self.grpc.encode()).decode()}
+
+
 # ensure_ready(model, timeout_s, revision, failed_over) -> None when the model (that revision of
-# it, if named) is routable, else the reason it is not (starting with UNKNOWN_MODEL when msm has no
-# such model). failed_over: the gateway could not deliver the request to the copies it routes to.
-EnsureReady = Callable[[str, float, str | None, bool], Awaitable[str | None]]
+# it, if named) is routable, a DirectCopy when a copy is ready that the gateway can reach directly,
+# else the reason it is not (a str, starting with UNKNOWN_MODEL when msm has no such model).
+# failed_over: the gateway could not deliver the request to the copies it routes to.
+EnsureReady = Callable[[str, float, str | None, bool], Awaitable[str | DirectCopy | None]]
 
 
 #: host:port of a runtime or an internal service, as runtime error texts quote them
@@ -76,11 +113,15 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json")
 
 
+#: the gateway's words to the activator, and a direct replay's (only the activator says those)
+_NOT_FORWARDED = frozenset((ACTIVATE_HEADER, FALLBACK_HEADER, REPLAY_TOKEN_HEADER, *COPY_HEADER.values()))
+
+
 def _forward_headers(headers) -> dict[str, str]:
     out = {}
     for k, v in headers.items():
         lk = k.lower()
-        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk in (ACTIVATE_HEADER, FALLBACK_HEADER):
+        if lk in _HOP_BY_HOP or lk.startswith("x-envoy-") or lk in _NOT_FORWARDED:
             continue
         out[k] = v
     out[ACTIVATED_HEADER] = "1"
@@ -105,6 +146,7 @@ class Activator:
         self.grpc_port: int | None = None
         self.activations = 0
         self.failovers = 0  # requests whose copies failed, held here while the model moved
+        self.direct_replays = 0  # held requests replayed to their copy before the routes named it
         self._replay_seconds = Histogram(
             "msm_activator_replay_seconds", "A held request's replay through the gateway, from its "
             "copy being routed to until the answer (the request's own work included); kind: cold "
@@ -145,7 +187,7 @@ class Activator:
     def _observe_replay(self, started: float, failed_over: bool) -> None:
         self._replay_seconds.labels("failover" if failed_over else "cold").observe(time.monotonic() - started)
 
-    async def _activate(self, model: str, revision: str | None, failed_over: bool) -> str | None:
+    async def _activate(self, model: str, revision: str | None, failed_over: bool) -> str | DirectCopy | None:
         if failed_over:
             self.failovers += 1
             log.warning("request for %s (revision %s): its copies did not take it; checking them, "
@@ -154,6 +196,21 @@ class Activator:
             self.activations += 1
             log.info("request for cold model %s: loading on demand", model)
         return await self._ensure_ready(model, self._timeout_s, revision, failed_over)
+
+    @contextlib.asynccontextmanager
+    async def _activated(self, model: str, revision: str | None,
+                         failed_over: bool) -> AsyncIterator[tuple[str | None, dict[str, str]]]:
+        """The reason the model is not ready (None: replay), and a direct replay's extra headers;
+        a direct replay is reported finished on the way out, whatever became of it."""
+        reason = await self._activate(model, revision, failed_over)
+        if not isinstance(reason, DirectCopy):
+            yield reason, {}
+            return
+        self.direct_replays += 1
+        try:
+            yield None, reason.headers()
+        finally:
+            reason.finished()
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         m = _MODEL_PATH.match(request.path)
@@ -165,12 +222,18 @@ class Activator:
             return _json_error(400, f"bad {FALLBACK_HEADER} header")
         if request.headers.get(ACTIVATED_HEADER):
             return _json_error(503, _no_copy(model, fallback))
-        reason = await self._activate(model, request.headers.get(REVISION_HEADER), fallback is not None)
-        if reason is not None and reason.startswith(UNKNOWN_MODEL):
-            return web.Response(status=404, content_type="application/json",
-                                text=json.dumps({"error": "model not found", "path": request.path}))
-        if reason is not None:
-            return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
+        async with self._activated(model, request.headers.get(REVISION_HEADER),
+                                   fallback is not None) as (reason, direct):
+            if reason is not None and reason.startswith(UNKNOWN_MODEL):
+                return web.Response(status=404, content_type="application/json",
+                                    text=json.dumps({"error": "model not found", "path": request.path}))
+            if reason is not None:
+                return _json_error(503, f"model '{model}' could not be made ready: {for_clients(reason)}")
+            return await self._replay_rest(request, model, fallback, {**_forward_headers(request.headers),
+                                                                      **direct})
+
+    async def _replay_rest(self, request: web.Request, model: str, fallback: str | None,
+                           headers: dict[str, str]) -> web.StreamResponse:
         body = await request.read()
         assert self._session is not None
         # a failed-over request was sent to the copy under the revision's id: replayed under the
@@ -182,12 +245,12 @@ class Activator:
         started = time.monotonic()
         try:
             async with self._session.request(request.method, f"{self._gateway_rest}{path}", data=body,
-                                             headers=_forward_headers(request.headers),
+                                             headers=headers,
                                              skip_auto_headers=("Content-Type",)) as r:
                 payload = await r.read()
-                headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
+                answer_headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP}
                 self._observe_replay(started, fallback is not None)
-                return web.Response(status=r.status, body=payload, headers=headers)
+                return web.Response(status=r.status, body=payload, headers=answer_headers)
         except TimeoutError:
             return _json_error(504, f"model '{model}' was ready, but its request got no answer within "
                                     f"{self._timeout_s:g}s")
@@ -207,28 +270,29 @@ class Activator:
         if any(k == ACTIVATED_HEADER for k, _ in metadata):
             await context.abort(grpc.StatusCode.UNAVAILABLE, _no_copy(str(model), fallback))
         revision = next((v for k, v in metadata if k == REVISION_HEADER), None)
-        reason = await self._activate(str(model), revision, fallback is not None)
-        if reason is not None and reason.startswith(UNKNOWN_MODEL):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
-        if reason is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"model '{model}' could not be made ready: {for_clients(reason)}")
-        # (gRPC keeps its transport's headers, content-type, te, grpc-timeout and the pseudo-headers,
-        # out of the metadata, and the replay's channel sends its own user-agent)
-        drop = (ACTIVATE_HEADER, FALLBACK_HEADER)
-        forward = tuple((k, v) for k, v in metadata if not k.startswith("x-envoy-") and k not in drop)
-        if fallback is not None:  # routed by the name the client called (a transcoded REST request has none)
-            forward = (*((k, v) for k, v in forward if k != MODEL_HEADER), (MODEL_HEADER, fallback))
-        assert self._channel is not None
-        call = self._channel.unary_unary(method)
-        started = time.monotonic()
-        try:
-            answer = await call(request, metadata=(*forward, (ACTIVATED_HEADER, "1")),
-                                timeout=self._timeout_s)
-            self._observe_replay(started, fallback is not None)
-            return answer
-        except grpc.aio.AioRpcError as e:
-            await context.abort(e.code(), e.details() or "")
+        async with self._activated(str(model), revision, fallback is not None) as (reason, direct):
+            if reason is not None and reason.startswith(UNKNOWN_MODEL):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
+            if reason is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"model '{model}' could not be made ready: {for_clients(reason)}")
+            # (gRPC keeps its transport's headers, content-type, te, grpc-timeout and the
+            # pseudo-headers, out of the metadata, and the replay's channel sends its own user-agent)
+            forward = tuple((k, v) for k, v in metadata
+                            if not k.startswith("x-envoy-") and k not in _NOT_FORWARDED)
+            # routed by the name the client called (a transcoded REST request has none)
+            if fallback is not None:
+                forward = (*((k, v) for k, v in forward if k != MODEL_HEADER), (MODEL_HEADER, fallback))
+            assert self._channel is not None
+            call = self._channel.unary_unary(method)
+            started = time.monotonic()
+            try:
+                answer = await call(request, metadata=(*forward, (ACTIVATED_HEADER, "1"), *direct.items()),
+                                    timeout=self._timeout_s)
+                self._observe_replay(started, fallback is not None)
+                return answer
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "")
         raise AssertionError("unreachable")
 
 

@@ -22,19 +22,21 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from placement.control.activator import COLD_PATH_BUCKETS, UNKNOWN_MODEL
+from placement.control.activator import COLD_PATH_BUCKETS, UNKNOWN_MODEL, DirectCopy
 from placement.engine.engine import Engine, LoadAction, UnloadAction
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
 from placement.traffic.policy import HostPolicy
 from placement.traffic.rollout import Rollouts, RolloutSpec
-from xds_server.mesh_view import ActivatorEndpoint, MeasureEndpoint, MeshView, Revision
+from xds_server.mesh_view import ActivatorEndpoint, Copy, MeasureEndpoint, MeshView, Revision
 
 log = logging.getLogger("msm.controller")
 
 #: After the gateway ACKs routes without a copy, requests it started on the old routes may still be
 #: running (and a worker thread of Envoy may start one for a moment): the unload waits this long.
 UNLOAD_GRACE_S = 1.0
+#: The longest a publish waits for the direct replays a load released (their median is ~7 ms).
+REPLAY_FIRST_S = 0.05
 
 
 class ModelLoader(Protocol):
@@ -77,6 +79,11 @@ class ViewPublisher(Protocol):
 
     async def wait_for_ack(self, version: str, timeout: float) -> bool:
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
+
+
+def _endpoint(instance_id: str, info: InstanceInfo) -> Copy:
+    """An instance as the view lists it among its runtime's (engine.mesh_view)."""
+    return Copy(instance_id, info.address, info.rest_port, info.grpc_port, info.mesh_tls)
 
 
 def _routed(view: MeshView, model: str, revision: str | None) -> list[Revision]:
@@ -151,9 +158,23 @@ class Controller:
             "copy it waited for loaded (queue and load), then until a published view routed to it, then "
             "until the gateway ACKed that view", ["phase"], buckets=COLD_PATH_BUCKETS, registry=registry)
         self._ready_at: dict[str, float] = {}  # model -> when its last load succeeded
+        # instances the gateways hold in their runtime's direct cluster (a view that listed them is
+        # ACKed): a held request can be replayed to a copy there as soon as its load returns
+        # (DirectCopy); and those whose view's ACK is awaited
+        # (keyed on the instance's addresses too: an instance back under another one is new)
+        self._reachable: set[Copy] = set()
+        self._reaching: set[Copy] = set()
+        self._held = 0  # cold requests in ensure_ready now
+        self._replays = 0  # direct replays under way (each DirectCopy's done() ends one)
+        self._replays_idle = asyncio.Event()
+        self._replays_idle.set()
+        self._cold_paths = Counter("msm_cold_replays", "Held requests for a model with no ready copy, "
+                                   "by how the activator replayed them: direct (to the copy the moment "
+                                   "its load returned) or routes (once the gateway's routes named it)",
+                                   ["path"], registry=registry)
         self._registry = registry
         self._collectors = [self._rollout_weight, self._rollout_events, self._load_seconds,
-                            self._cold_seconds]
+                            self._cold_seconds, self._cold_paths]
         self.traffic_problems: dict[str, str] = {}  # hosts whose policy could not be applied
         # the engine's view (before the traffic policy) last published, and its version
         self._published: tuple[MeshView, str] | None = None
@@ -273,6 +294,7 @@ class Controller:
         self.wake()
 
     def remove_instance(self, instance_id: str) -> None:
+        self._reachable = {i for i in self._reachable if i.instance != instance_id}
         self.engine.instance_down(instance_id)
         self.wake()
 
@@ -280,16 +302,22 @@ class Controller:
         self.engine.record_requests(model, count, instance_id)
 
     async def ensure_ready(self, model: str, timeout: float, revision: str | None = None,
-                           failed_over: bool = False) -> str | None:
+                           failed_over: bool = False) -> str | DirectCopy | None:
         """For the activator: None once ``model`` (``revision`` of it, while it has that revision)
-        has a ready copy that the gateway has ACKed.
+        has a ready copy that the gateway has ACKed; a :class:`DirectCopy` when ``revision`` has a
+        ready copy that the gateway can reach before its routes name it (the activator's
+        endpoint has a replay token, and the gateway holds a view that lists the copy's instance).
 
         ``failed_over``: the gateway could not deliver a request to the copies it routes to. Their
         instances are checked at once (not at the next health period); those found down are out of
         placement, and the request waits for a copy elsewhere.
         """
         if not failed_over:
-            return await self._ensure_ready(model, timeout, revision, frozenset())
+            self._held += 1
+            try:
+                return await self._ensure_ready(model, timeout, revision, None)
+            finally:
+                self._held -= 1
         avoid: frozenset[str] = frozenset()
         if self.recheck is not None and self._published is not None:
             avoid = await self.recheck(instances_routed(self._published[0], model, revision))
@@ -298,7 +326,9 @@ class Controller:
         return reason
 
     async def _ensure_ready(self, model: str, timeout: float, revision: str | None,
-                            avoid: frozenset[str]) -> str | None:
+                            avoid: frozenset[str] | None) -> str | DirectCopy | None:
+        """``avoid``: for a request whose copies failed, the instances found down (its replay goes
+        by the routes, as it came: never direct); None for a cold request."""
         started = time.monotonic()
         deadline = started + timeout
         if not self._desired_known.is_set():  # just started: the manifests are being read
@@ -311,6 +341,7 @@ class Controller:
             return f"{UNKNOWN_MODEL} '{model}'"
         asked: object = ()  # the routed revisions the load was asked for
         waited = False
+        direct: DirectCopy | None = None
         async with self._changed:
             while True:
                 # Asked again whenever what the gateway routes the model to changes while the
@@ -323,10 +354,15 @@ class Controller:
                     asked = routed
                     self.engine.request_for_cold_model(model)
                     self.wake()
+                # A copy the gateway can reach directly goes first: no new view to wait for (not
+                # for a request whose copies failed: its replay goes by the routes, as it came).
+                direct = self._direct_copy(model, revision) if avoid is None else None
+                if direct is not None:
+                    break
                 # Published, not just decided: the engine has a ready copy as soon as its load
                 # returns, but the gateway can route to it only from the next published view.
                 if self._published is not None and routes_to_a_copy(self._published[0], model, revision,
-                                                                        avoid):
+                                                                        avoid or ()):
                     version = self._published[1]
                     break
                 status = self.engine.model_status(model)
@@ -343,14 +379,51 @@ class Controller:
                 except TimeoutError:
                     return f"no copy ready within {timeout:.0f}s"
         published = time.monotonic()
+        if direct is not None:
+            if waited:
+                self._cold_seconds.labels("load").observe(published - started)
+            self._cold_paths.labels("direct").inc()
+            self._replays += 1
+            self._replays_idle.clear()
+            return replace(direct, done=self._replayed)
         if not await self.publisher.wait_for_ack(version, max(1.0, deadline - time.monotonic())):
             return "the gateway did not acknowledge the new routes in time"
         if waited:  # a request that found a copy already routed tells nothing of the cold path
+            self._cold_paths.labels("routes").inc()
             loaded = min(max(self._ready_at.get(model, published), started), published)
             self._cold_seconds.labels("load").observe(loaded - started)
             self._cold_seconds.labels("publish").observe(published - loaded)
             self._cold_seconds.labels("ack").observe(time.monotonic() - published)
         return None
+
+    def _direct_copy(self, model: str, revision: str | None) -> DirectCopy | None:
+        """A ready copy of ``revision`` on an instance the gateways hold in its direct cluster."""
+        token = self.activator.replay_token if self.activator is not None else ""
+        if not token or revision is None:
+            return None
+        for rev, iid, _ in self.engine.routable_copies(model):
+            cache = self.engine.instances.get(iid)
+            if rev != revision or cache is None:
+                continue
+            info = cache.info
+            if _endpoint(iid, info) in self._reachable:
+                return DirectCopy(token, f"{info.address}:{info.rest_port}",
+                                  f"{info.address}:{info.grpc_port}")
+        return None
+
+    async def _reach(self, version: str, instances: list[Copy]) -> None:
+        """Mark ``instances`` reachable once the gateways hold ``version``, which lists them (a
+        version the cache has forgotten cannot be waited for: this waits while it is current)."""
+        try:
+            held = await self.publisher.wait_for_ack(version, self.drain_timeout)
+        finally:
+            self._reaching.difference_update(instances)
+        if held:  # (the next publish tries again otherwise)
+            up = self.engine.instances
+            self._reachable.update(i for i in instances
+                                   if i.instance in up and _endpoint(i.instance, up[i.instance].info) == i)
+            async with self._changed:
+                self._changed.notify_all()
 
     def _routed_revisions(self, model: str) -> tuple[str, ...] | None:
         """The revisions the last published view routes ``model`` to (None: not published)."""
@@ -451,8 +524,31 @@ class Controller:
                 self.engine.request_for_cold_model(name)
         version = await self.publisher.publish(view, yield_loop=yield_loop)
         self._published = (engine_view, version)
+        new = [i for instances in engine_view.runtime_instances.values() for i in instances
+               if i not in self._reachable and i not in self._reaching]
+        if new:
+            self._reaching.update(new)
+            self._spawn(self._reach(version, new))
         async with self._changed:
             self._changed.notify_all()
+
+    async def _after_direct_replays(self) -> None:
+        """Wait until the requests just released to a copy are replayed (at most REPLAY_FIRST_S):
+        the view that routes to the copy is for the requests to come, and building and pushing it
+        beside the replays (this process's event loop, the gateway's, the machine's cores) slows
+        them. Measured: docs/benchmarks.md."""
+        # the woken requests take the condition's lock in turn, find the copy and count in: a few
+        # turns of the loop each
+        for _ in range(2 + 3 * self._held):
+            await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REPLAY_FIRST_S):
+                await self._replays_idle.wait()
+
+    def _replayed(self) -> None:
+        self._replays -= 1
+        if self._replays <= 0:
+            self._replays_idle.set()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -480,6 +576,11 @@ class Controller:
                     self._load_seconds.observe(took)
                     self._ready_at[m.name] = time.monotonic()
                     self.engine.load_succeeded(action.instance, action.revision, size)
+                    if self._held and self.activator is not None and self.activator.replay_token:
+                        # held requests may go at once
+                        async with self._changed:
+                            self._changed.notify_all()
+                        await self._after_direct_replays()
         else:
             if version is not None and not await self.publisher.wait_for_ack(version, self.drain_timeout):
                 log.warning("gateway has not ACKed %s; unloading %s from %s anyway",

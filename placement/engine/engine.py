@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from placement.engine import policy
@@ -391,7 +391,15 @@ class Engine:
             if len(routed) > 1:
                 rules = (RouteRule(destinations=tuple(Destination(r, w) for r, w in routed)),)
             out.append(Model(name, revisions, rules))
-        return MeshView.of(out, activator)
+        view = MeshView.of(out, activator)
+        if activator is not None and activator.replay_token:
+            instances: dict[str, list[Copy]] = {}
+            for iid in sorted(self.instances):
+                info = self.instances[iid].info
+                instances.setdefault(info.runtime, []).append(
+                    Copy(iid, info.address, info.rest_port, info.grpc_port, info.mesh_tls))
+            view = replace(view, runtime_instances={r: tuple(c) for r, c in instances.items()})
+        return view
 
     def routable_copies(self, name: str) -> list[tuple[str, str, int]]:
         """(revision, instance, weight) of ready copies that receive traffic: a cheap view of one model."""

@@ -137,7 +137,7 @@ def mark_measured(view: MeshView, measured: frozenset[str]) -> MeshView:
         if any(r.id in measured for r in model.revisions):
             models[name] = replace(model, revisions=tuple(
                 replace(r, measured=True) if r.id in measured else r for r in model.revisions))
-    return MeshView(models, view.activator)
+    return replace(view, models=models)
 
 
 def compose(view: MeshView, policies: Mapping[str, HostPolicy],
@@ -159,4 +159,4 @@ def compose(view: MeshView, policies: Mapping[str, HostPolicy],
             models[host] = model
         else:
             problems[host] = problem or ""
-    return MeshView(models, view.activator), problems
+    return replace(view, models=models), problems

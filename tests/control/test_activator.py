@@ -1,6 +1,7 @@
 """The activator against real loopback servers standing in for the gateway."""
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import json
@@ -12,9 +13,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from placement.control.activator import Activator
+from placement.control.activator import Activator, DirectCopy
 from placement.local.ports import free_port
-from xds_server.translate.names import ACTIVATED_HEADER
+from xds_server.translate.names import ACTIVATED_HEADER, COPY_HEADER, REPLAY_TOKEN_HEADER
 
 FALLBACK = {"x-msm-model": "svm", "x-msm-revision": "svm__isvc-1", "x-msm-fallback": "digits"}
 
@@ -483,3 +484,60 @@ async def test_every_refusal_says_what_was_wrong(gateway):
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call(b"", metadata=md, timeout=5)
                 assert e.value.details() == details
+
+
+DIRECT = DirectCopy("tok", "10.0.0.2:8080", "10.0.0.2:8081")
+SPOOFED = {"x-msm-replay-token": "guess", "x-msm-copy-rest": "MTAuMC4wLjk6MQ==", "x-msm-copy-grpc": "eA=="}
+
+
+def test_a_direct_replay_names_its_copy_as_envoys_header_session_state_reads_it():
+    assert DIRECT.headers() == {
+        REPLAY_TOKEN_HEADER: "tok",
+        COPY_HEADER["rest"]: base64.b64encode(b"10.0.0.2:8080").decode(),
+        COPY_HEADER["grpc"]: base64.b64encode(b"10.0.0.2:8081").decode()}
+
+
+async def test_a_direct_replay_carries_the_token_and_the_copy_and_never_a_clients(gateway):
+    """Released with a DirectCopy, the replay carries its token and the copy's addresses (the
+    gateway's direct route); a client's own such headers are never passed on, on either path."""
+    async with started(gateway, {"m": DIRECT}) as (act, _):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}",
+                              headers={**SPOOFED, "x-msm-revision": "m__1"}) as r:
+                assert r.status == 200
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/w/infer", data=b"{}",
+                              headers=SPOOFED) as r:
+                assert r.status == 200
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"", metadata=(("mm-vmodel-id", "m"), *SPOOFED.items()), timeout=5)
+            await call(b"", metadata=(("mm-vmodel-id", "w"), *SPOOFED.items()), timeout=5)
+        assert act.direct_replays == 2
+    direct_rest, routed_rest = (h for _, _, h, _ in gateway.rest_seen)
+    direct_grpc, routed_grpc = (md for _, md, _ in gateway.grpc_seen)
+    for direct in (direct_rest, direct_grpc):
+        assert {k.lower(): v for k, v in direct.items() if k.lower() in DIRECT.headers()} == DIRECT.headers()
+        assert direct.get(ACTIVATED_HEADER) == "1"
+    for routed in (routed_rest, routed_grpc):
+        assert not {k.lower() for k in routed} & set(SPOOFED)
+        assert routed.get(ACTIVATED_HEADER) == "1"
+
+
+async def test_a_direct_replay_reports_its_end_once_answered_or_failed(gateway):
+    ended: list[str] = []
+    copy = DirectCopy("tok", "10.0.0.2:8080", "10.0.0.2:8081", done=lambda: ended.append("done"))
+    async with started(gateway, {"m": copy}, timeout_s=1) as (act, _):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/infer", data=b"{}") as r:
+                assert r.status == 200
+            assert ended == ["done"]
+            # the gateway hangs past the activator's timeout: 504, and still reported
+            async with s.post(f"http://127.0.0.1:{act.rest_port}/v2/models/m/hang", data=b"{}") as r:
+                assert r.status == 504
+            assert ended == ["done"] * 2
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{act.grpc_port}") as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(b"", metadata=(("mm-vmodel-id", "m"),), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(b"", metadata=(("mm-vmodel-id", "m"), ("x-hang", "1")), timeout=5)
+        assert ended == ["done"] * 4

@@ -6,6 +6,7 @@ Backends on loopback answer which copy served a request and under which model na
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import sys
 from collections import Counter
@@ -323,3 +324,65 @@ async def test_killing_a_copy_mid_traffic_loses_no_request(tmp_path, copies, lay
         assert "c2" not in served
     finally:
         await gw.stop()
+
+
+def b64(address: str) -> str:
+    return base64.b64encode(address.encode()).decode()
+
+
+async def test_a_direct_replay_reaches_the_instance_it_names_only_with_the_token(
+        tmp_path, copies, source):
+    """cold__1 has no copy (its routes go to the activator); c0 and c1 are the runtime's instances:
+    with the activator's token the replay goes to the one it names, c1, under the revision's id
+    (REST, transcoded REST and gRPC); without it, to the activator; an address that is no instance
+    of the runtime fails, it does not go elsewhere; the copy sees neither the token nor the
+    address."""
+    c0, c1, c2 = copies
+    activator = RestBackend("activator")
+    await activator.start()
+    endpoint = ActivatorEndpoint("127.0.0.1", activator.port, c2.grpc.port, replay_token="tok")
+    view = MeshView({"cold": Model("cold", (Revision("cold__1"),)),
+                     "warm": Model("warm", (Revision("warm__1", copies=(c0.as_copy(),)),))}, endpoint,
+                    runtime_instances={"default": (c0.as_copy(), c1.as_copy())})
+    gw = await gateway(tmp_path, view, source)
+    replay = {"x-msm-activated": "1", "x-msm-revision": "cold__1", "x-msm-replay-token": "tok"}
+    internal = {"x-msm-replay-token", "x-msm-copy-rest", "x-msm-copy-grpc"}
+    to_c1 = {**replay, "x-msm-copy-rest": b64(f"127.0.0.1:{c1.rest.port}"),
+             "x-msm-copy-grpc": b64(f"127.0.0.1:{c1.grpc.port}")}
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def rest(path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, dict]:
+                method = "POST" if body is not None else "GET"
+                async with s.request(method, f"{gw.rest_url}{path}", headers=headers, data=body) as r:
+                    return r.status, (await r.json() if r.content_type == "application/json" else {})
+
+            status, got = await rest("/v2/models/cold/ready", to_c1)
+            assert (status, got["copy"], got["path"]) == (200, "c1", "/v2/models/cold__1/ready")
+            assert not internal & set(got["headers"])
+            # a standard V2 body goes to the REST port, any other to the gRPC port (transcoded)
+            status, got = await rest("/v2/models/cold/infer", to_c1, DATA_BODY)
+            assert (status, got["copy"], got["path"]) == (200, "c1", "/v2/models/cold__1/infer")
+            # (this backend's answer is no ModelInferResponse: what counts is where the call went)
+            before = c1.grpc.requests
+            await rest("/v2/models/cold/infer", to_c1, b'{"inputs": []}')
+            assert c1.grpc.requests == before + 1 and c1.grpc.seen[-1]["model_name"] == "cold__1"
+            # a client without the token, or with another, reaches the activator, as it came
+            for token in (None, "guess"):
+                spoof = {k: v for k, v in to_c1.items() if k != "x-msm-replay-token"}
+                if token is not None:
+                    spoof["x-msm-replay-token"] = token
+                status, got = await rest("/v2/models/cold/ready", spoof)
+                assert (status, got["copy"]) == (200, "activator")
+            # c2 is no instance of the runtime: 503, and no copy nor the activator sees it
+            seen = (c0.rest.requests, c1.rest.requests, c2.rest.requests, activator.requests)
+            status, _ = await rest("/v2/models/cold/ready",
+                                   {**to_c1, "x-msm-copy-rest": b64(f"127.0.0.1:{c2.rest.port}")})
+            assert status == 503
+            assert (c0.rest.requests, c1.rest.requests, c2.rest.requests, activator.requests) == seen
+        code, got = await grpc_infer(gw.grpc_target, "cold", metadata=(
+            *replay.items(), ("x-msm-copy-grpc", b64(f"127.0.0.1:{c1.grpc.port}"))))
+        assert code == grpc.StatusCode.OK and (got["copy"], got["model_name"]) == ("c1", "cold__1")
+        assert not internal & set(c1.grpc.seen[-1]["msm"])
+    finally:
+        await gw.stop()
+        await activator.stop()

@@ -262,3 +262,21 @@ def test_request_rates_are_kept_in_buckets_of_rate_bucket_s() -> None:
     st = h.engine.status()
     assert st["models"]["m"]["requests_per_min"] == 6.0  # [0, 30) still reaches into [15, 75]
     assert st["instances"]["i0"]["requests_per_min"] == 6.0
+
+
+def test_the_view_lists_each_runtimes_instances_only_for_an_activator_with_a_replay_token() -> None:
+    from xds_server.mesh_view import ActivatorEndpoint, Copy
+
+    h = Harness()
+    h.up("i1", runtime="rt")
+    h.up("i0", runtime="rt")
+    h.up("t0", runtime="triton")
+    listed = h.engine.mesh_view(ActivatorEndpoint("127.0.0.1", 1, 2, replay_token="tok")).runtime_instances
+    assert {r: [c.instance for c in cs] for r, cs in listed.items()} == {"rt": ["i0", "i1"], "triton": ["t0"]}
+    info = h.engine.instances["i0"].info
+    assert listed["rt"][0] == Copy("i0", info.address, info.rest_port, info.grpc_port, info.mesh_tls)
+    assert h.engine.mesh_view(ActivatorEndpoint("127.0.0.1", 1, 2)).runtime_instances == {}
+    assert h.engine.mesh_view(None).runtime_instances == {}
+    h.engine.instance_down("i1")
+    listed = h.engine.mesh_view(ActivatorEndpoint("127.0.0.1", 1, 2, replay_token="tok")).runtime_instances
+    assert [c.instance for c in listed["rt"]] == ["i0"]

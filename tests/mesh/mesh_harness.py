@@ -99,9 +99,10 @@ def rewrite(path: Path, text: str) -> float:
 class LocalMeshProcess:
     """``msm up DIR`` in the background; ``start`` returns once it printed where everything listens."""
 
-    def __init__(self, manifests: Path, state_dir: Path) -> None:
+    def __init__(self, manifests: Path, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.dir = manifests
         self.state_dir = state_dir
+        self.extra_args = extra_args  # more flags of msm up
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.xds_port, self.admin_port = free_port(), free_port()
         self.proc: subprocess.Popen[str] | None = None
@@ -117,7 +118,7 @@ class LocalMeshProcess:
         cmd = [sys.executable, "-m", "msm.cli", "up", str(self.dir),
                "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
                "--xds-port", str(self.xds_port), "--admin-port", str(self.admin_port),
-               "--state-dir", str(self.state_dir)]
+               "--state-dir", str(self.state_dir), *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)

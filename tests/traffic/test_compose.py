@@ -354,3 +354,14 @@ def test_a_model_named_by_several_rules_is_borrowed_once_and_a_one_percent_share
     assert problems == {}
     assert [r.id for r in view.models["ab"].revisions] == ["b__1", "b__2", "a__1"]  # each once
     assert weights(view.models["ab"].rules[1]) == pytest.approx({"a__1": 0.99, "b__1": 0.008, "b__2": 0.002})
+
+
+def test_composing_keeps_the_views_activator_and_runtimes_instances() -> None:
+    act = ActivatorEndpoint("127.0.0.1", 7000, 7001, replay_token="tok")
+    view = MeshView({"a": Model("a", (Revision("a__1", copies=(C0,)),))}, act,
+                    runtime_instances={"default": (C0, C1)})
+    for measured in (frozenset(), frozenset({"a__1"})):
+        composed, problems = compose(view, {"vs": policy("vs", split(("a", 100)))}, measured)
+        assert problems == {}
+        assert composed.activator == act and composed.runtime_instances == {"default": (C0, C1)}
+        assert set(composed.models) == {"a", "vs"}

@@ -49,9 +49,10 @@ def test_each_listener_allows_its_inference_paths_and_nothing_else() -> None:
 def test_the_filter_chains_in_order() -> None:
     assert [f.name for f in dp.rest_http_filters()] == [
         dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.CLASSIFY_FILTER, dp.FAULT_FILTER,
-        dp.TRANSCODER_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+        dp.TRANSCODER_FILTER, dp.REWRITE_FILTER, dp.DIRECT_FILTER, dp.ROUTER_FILTER]
     assert [f.name for f in dp.grpc_http_filters()] == [
-        dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.FAULT_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+        dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.FAULT_FILTER, dp.REWRITE_FILTER, dp.DIRECT_FILTER,
+        dp.ROUTER_FILTER]
     assert [f.name for f in dp.mirror_http_filters()] == [dp.REWRITE_FILTER, dp.ROUTER_FILTER]
     by_name = {f.name: f for f in dp.rest_http_filters()}
     # the classifier looks the route up again (a marked body goes to the REST port); the rewrite
@@ -62,7 +63,10 @@ def test_the_filter_chains_in_order() -> None:
     sticky = by_name[dp.STICKY_FILTER]
     assert sticky.disabled and unpack(sticky, lua_pb2.Lua).clear_route_cache.value is True
     assert dp.STICKY_SOURCE in unpack(sticky, lua_pb2.Lua).source_codes
-    assert not any(f.disabled for f in dp.rest_http_filters() if f.name != dp.STICKY_FILTER)
+    # so is the direct replays' stateful session filter, which reads its header before the router
+    # removes it
+    for filters in (dp.rest_http_filters(), dp.grpc_http_filters()):
+        assert {f.name for f in filters if f.disabled} == {dp.STICKY_FILTER, dp.DIRECT_FILTER}
 
 
 def test_the_transcoder_is_skipped_for_bodies_the_classifier_marked() -> None:

@@ -293,8 +293,8 @@ def subset_groups(view: MeshView, opts: GatewayOptions) -> dict[tuple[str, int],
 
 
 class _Builder:
-    def __init__(self, opts: GatewayOptions, fallback: bool) -> None:
-        subset = opts.cluster_layout == "subset"
+    def __init__(self, opts: GatewayOptions, fallback: bool, subset: bool | None = None) -> None:
+        subset = opts.cluster_layout == "subset" if subset is None else subset
         self.opts = opts
         self.fallback = fallback
         self.protos = {kind: _prototype(kind, opts, subset) for kind in names.KINDS}
@@ -348,6 +348,24 @@ def model_revision_clusters(model: Model, opts: GatewayOptions, fallback: bool =
     return b.clusters, b.clas
 
 
+def direct_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
+        dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
+    """Per runtime, a REST and a gRPC cluster of every instance of it that is up
+    (``view.runtime_instances``): where the activator's direct replays go, to the instance their
+    header names (routes.py's direct routes; no subsets). A copy just loaded is in them already:
+    its load changes nothing here."""
+    if not opts.direct_replays(view.activator):
+        return {}, {}
+    b = _Builder(opts, fallback=False, subset=False)
+    for runtime, instances in sorted(view.runtime_instances.items()):
+        for kind in names.KINDS:
+            eps = [_lb_endpoint(i.address, _port(kind, i.rest_port, i.grpc_port), None,
+                                _mesh_tls(opts, i.mesh_tls))
+                   for i in sorted(instances, key=lambda i: i.instance)]
+            b.add(kind, names.direct_cluster(kind, runtime), eps, runtime)
+    return b.clusters, b.clas
+
+
 def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
         dict[str, cluster_pb2.Cluster], dict[str, endpoint_pb2.ClusterLoadAssignment]]:
     """Clusters (EDS over ADS) and their ClusterLoadAssignments for the chosen layout.
@@ -369,6 +387,9 @@ def build_clusters(view: MeshView, opts: GatewayOptions) -> tuple[
             clas.update(e)
     if view.activator is not None:
         clusters.update(activator_clusters(view.activator, opts))
+        c, e = direct_clusters(view, opts)
+        clusters.update(c)
+        clas.update(e)
     clusters.update(mirror_clusters(opts))
     clusters.update(measure_clusters(view, opts))
     return clusters, clas

@@ -10,9 +10,12 @@ REST listener, in order (see docs/data-path.md for the why):
    port, and the gRPC answer back to JSON (camelCase, as in the article);
 3. ``msm.model_rewrite`` (Lua, ``envoy/lua/rewrite_model.lua``): the model name in field 1 of the
    gRPC request message becomes the route's target revision id (route metadata);
-4. the router.
+4. ``envoy.filters.http.stateful_session``, off except on the routes of the activator's direct
+   replays, where it picks the copy the replay names (docs/xds.md, "The cold path");
+5. the router.
 
-gRPC listener: ``msm.model_rewrite``, then the router. No Python runs per request.
+gRPC listener: ``msm.model_rewrite``, the stateful session filter, then the router. No Python
+runs per request.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.stateful_session.v3 import stateful_session_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.http.stateful_session.header.v3 import header_pb2 as session_header_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, path_pb2, regex_pb2, string_pb2
 from google.protobuf import descriptor_pb2, wrappers_pb2
 from google.protobuf.descriptor import FileDescriptor
@@ -39,6 +44,7 @@ from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from xds_server.assets import envoy_asset
+from xds_server.translate import names
 from xds_server.translate.common import pack
 
 REST_BODY_HEADER = "x-msm-body"
@@ -50,6 +56,8 @@ REWRITE_FILTER = "msm.model_rewrite"
 ROUTER_FILTER = "envoy.filters.http.router"
 FAULT_FILTER = "envoy.filters.http.fault"  # configured per route (a VirtualService's fault)
 STICKY_FILTER = "msm.sticky"  # off, but on routes of sticky splits (route metadata names the header)
+# off, but on the activator's direct-replay routes: sends the request to the host a header names
+DIRECT_FILTER = "envoy.filters.http.stateful_session"
 STICKY_HEADER_KEY = "header"
 TARGET_KEY = "target"  # route metadata: filter_metadata[REWRITE_FILTER][TARGET_KEY] = revision id
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -179,6 +187,7 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
                        typed_config=pack(_skip_when_marked(transcoder_config(opts)))),
         # must not re-route: after transcoding the path is /inference.GRPCInferenceService/…
         _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False),
+        _direct(),
         _router(),
     ]
 
@@ -186,7 +195,7 @@ def rest_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
 def grpc_http_filters(opts: Any = None) -> list[hcm.HttpFilter]:
     """HCM filters of the gRPC listener: inference methods only, rewrite the model name, route."""
     return [_inference_only("grpc"), _sticky(), _fault(),
-            _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _router()]
+            _lua_filter(REWRITE_FILTER, "rewrite_model.lua", clear_route_cache=False), _direct(), _router()]
 
 
 STICKY_SOURCE = "sticky"  # the script's name in the filter's source_codes
@@ -219,6 +228,26 @@ def sticky_metadata(header: str) -> base_pb2.Metadata:
     m = base_pb2.Metadata()
     m.filter_metadata[STICKY_FILTER].update({STICKY_HEADER_KEY: header})
     return m
+
+
+def _direct() -> hcm.HttpFilter:
+    """Envoy's stateful session filter, off unless a route turns it on (:func:`direct_per_route`)."""
+    return hcm.HttpFilter(name=DIRECT_FILTER, typed_config=pack(stateful_session_pb2.StatefulSession()),
+                          disabled=True)
+
+
+@cache
+def direct_per_route(upstream: str) -> dict[str, Any]:
+    """``Route.typed_per_filter_config`` entries of a direct-replay route whose upstream speaks
+    ``upstream`` (names.REST or names.GRPC): the host is the one ``names.COPY_HEADER[upstream]``
+    names, and a request whose host is not in the cluster fails (strict) rather than going to
+    another, which may not hold the revision."""
+    state = extension_pb2.TypedExtensionConfig(
+        name="envoy.http.stateful_session.header",
+        typed_config=pack(session_header_pb2.HeaderBasedSessionState(name=names.COPY_HEADER[upstream])))
+    session = stateful_session_pb2.StatefulSession(session_state=state, strict=True)
+    per_route = stateful_session_pb2.StatefulSessionPerRoute(stateful_session=session)
+    return {DIRECT_FILTER: pack(rc.FilterConfig(config=pack(per_route)))}
 
 
 def _fault() -> hcm.HttpFilter:

@@ -21,6 +21,7 @@ from xds_server.translate import names as nm
 from xds_server.translate import translate
 from xds_server.translate.clusters import (
     activator_clusters,
+    direct_clusters,
     group_clusters,
     measure_clusters,
     mirror_clusters,
@@ -52,6 +53,8 @@ class IncrementalTranslator:
         self._started = False
         self._mirror_sources: dict[str, frozenset[str]] = {}  # model -> the models its rules mirror to
         self._mirror_key: tuple | None = None  # what the mirror routes were built from
+        self._direct_key: tuple | None = None  # what the direct clusters were built from
+        self._direct_names: Resources = {}
         self.rebuilt = 0  # models and groups rebuilt by the last call
 
     @property
@@ -164,6 +167,22 @@ class IncrementalTranslator:
             for type_url, msgs in new_parts.items():
                 for n, msg in msgs.items():
                     put(type_url, n, msg)
+        # the direct clusters follow the runtimes' instances (and the activator's token)
+        direct_key = (view.activator if opts.direct_replays(view.activator) else None,
+                      tuple(sorted(view.runtime_instances.items())))
+        if direct_key != self._direct_key:
+            self._direct_key = direct_key
+            clusters, clas = direct_clusters(view, opts)
+            new_parts: Resources = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
+            for type_url, msgs in self._direct_names.items():
+                for n in msgs:
+                    if n not in new_parts[type_url]:
+                        put(type_url, n, None)
+            for type_url, msgs in new_parts.items():
+                for n, msg in msgs.items():
+                    put(type_url, n, msg)
+            self._direct_names = new_parts
+            rebuilt += 1
         # the mirror listener's routes follow the models mirrored to (only those are compared)
         targets = frozenset().union(*self._mirror_sources.values())
         key = (tuple((t, models.get(t)) for t in sorted(targets)), bool(targets) and view.activator is None)

@@ -24,6 +24,13 @@ ACTIVATE_HEADER = "x-msm-model"
 REVISION_HEADER = "x-msm-revision"
 #: set by the activator on the request it replays through the gateway
 ACTIVATED_HEADER = "x-msm-activated"
+#: a direct replay: the activator sends a held request to the copy whose load just returned, before
+#: the routes name it. It carries the view's ``ActivatorEndpoint.replay_token`` in REPLAY_TOKEN_HEADER
+#: (a route matches it exactly: no client can pick its copy) and the copy's address, base64 of
+#: ``ip:port``, in COPY_HEADER[kind] for the runtime port the route's upstream speaks; the gateway
+#: removes all three before the copy sees the request
+REPLAY_TOKEN_HEADER = "x-msm-replay-token"
+COPY_HEADER = {"rest": "x-msm-copy-rest", "grpc": "x-msm-copy-grpc"}
 #: set by the gateway on requests it routes to a copy (with ACTIVATE_HEADER and REVISION_HEADER):
 #: the model name the client called. Should every copy fail to take the request, the gateway's
 #: retry goes to the activator (the fallback cluster), which reads where it was going from these.
@@ -81,6 +88,11 @@ def runtime_cluster(kind: str, runtime: str, shard: int) -> str:
 
 def activator_cluster(kind: str) -> str:
     return f"activator_{kind}"
+
+
+def direct_cluster(kind: str, runtime: str) -> str:
+    """Every instance of ``runtime``: where the activator's direct replays go (routes' direct routes)."""
+    return f"direct_{kind}_{runtime}"
 
 
 def fallback_cluster(primary: str) -> str:

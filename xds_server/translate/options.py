@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from xds_server.mesh_view import ActivatorEndpoint
 
 ClusterLayout = Literal["per_revision", "subset"]
 RouteLayout = Literal["scoped", "flat"]
@@ -89,6 +92,14 @@ class GatewayOptions:
     measure_token: str | None = None
     #: reports go over mutual TLS to this port of the deciding control plane (Istio gateways)
     measure_tls: MeasureTls | None = None
+    #: the activator replays a held request to the copy whose load returned, through routes that
+    #: take its secret token and the copy's address, without waiting for a view that routes to the
+    #: copy; off: every replay waits for that view and the gateway's ACK
+    direct_replay: bool = True
+
+    def direct_replays(self, activator: ActivatorEndpoint | None) -> bool:
+        """Whether the gateway takes ``activator``'s direct replays (direct routes and clusters)."""
+        return self.direct_replay and activator is not None and bool(activator.replay_token)
 
     def __post_init__(self) -> None:
         if self.cluster_layout not in ("per_revision", "subset"):

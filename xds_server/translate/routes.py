@@ -10,6 +10,12 @@ Before a split's routes, a *pinned* route per destination with a ready copy take
 replay of a cold request (``x-msm-activated`` and ``x-msm-revision``) to the revision it was first
 routed to, so the replay does not throw the dice again.
 
+Before those, a *direct* route per destination with no ready copy (an activator with a replay
+token) takes the activator's *direct* replay: the secret token and the address of the copy whose
+load just returned, which Envoy's stateful session filter picks in the runtime's direct cluster
+(every instance of the runtime). The replay then needs neither a new view nor the gateway's ACK
+of it.
+
 A *sticky* split (``RouteRule.sticky_header``) has, before its fraction routes, one route per
 destination matching a range of ``x-msm-bucket`` (0..9999, the destinations' cumulative shares).
 The fraction routes and these turn on the sticky Lua filter, which hashes the key header's value
@@ -72,7 +78,7 @@ def _targets(model: Model, rule: RouteRule, view: MeshView) -> list[tuple[Target
         if rev.copies:
             out.append((Target(rev.id, "runtime", rev.runtime, model.owner(rev), rev.measured), d.weight))
         elif view.activator is not None:
-            out.append((Target(rev.id, "activator", model=model.owner(rev)), d.weight))
+            out.append((Target(rev.id, "activator", rev.runtime, model.owner(rev), rev.measured), d.weight))
         else:
             out.append((Target(rev.id, "unavailable"), d.weight))
     live = [(t, w) for t, w in out if t.kind != "unavailable"]
@@ -289,6 +295,7 @@ class _RouteBuilder:
     def __init__(self, model: Model, kind: str, view: MeshView, opts: GatewayOptions) -> None:
         self.model, self.kind, self.view, self.opts = model, kind, view, opts
         self.prefix = f"/v2/models/{model.name}"
+        self.direct = opts.direct_replays(view.activator)
 
     def routes(self) -> list[rc.Route]:
         out: list[rc.Route] = []
@@ -304,6 +311,9 @@ class _RouteBuilder:
             sticky = rule.sticky_header if len(targets) > 1 else None
             buckets = bucket_ranges([w for _, w in targets]) if sticky else []
             for variant in variants:
+                if self.direct:
+                    out.extend(self._route(i, rule, variant, target, None, direct=True)
+                               for target, _ in targets if target.kind == "activator")
                 if len(targets) > 1:
                     out.extend(self._route(i, rule, variant, target, None, pinned=True)
                                for target, _ in targets if target.kind == "runtime")
@@ -315,7 +325,7 @@ class _RouteBuilder:
         return out
 
     def _match(self, rule: RouteRule, variant: str, pinned: str | None = None,
-               bucket: tuple[int, int] | None = None) -> rc.RouteMatch:
+               bucket: tuple[int, int] | None = None, direct: str | None = None) -> rc.RouteMatch:
         m = rc.RouteMatch()
         if variant == "grpc":
             m.prefix = "/"
@@ -335,18 +345,33 @@ class _RouteBuilder:
         if bucket is not None:
             span = range_pb2.Int64Range(start=bucket[0], end=bucket[1])
             m.headers.append(rc.HeaderMatcher(name=names.BUCKET_HEADER, range_match=span))
+        if direct is not None:
+            assert self.view.activator is not None
+            m.headers.append(_exact(names.REPLAY_TOKEN_HEADER, self.view.activator.replay_token))
+            m.headers.append(rc.HeaderMatcher(name=names.COPY_HEADER[direct], present_match=True))
         return m
 
     def _route(self, index: int, rule: RouteRule, variant: str, target: Target, frac: int | None,
                pinned: bool = False, bucket: tuple[int, int] | None = None,
-               sticky: str | None = None) -> rc.Route:
+               sticky: str | None = None, direct: bool = False) -> rc.Route:
+        """One route; ``direct``: the direct replay of a held request for ``target`` (a revision with
+        no ready copy) to the copy it names, as if the target had that copy."""
         opts = self.opts
-        suffix = "pinned" if pinned else (f"bucket{bucket[0]}" if bucket is not None else "")
-        name = names.route_name(self.model.name, index, variant, target.revision, suffix)
-        r = rc.Route(name=name, match=self._match(rule, variant, target.revision if pinned else None, bucket))
-        _fraction(frac, r)
         upstream_grpc = variant in ("infer", "grpc")
-        fallback = self.view.activator is not None  # copies' failures go on to the activator
+        up = names.GRPC if upstream_grpc else names.REST
+        if pinned:
+            suffix = "pinned"
+        elif direct:
+            suffix = "direct"
+            target = Target(target.revision, "runtime", target.runtime, target.model, target.measured)
+        else:
+            suffix = f"bucket{bucket[0]}" if bucket is not None else ""
+        name = names.route_name(self.model.name, index, variant, target.revision, suffix)
+        pin = target.revision if pinned or direct else None
+        r = rc.Route(name=name, match=self._match(rule, variant, pin, bucket, up if direct else None))
+        _fraction(frac, r)
+        # copies' failures go on to the activator; a direct replay's are its own (it came from there)
+        fallback = self.view.activator is not None and not direct
         if target.kind == "unavailable":
             r.direct_response.CopyFrom(_unavailable(self.model, target))
         else:
@@ -362,14 +387,16 @@ class _RouteBuilder:
                                  (names.REVISION_HEADER, target.revision)))
                 r.request_headers_to_remove.append(names.FALLBACK_HEADER)  # only the gateway says so
             else:
-                up = names.GRPC if upstream_grpc else names.REST
-                a.cluster = names.cluster_for(up, target.model, target.revision, target.runtime, opts)
+                if direct:  # the instance the replay names, among all of the runtime's
+                    a.cluster = names.direct_cluster(up, target.runtime)
+                else:
+                    a.cluster = names.cluster_for(up, target.model, target.revision, target.runtime, opts)
                 if fallback:
                     a.cluster = names.fallback_cluster(a.cluster)
                     _set_headers(r, ((names.ACTIVATE_HEADER, target.model),
                                      (names.REVISION_HEADER, target.revision),
                                      (names.FALLBACK_HEADER, self.model.name)))
-                if opts.cluster_layout == "subset":
+                if opts.cluster_layout == "subset" and not direct:
                     a.metadata_match.filter_metadata[names.LB_METADATA].fields[
                         names.SUBSET_KEY].string_value = target.revision
                 if upstream_grpc:
@@ -401,6 +428,10 @@ class _RouteBuilder:
             r.request_headers_to_remove.append(names.BUCKET_HEADER)
         if variant == "body":
             r.request_headers_to_remove.append(data_path.REST_BODY_HEADER)
+        if direct:
+            for filter_name, cfg in data_path.direct_per_route(up).items():
+                r.typed_per_filter_config[filter_name].CopyFrom(cfg)
+            r.request_headers_to_remove.extend((names.REPLAY_TOKEN_HEADER, *names.COPY_HEADER.values()))
         if self.kind == names.REST:
             enabled = upstream_grpc and target.kind == "runtime"
             for filter_name, cfg in data_path.transcoding_per_route(enabled).items():
