@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class Result:
     #: what -> (count, mean, median, p90), the quantiles interpolated in the histogram's buckets
     cold: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
     replays: dict[str, int] = field(default_factory=dict)  # held requests by replay path (msm)
+    served: list[tuple[float, str, int]] = field(default_factory=list)  # (sent at, model, Ray replica)
 
     @property
     def requests(self) -> int:
@@ -122,6 +124,25 @@ class Result:
     def pct(self, q: float, after_s: float = 0.0) -> float:
         """The q-quantile of the answered requests' latencies, of those sent ``after_s`` or later."""
         return quantile([lat for at, _, lat in self.samples if at >= after_s], q)
+
+
+def second_replica_loads(served: list[tuple[float, str, int]], per_replica: int) -> tuple[int, int]:
+    """Ray's loads replayed from which replica answered each request, in the order they were
+    sent, each replica an LRU of ``per_replica`` models (as ``@serve.multiplexed``): (loads, of
+    them loads of a model another replica held at that moment)."""
+    caches: dict[int, OrderedDict[str, None]] = {}
+    loads = held_elsewhere = 0
+    for _, model, replica in sorted(served):
+        cache = caches.setdefault(replica, OrderedDict())
+        if model in cache:
+            cache.move_to_end(model)
+            continue
+        loads += 1
+        held_elsewhere += any(model in c for r, c in caches.items() if r != replica)
+        cache[model] = None
+        if len(cache) > per_replica:
+            cache.popitem(last=False)
+    return loads, held_elsewhere
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -329,9 +350,12 @@ def run_ray(root: Path, models: Path, args: argparse.Namespace, stream: list[tup
             raise RuntimeError(f"Ray Serve did not start; see {root / f'ray-{cost}.log'}")
 
         async def send(s: aiohttp.ClientSession, model: str) -> tuple[bool, str]:
+            sent = time.monotonic()
             async with s.post(f"http://127.0.0.1:{port}/", json={"x": PIXELS},
                               headers={"serve_multiplexed_model_id": model}) as r:
                 body = await r.read()
+                if r.status == 200:
+                    result.served.append((sent, model, int(json.loads(body)["replica"])))
                 return r.status == 200, f"{r.status} {body[:120]!r}"
 
         with RssSampler(proc.pid) as rss:
@@ -372,6 +396,12 @@ def table(results: list[Result], probs: list[float], per_replica: int, args: arg
                      f"| {r.pct(0.5) * 1000:.0f} ms | {r.pct(0.99) * 1000:.0f} ms "
                      f"| {r.pct(0.99, args.warmup) * 1000:.0f} ms | {r.loads:,} | {hit:.0%} "
                      f"| {r.rss_bytes / 1e9:.1f} GB |")
+    for r in results:
+        if r.served:
+            loads, elsewhere = second_replica_loads(r.served, per_replica)
+            lines += ["", f"{r.cost}: Ray's loads replayed from which replica answered each request "
+                      f"(in send order, each replica an LRU of {per_replica}): {loads:,} (it counted "
+                      f"{r.loads:,}); {elsewhere:,} of them of a model the other replica held then."]
     cold = [r for r in results if r.cold]
     if cold:
         lines += ["", "msm's cold path (its histograms; median from the buckets, mean): the runtime's "

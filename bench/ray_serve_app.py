@@ -5,7 +5,8 @@ Runs in a virtualenv of its own (Ray's dependencies are not msm's): ``bench/ray_
 deployment, ``--replicas`` replicas, each an LRU of at most ``--models-per-replica`` models
 (``@serve.multiplexed``); a request names its model in the header ``serve_multiplexed_model_id``
 and carries ``{"x": [64 floats]}``; the model is ``<models-dir>/<id>.joblib``. Every load appends
-a line to ``<stats-dir>/loads-<pid>``, so the benchmark counts loads across replicas.
+a line to ``<stats-dir>/loads-<pid>``, so the benchmark counts loads across replicas; every answer
+names the replica (its pid), so the benchmark can tell which replica held which model when.
 
 Prints ``READY <port>`` once Serve answers, and runs until SIGTERM or SIGINT.
 """
@@ -53,7 +54,7 @@ def main() -> None:
         async def __call__(self, request: Request) -> JSONResponse:
             model = await self.get_model(serve.get_multiplexed_model_id())
             x = np.asarray((await request.json())["x"], dtype=np.float32).reshape(1, -1)
-            return JSONResponse({"predict": model.predict(x).tolist()})
+            return JSONResponse({"predict": model.predict(x).tolist(), "replica": os.getpid()})
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=args.temp_dir, object_store_memory=128 << 20,
              log_to_driver=False, configure_logging=False)

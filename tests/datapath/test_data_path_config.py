@@ -16,11 +16,13 @@ def test_rest_filters_in_order_router_last():
     names = [f.name for f in dp.rest_http_filters(None)]
     # the fault filter sees the final route (after the classifier), before transcoding
     # a sticky split's bucket first (both it and the classifier look the route up again), then the
-    # fault filter on the final route, before transcoding
+    # fault filter on the final route, before transcoding; the direct replays' stateful session
+    # filter just before the router, on the final route
     assert names == [dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.CLASSIFY_FILTER, dp.FAULT_FILTER,
-                     dp.TRANSCODER_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+                     dp.TRANSCODER_FILTER, dp.REWRITE_FILTER, dp.DIRECT_FILTER, dp.ROUTER_FILTER]
     assert [f.name for f in dp.grpc_http_filters(None)] == [
-        dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.FAULT_FILTER, dp.REWRITE_FILTER, dp.ROUTER_FILTER]
+        dp.INFERENCE_ONLY_FILTER, dp.STICKY_FILTER, dp.FAULT_FILTER, dp.REWRITE_FILTER, dp.DIRECT_FILTER,
+        dp.ROUTER_FILTER]
     # the sticky filter is off unless a route turns it on: no other request pays for it
     assert [f.disabled for f in dp.rest_http_filters(None) if f.name == dp.STICKY_FILTER] == [True]
 

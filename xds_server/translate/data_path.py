@@ -11,7 +11,7 @@ REST listener, in order (see docs/data-path.md for the why):
 3. ``msm.model_rewrite`` (Lua, ``envoy/lua/rewrite_model.lua``): the model name in field 1 of the
    gRPC request message becomes the route's target revision id (route metadata);
 4. ``envoy.filters.http.stateful_session``, off except on the routes of the activator's direct
-   replays, where it picks the copy the replay names (docs/xds.md, "The cold path");
+   replays, where it picks the copy the replay names (docs/gateway.md);
 5. the router.
 
 gRPC listener: ``msm.model_rewrite``, the stateful session filter, then the router. No Python
