@@ -64,12 +64,15 @@ class Setup:
     seed: int
     mem_buffer: int = 0  # memBufferBytes: what copies being unloaded may still use (msm only)
     shift_s: float = 0.0  # > 0: the popularity ranking is shuffled anew this often
+    live_sizes: bool = False  # sizes spread as the live benchmark's forests (10-49 trees), not lognormal
     sizes: list[int] = field(default_factory=list)
     capacity: int = 0
 
     def build(self) -> None:
         rng = random.Random(self.seed)
         mbs = [min(400, max(20, rng.lognormvariate(math.log(80), 0.6))) for _ in range(self.models)]
+        if self.live_sizes:  # bench/ray_multiplex.py's make_models: model i has 10 + 7i mod 40 trees
+            mbs = [3.0 * (10 + (i * 7) % 40) for i in range(self.models)]
         self.sizes = [int(mb) * MB for mb in mbs]
         self.capacity = int(sum(self.sizes) * self.fit / self.instances)
 
@@ -299,11 +302,15 @@ def main() -> None:
                     help="msm's memBufferBytes per instance (the article's runtime: 128)")
     ap.add_argument("--shift-s", type=float, default=0.0,
                     help="shuffle the models' popularity anew this often (0: a fixed ranking)")
+    ap.add_argument("--live-sizes", action="store_true",
+                    help="models sized as bench/ray_multiplex.py's forests (by tree count, 30-147 MB), "
+                         "not lognormal 20-400 MB")
     ap.add_argument("--half-lives", type=float, nargs="*", default=[30.0, 300.0],
                     help="also run msm's engine with LRFU eviction at these request half-lives (s)")
     a = ap.parse_args()
     setup = Setup(a.models, a.instances, a.fit, a.zipf_s, a.rate, a.duration, a.warmup, a.workers,
-                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB), a.shift_s)
+                  a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB), a.shift_s,
+                  a.live_sizes)
     setup.build()
     print(f"{a.models} models ({sum(setup.sizes) / MB / 1024:.1f} GiB), {a.instances} instances x "
           f"{setup.capacity / MB:.0f} MiB ({a.fit:.0%} fits), Zipf s={a.zipf_s}, {a.rate:g} req/s, "
