@@ -140,7 +140,7 @@ def _add_gateway_args(p: argparse.ArgumentParser) -> None:
                    help="runtime clusters per runtime in the subset layout (default 64, see docs/gateway.md)")
     p.add_argument("--no-direct-replay", dest="direct_replay", action="store_false",
                    help="the activator replays a cold request only once the gateway's routes name its new "
-                        "copy (default: at once, to that copy; docs/xds.md, 'The cold path')")
+                        "copy (default: at once, to that copy; docs/placement.md, 'Load on demand')")
 
 
 def build_parser() -> argparse.ArgumentParser:
