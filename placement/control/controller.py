@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from placement.control.activator import COLD_PATH_BUCKETS, UNKNOWN_MODEL, DirectCopy
-from placement.engine.engine import Engine, LoadAction, UnloadAction
+from placement.engine.engine import Engine, LoadAction, UnloadAction, instance_endpoint
 from placement.engine.model_types import DesiredModel, InstanceInfo
 from placement.traffic.compose import compose
 from placement.traffic.policy import HostPolicy
@@ -79,11 +79,6 @@ class ViewPublisher(Protocol):
 
     async def wait_for_ack(self, version: str, timeout: float) -> bool:
         """True once the gateways hold ``version`` (or a later one); False after ``timeout``."""
-
-
-def _endpoint(instance_id: str, info: InstanceInfo) -> Copy:
-    """An instance as the view lists it among its runtime's (engine.mesh_view)."""
-    return Copy(instance_id, info.address, info.rest_port, info.grpc_port, info.mesh_tls)
 
 
 def _routed(view: MeshView, model: str, revision: str | None) -> list[Revision]:
@@ -396,9 +391,14 @@ class Controller:
             self._cold_seconds.labels("ack").observe(time.monotonic() - published)
         return None
 
+    @property
+    def _replay_token(self) -> str:
+        """The activator's replay token; empty: no direct replays."""
+        return self.activator.replay_token if self.activator is not None else ""
+
     def _direct_copy(self, model: str, revision: str | None) -> DirectCopy | None:
         """A ready copy of ``revision`` on an instance the gateways hold in its direct cluster."""
-        token = self.activator.replay_token if self.activator is not None else ""
+        token = self._replay_token
         if not token or revision is None:
             return None
         for rev, iid, _ in self.engine.routable_copies(model):
@@ -406,7 +406,7 @@ class Controller:
             if rev != revision or cache is None:
                 continue
             info = cache.info
-            if _endpoint(iid, info) in self._reachable:
+            if instance_endpoint(info) in self._reachable:
                 return DirectCopy(token, f"{info.address}:{info.rest_port}",
                                   f"{info.address}:{info.grpc_port}")
         return None
@@ -421,7 +421,7 @@ class Controller:
         if held:  # (the next publish tries again otherwise)
             up = self.engine.instances
             self._reachable.update(i for i in instances
-                                   if i.instance in up and _endpoint(i.instance, up[i.instance].info) == i)
+                                   if i.instance in up and instance_endpoint(up[i.instance].info) == i)
             async with self._changed:
                 self._changed.notify_all()
 
@@ -576,8 +576,7 @@ class Controller:
                     self._load_seconds.observe(took)
                     self._ready_at[m.name] = time.monotonic()
                     self.engine.load_succeeded(action.instance, action.revision, size)
-                    if self._held and self.activator is not None and self.activator.replay_token:
-                        # held requests may go at once
+                    if self._held and self._replay_token:  # held requests may go at once
                         async with self._changed:
                             self._changed.notify_all()
                         await self._after_direct_replays()

@@ -72,6 +72,12 @@ class ModelState:
     frequency: DecayingCount | None = None  # with EngineConfig.frequency_half_life_s
 
 
+def instance_endpoint(info: InstanceInfo) -> Copy:
+    """An instance as the mesh view names it: a copy's endpoint, and an entry of its runtime's
+    instances (MeshView.runtime_instances)."""
+    return Copy(info.id, info.address, info.rest_port, info.grpc_port, info.mesh_tls)
+
+
 class Engine:
     """ModelMesh's placement behaviours over a set of runtime instances (see module docstring)."""
 
@@ -396,8 +402,7 @@ class Engine:
             instances: dict[str, list[Copy]] = {}
             for iid in sorted(self.instances):
                 info = self.instances[iid].info
-                instances.setdefault(info.runtime, []).append(
-                    Copy(iid, info.address, info.rest_port, info.grpc_port, info.mesh_tls))
+                instances.setdefault(info.runtime, []).append(instance_endpoint(info))
             view = replace(view, runtime_instances={r: tuple(c) for r, c in instances.items()})
         return view
 
@@ -517,8 +522,7 @@ class Engine:
             c = rs.copies[iid]
             cache = self.instances.get(iid)
             if c.phase is Phase.READY and cache is not None:
-                copies.append(Copy(iid, cache.info.address, cache.info.rest_port, cache.info.grpc_port,
-                                   cache.info.mesh_tls))
+                copies.append(instance_endpoint(cache.info))
         return Revision(rs.spec.revision, rs.spec.runtime, tuple(copies))
 
     # ------------------------------------------------------------------ internals: bookkeeping

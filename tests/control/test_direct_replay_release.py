@@ -6,6 +6,8 @@ copies failed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from test_cold_start import MB, Gateway, Runtime, ctl_metrics
 
@@ -57,46 +59,49 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def controller(gw: Gateway, rt: Runtime, token: str = TOKEN, **kw) -> tuple[Controller, Engine]:
-    engine = Engine(MonotonicClock())
-    ctl = Controller(engine, gw, {}, ActivatorEndpoint("127.0.0.1", 1, 2, replay_token=token),
-                     tick_interval=0.01, **kw)
+@contextlib.asynccontextmanager
+async def running(gw: Gateway, rt: Runtime, token: str = TOKEN, **kw) -> AsyncIterator[Controller]:
+    """A started controller of one instance, i0, and one model, m; stopped on the way out."""
+    ctl = Controller(Engine(MonotonicClock()), gw, {},
+                     ActivatorEndpoint("127.0.0.1", 1, 2, replay_token=token), tick_interval=0.01, **kw)
     ctl.add_instance(InstanceInfo("i0", "rt", "10.1.2.3", 9000, 9100, 100 * MB), rt, {})
     ctl.set_desired([DesiredModel("m", "m__isvc-1", "rt", "sklearn", "/m", MB)], {})
-    return ctl, engine
-
-
-async def test_released_to_the_copy_when_its_load_returns_without_waiting_for_routes_to_it() -> None:
-    gw, rt = AckingGateway(), Runtime()
-    ctl, engine = controller(gw, rt)
     await ctl.start()
     try:
-        (listed, view), = gw.views  # the first view lists i0 among rt's instances
-        assert [i.instance for i in view.runtime_instances["rt"]] == ["i0"]
-        gw.ack(listed)
-        waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
-        await until(lambda: engine.model_status("m").loading_copies)
-        gw.hold.clear()  # no view after this one is published: none will route to the copy
-        rt.release.set()
-        got = await asyncio.wait_for(waiter, 5)
-        assert got == DirectCopy(TOKEN, "10.1.2.3:9000", "10.1.2.3:9100")
-        assert not routed_on(gw.views[-1][1], "m")
-        assert engine.model_status("m").ready_copies == 1
-        assert 'msm_cold_replays_total{path="direct"} 1.0' in ctl_metrics(ctl)
-        gw.hold.set()
+        yield ctl
     finally:
         gw.hold.set()
         await ctl.stop()
 
 
+async def held(ctl: Controller) -> asyncio.Task:
+    """A cold request for m, held once its load is under way."""
+    waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
+    await until(lambda: ctl.engine.model_status("m").loading_copies)
+    return waiter
+
+
+async def test_released_to_the_copy_when_its_load_returns_without_waiting_for_routes_to_it() -> None:
+    gw, rt = AckingGateway(), Runtime()
+    async with running(gw, rt) as ctl:
+        (listed, view), = gw.views  # the first view lists i0 among rt's instances
+        assert [i.instance for i in view.runtime_instances["rt"]] == ["i0"]
+        gw.ack(listed)
+        waiter = await held(ctl)
+        gw.hold.clear()  # no view after this one is published: none will route to the copy
+        rt.release.set()
+        got = await asyncio.wait_for(waiter, 5)
+        assert got == DirectCopy(TOKEN, "10.1.2.3:9000", "10.1.2.3:9100")
+        assert not routed_on(gw.views[-1][1], "m")
+        assert ctl.engine.model_status("m").ready_copies == 1
+        assert 'msm_cold_replays_total{path="direct"} 1.0' in ctl_metrics(ctl)
+
+
 async def test_not_released_before_the_gateway_holds_the_view_that_listed_the_instance() -> None:
     gw, rt = AckingGateway(), Runtime()
-    ctl, engine = controller(gw, rt)
-    await ctl.start()
-    try:
+    async with running(gw, rt) as ctl:
         (listed, _), = gw.views
-        waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
-        await until(lambda: engine.model_status("m").loading_copies)
+        waiter = await held(ctl)
         rt.release.set()
         # loaded, and later views published, but the gateway has ACKed nothing: Envoy may not
         # have the copy's instance in the cluster yet
@@ -108,35 +113,25 @@ async def test_not_released_before_the_gateway_holds_the_view_that_listed_the_in
             gw.ack(version)
         assert await asyncio.wait_for(waiter, 5) is None
         assert listed in gw.acked
-    finally:
-        await ctl.stop()
 
 
 async def test_an_instance_is_reachable_once_the_view_that_listed_it_is_acked() -> None:
     gw, rt = AckingGateway(), Runtime()
-    ctl, engine = controller(gw, rt)
-    await ctl.start()
-    try:
+    async with running(gw, rt) as ctl:
         (listed, _), = gw.views
-        waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
-        await until(lambda: engine.model_status("m").loading_copies)
+        waiter = await held(ctl)
         gw.ack(listed)  # while the load runs
         await settle()
         rt.release.set()
         assert isinstance(await asyncio.wait_for(waiter, 5), DirectCopy)
-    finally:
-        await ctl.stop()
 
 
 async def test_without_a_token_the_request_waits_for_routes_to_the_copy() -> None:
     gw, rt = AckingGateway(), Runtime()
-    ctl, engine = controller(gw, rt, token="")
-    await ctl.start()
-    try:
+    async with running(gw, rt, token="") as ctl:
         assert gw.views[0][1].runtime_instances == {}  # without a token, no instances in the view
         gw.ack(gw.version)
-        waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
-        await until(lambda: engine.model_status("m").loading_copies)
+        waiter = await held(ctl)
         rt.release.set()
         await until(lambda: routed_on(gw.views[-1][1], "m") == {"i0"})
         await settle()
@@ -144,8 +139,6 @@ async def test_without_a_token_the_request_waits_for_routes_to_the_copy() -> Non
         gw.ack(gw.version)
         assert await asyncio.wait_for(waiter, 5) is None
         assert 'msm_cold_replays_total{path="routes"} 1.0' in ctl_metrics(ctl)
-    finally:
-        await ctl.stop()
 
 
 async def test_a_failed_over_request_is_never_replayed_directly() -> None:
@@ -155,26 +148,18 @@ async def test_a_failed_over_request_is_never_replayed_directly() -> None:
     async def recheck(ids: frozenset[str]) -> frozenset[str]:
         return frozenset()  # the instance answered: the request goes back by the routes
 
-    ctl, _ = controller(gw, rt, recheck=recheck)
-    await ctl.start()
-    try:
+    async with running(gw, rt, recheck=recheck) as ctl:
         assert isinstance(await ctl.ensure_ready("m", 10, "m__isvc-1"), DirectCopy)
         assert await ctl.ensure_ready("m", 10, "m__isvc-1", failed_over=True) is None
-    finally:
-        await ctl.stop()
 
 
 async def test_a_copy_on_an_instance_gone_is_not_named() -> None:
     gw, rt = Gateway(), Runtime()
     rt.release.set()
-    ctl, _ = controller(gw, rt)
-    await ctl.start()
-    try:
+    async with running(gw, rt) as ctl:
         assert isinstance(await ctl.ensure_ready("m", 10, "m__isvc-1"), DirectCopy)
         ctl.remove_instance("i0")
         assert ctl._direct_copy("m", "m__isvc-1") is None
-    finally:
-        await ctl.stop()
 
 
 async def test_the_view_that_routes_to_the_copy_waits_for_the_replays_its_load_released(monkeypatch) -> None:
@@ -182,9 +167,7 @@ async def test_the_view_that_routes_to_the_copy_waits_for_the_replays_its_load_r
     the copy's routes follow once each released replay has reported its answer."""
     monkeypatch.setattr(controller_module, "REPLAY_FIRST_S", 30.0)
     gw, rt = Gateway(), Runtime()
-    ctl, _ = controller(gw, rt)
-    await ctl.start()
-    try:
+    async with running(gw, rt) as ctl:
         waiters = [asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1")) for _ in range(2)]
         await until(lambda: ctl.engine.model_status("m").loading_copies)
         rt.release.set()
@@ -197,22 +180,15 @@ async def test_the_view_that_routes_to_the_copy_waits_for_the_replays_its_load_r
         assert not routed_on(gw.views[-1][1], "m")  # one replay is still under way
         second.finished()
         await until(lambda: routed_on(gw.views[-1][1], "m") == {"i0"})
-    finally:
-        await ctl.stop()
 
 
 async def test_a_replay_that_never_reports_delays_the_routes_by_a_bounded_time() -> None:
     gw, rt = Gateway(), Runtime()
-    ctl, _ = controller(gw, rt)
-    await ctl.start()
-    try:
-        waiter = asyncio.create_task(ctl.ensure_ready("m", 10, "m__isvc-1"))
-        await until(lambda: ctl.engine.model_status("m").loading_copies)
+    async with running(gw, rt) as ctl:
+        waiter = await held(ctl)
         rt.release.set()
         assert isinstance(await asyncio.wait_for(waiter, 5), DirectCopy)  # never finished()
         await until(lambda: routed_on(gw.views[-1][1], "m") == {"i0"})
-    finally:
-        await ctl.stop()
 
 
 def test_msm_status_says_how_many_cold_requests_went_straight_to_their_copy() -> None:
@@ -242,14 +218,10 @@ async def test_an_instance_listed_long_ago_is_still_reachable_once_its_version_i
     did not acknowledge the new routes in time")."""
     gw, rt = ForgetfulGateway(), Runtime()
     rt.release.set()
-    ctl, _ = controller(gw, rt)
-    await ctl.start()
-    try:
+    async with running(gw, rt) as ctl:
         first = gw.version
         ctl.set_desired([DesiredModel("m", "m__isvc-1", "rt", "sklearn", "/m", MB),
                          DesiredModel("n", "n__isvc-1", "rt", "sklearn", "/n", MB)], {})
         await until(lambda: gw.version != first and "n" in gw.views[-1][1].models)
         got = await ctl.ensure_ready("m", 10, "m__isvc-1")
         assert isinstance(got, DirectCopy), got
-    finally:
-        await ctl.stop()

@@ -82,6 +82,16 @@ class IncrementalTranslator:
             else:
                 self._out[type_url][name] = msg
 
+        def swap(old: Resources, new: Resources) -> None:
+            """Put ``new``'s resources, and remove those of ``old`` that ``new`` has not."""
+            for type_url, msgs in old.items():
+                for n in msgs:
+                    if n not in new.get(type_url, {}):
+                        put(type_url, n, None)
+            for type_url, msgs in new.items():
+                for n, msg in msgs.items():
+                    put(type_url, n, msg)
+
         if not self._started:
             self._started = True
             for name, msg in build_listeners(opts).items():
@@ -113,9 +123,7 @@ class IncrementalTranslator:
         models = view.models
         for name in [n for n in self._models if n not in models]:
             _, parts, contrib, member_of = self._models.pop(name)
-            for type_url, msgs in parts.items():
-                for n in msgs:
-                    put(type_url, n, None)
+            swap(parts, {})
             dirty_groups.update(self._remove(contrib))
             dirty_groups.update(self._join(member_of, -1))
             self._mirror_sources.pop(name, None)
@@ -132,16 +140,10 @@ class IncrementalTranslator:
                 parts[rt.CLUSTER], parts[rt.ENDPOINT] = dict(clusters), dict(clas)
             contrib = [] if per_revision else _contributions(model, opts)
             member_of = () if per_revision else _groups_of(model, opts)
+            swap(cached[1] if cached is not None else {}, parts)
             if cached is not None:
-                for type_url, msgs in cached[1].items():
-                    for n in msgs:
-                        if n not in parts.get(type_url, {}):
-                            put(type_url, n, None)
                 dirty_groups.update(self._remove(cached[2]))
                 dirty_groups.update(self._join(cached[3], -1))
-            for type_url, msgs in parts.items():
-                for n, msg in msgs.items():
-                    put(type_url, n, msg)
             dirty_groups.update(self._add(contrib))
             dirty_groups.update(self._join(member_of, +1))
             self._models[name] = (model, parts, contrib, member_of)
@@ -160,28 +162,15 @@ class IncrementalTranslator:
                     inst: (*addr, sorted(revs)) for inst, (addr, revs) in hosts.items()}, opts, fallback)
                 new_parts = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
                 self._group_names[key] = new_parts
-            for type_url, msgs in old_names.items():
-                for n in msgs:
-                    if n not in new_parts.get(type_url, {}):
-                        put(type_url, n, None)
-            for type_url, msgs in new_parts.items():
-                for n, msg in msgs.items():
-                    put(type_url, n, msg)
-        # the direct clusters follow the runtimes' instances (and the activator's token)
-        direct_key = (view.activator if opts.direct_replays(view.activator) else None,
-                      tuple(sorted(view.runtime_instances.items())))
+            swap(old_names, new_parts)
+        # the direct clusters follow the runtimes' instances (and whether direct replays are on)
+        direct_key = (opts.direct_replays(view.activator), tuple(sorted(view.runtime_instances.items())))
         if direct_key != self._direct_key:
             self._direct_key = direct_key
             clusters, clas = direct_clusters(view, opts)
-            new_parts: Resources = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
-            for type_url, msgs in self._direct_names.items():
-                for n in msgs:
-                    if n not in new_parts[type_url]:
-                        put(type_url, n, None)
-            for type_url, msgs in new_parts.items():
-                for n, msg in msgs.items():
-                    put(type_url, n, msg)
-            self._direct_names = new_parts
+            direct_parts: Resources = {rt.CLUSTER: dict(clusters), rt.ENDPOINT: dict(clas)}
+            swap(self._direct_names, direct_parts)
+            self._direct_names = direct_parts
             rebuilt += 1
         # the mirror listener's routes follow the models mirrored to (only those are compared)
         targets = frozenset().union(*self._mirror_sources.values())
