@@ -14,15 +14,22 @@ Policies:
 - ``msm``: the placement engine (placement/engine/engine.py) driven like the controller drives it:
   ``record_requests`` per request, ``request_for_cold_model`` on a miss, ``tick`` every 250 ms and
   after each miss; requests go to the ready copy whose instance frees a worker first. Its default
-  eviction (LRFU, 60 s half-life) beside plain LRU (``frequency_half_life_s=0``) and the
-  ``--half-lives`` given; ``--shift-s`` reshuffles the popularity ranking now and then, to see
-  which half-lives still adapt.
+  eviction (LRFU, 60 s half-life) beside cost-aware LRFU (per byte, weighed by the load's measured
+  time), plain LRU (``frequency_half_life_s=0``) and the ``--half-lives`` given;
+  ``--shift-s`` reshuffles the popularity ranking now and then, to see which half-lives still adapt.
 - ``lru-hash``: each model hashed to one instance; each instance an independent LRU cache.
 - ``random``: a model's one copy goes to a random instance on a miss, evicting that instance's LRU.
 - ``multiplex``: Ray Serve's ``@serve.multiplexed`` (the peer of bench/ray_multiplex.py): each
-  instance an LRU of a number of models, a request to an instance that holds its model, else to a
-  random one, which loads it. The live comparison's stream in seconds:
-  ``--models 40 --instances 2 --fit 0.8 --rate 25`` (40 % of the bytes, or 16 models, per instance).
+  instance an LRU of a number of models; Ray's router, which learns what each replica holds only
+  from the replicas' reports (``run_multiplex``). Its choices are random: ``--ray-draws`` runs it
+  several times.
+
+The live comparison in seconds, request for request (its stream, its models' sizes, its loads'
+cost of about 20 ms):
+
+    .venv/bin/python bench/placement_zipf.py --models 40 --instances 2 --fit 0.8 --rate 25 \
+        --duration 90 --warmup 0 --live-sizes --live-stream --seed 1 --load-base-s 0.02 \
+        --load-mb-s 100000 --ray-draws 21 --half-lives
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from placement.engine.clock import FakeClock
 from placement.engine.engine import Engine
@@ -65,6 +73,9 @@ class Setup:
     mem_buffer: int = 0  # memBufferBytes: what copies being unloaded may still use (msm only)
     shift_s: float = 0.0  # > 0: the popularity ranking is shuffled anew this often
     live_sizes: bool = False  # sizes spread as the live benchmark's forests (10-49 trees), not lognormal
+    live_stream: bool = False  # bench/ray_multiplex.py's very stream for this seed, not this module's
+    ray_report_s: float = 0.1  # Ray's replicas push the models they hold this often (multiplex)
+    ray_import_s: float = 1.0  # a Ray replica's first load also imports scikit-learn (multiplex)
     sizes: list[int] = field(default_factory=list)
     capacity: int = 0
 
@@ -81,6 +92,12 @@ class Setup:
 
     def requests(self) -> list[tuple[float, int]]:
         """(arrival time, model index): Poisson arrivals, Zipf popularity over a shuffled ranking."""
+        if self.live_stream:
+            from ray_multiplex import zipf_stream  # the live benchmark's generator, request for request
+
+            names = [f"m{i:02d}" for i in range(self.models)]
+            stream, _, _ = zipf_stream(names, self.rate, self.duration_s, self.zipf_s, self.seed)
+            return [(t, int(name[1:])) for t, name in stream]
         rng = random.Random(self.seed + 1)
         weights = [1 / (k + 1) ** self.zipf_s for k in range(self.models)]
         ranking = list(range(self.models))
@@ -188,33 +205,71 @@ def run_baseline(setup: Setup, policy: str) -> Stats:
     return st
 
 
-def run_multiplex(setup: Setup) -> Stats:
+def run_multiplex(setup: Setup, draw: int = 0) -> Stats:
     """Ray Serve's model multiplexing, as bench/ray_multiplex.py runs it live: each replica an
     LRU of at most K models by count (K: ``--fit`` of the models per instance, the share the byte
-    budget gives), a request goes to a replica that holds its model (the one that frees a worker
-    first), else to a random replica, which loads it itself (one load at a time per replica)."""
+    budget gives), loading on its own event loop one model at a time.
+
+    Where a request goes is Ray 2.60's router (``ray/serve/_private/request_router``): to a
+    replica the router believes holds its model, else to one of those it believes hold the fewest
+    models; among the candidates, power of two choices by queue (ties at random). The router
+    learns what a replica holds only from the replica's reports, which its event loop pushes every
+    ``--ray-report-s`` and which a blocking load holds back (the first load on a replica also
+    imports scikit-learn, ``--ray-import-s``). A hot model asked for again before its first load
+    is reported therefore loads on both replicas, and as both copies keep getting requests neither
+    ages out: the second copy holds a slot for good. With ``--ray-report-s 0 --ray-import-s 0``
+    the router knows at once (the policy alone)."""
     st = Stats()
-    rng = random.Random(setup.seed + 5)
-    k = max(1, round(setup.fit * setup.models / setup.instances))
-    workers = Workers(setup.instances, setup.workers, setup.service_ms, setup.seed)
-    # per instance: model -> when its load completes
-    caches: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(setup.instances)]
-    loader_free = [0.0] * setup.instances
+    rng = random.Random((setup.seed + 5) * 1000 + draw)  # draw: another run of Ray's random choices
+    n = setup.instances
+    k = max(1, round(setup.fit * setup.models / n))
+    workers = Workers(n, setup.workers, setup.service_ms, setup.seed)
+    # per instance: model -> when its load completes (what the replica holds or is loading)
+    caches: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(n)]
+    known: list[set[int]] = [set() for _ in range(n)]  # what the router believes each one holds
+    reports: list[tuple[float, int, int]] = []  # (when the router learns, seq, instance)
+    seq = itertools.count()
+    loader_free = [0.0] * n
+    imported = [False] * n
+
+    ongoing: list[list[float]] = [[] for _ in range(n)]  # per instance: when its requests finish
+
+    def pick(cands: list[int], t: float) -> int:
+        """Power of two choices by each replica's ongoing requests, as Ray's router counts them."""
+        for q in ongoing:
+            while q and q[0] <= t:
+                heapq.heappop(q)
+        two = rng.sample(cands, 2) if len(cands) > 1 else cands
+        return min(two, key=lambda i: (len(ongoing[i]), rng.random()))
+
+    def serve(i: int, t: float, start: float, hit: bool) -> None:
+        done = workers.serve(i, start)
+        heapq.heappush(ongoing[i], done)
+        st.served(t, done, hit, setup)
+
     for t, m in setup.requests():
-        holders = [i for i in range(setup.instances) if m in caches[i]]
-        if holders:
-            i = min(holders, key=workers.earliest)
+        while reports and reports[0][0] <= t:
+            _, _, i = heapq.heappop(reports)
+            known[i] = set(caches[i])
+        cands = [i for i in range(n) if m in known[i]]
+        if not cands:
+            fewest = min(len(c) for c in known)
+            cands = [i for i in range(n) if len(known[i]) == fewest]
+        i = pick(cands, t)
+        if m in caches[i]:
             caches[i].move_to_end(m)
             ready = caches[i][m]
-            st.served(t, workers.serve(i, max(t, ready)), ready <= t, setup)
+            serve(i, t, max(t, ready), ready <= t)
             continue
-        i = rng.randrange(setup.instances)
         while len(caches[i]) >= k:
             caches[i].popitem(last=False)
         start = max(t, loader_free[i])
-        caches[i][m] = loader_free[i] = start + setup.load_time(setup.sizes[m])
+        took = setup.load_time(setup.sizes[m]) + (0.0 if imported[i] else setup.ray_import_s)
+        imported[i] = True
+        caches[i][m] = loader_free[i] = start + took
+        heapq.heappush(reports, (loader_free[i] + rng.uniform(0, setup.ray_report_s), next(seq), i))
         st.loads += 1
-        st.served(t, workers.serve(i, caches[i][m]), False, setup)
+        serve(i, t, caches[i][m], False)
     return st
 
 
@@ -305,12 +360,24 @@ def main() -> None:
     ap.add_argument("--live-sizes", action="store_true",
                     help="models sized as bench/ray_multiplex.py's forests (by tree count, 30-147 MB), "
                          "not lognormal 20-400 MB")
+    ap.add_argument("--live-stream", action="store_true",
+                    help="replay bench/ray_multiplex.py's stream for --seed (its --models, --rate, "
+                         "--duration, --zipf), request for request")
+    ap.add_argument("--ray-report-s", type=float, default=0.1,
+                    help="multiplex: how often a Ray replica reports its models to the router "
+                         "(Ray's PUSH_MULTIPLEXED_MODEL_IDS_INTERVAL_S)")
+    ap.add_argument("--ray-import-s", type=float, default=1.0,
+                    help="multiplex: what a replica's first load adds (importing scikit-learn, "
+                         "measured live at about 1 s)")
+    ap.add_argument("--ray-draws", type=int, default=1,
+                    help="multiplex: run Ray's router this many times (its random choices drawn anew) "
+                         "and show the run with the median loads, with their range")
     ap.add_argument("--half-lives", type=float, nargs="*", default=[30.0, 300.0],
                     help="also run msm's engine with LRFU eviction at these request half-lives (s)")
     a = ap.parse_args()
     setup = Setup(a.models, a.instances, a.fit, a.zipf_s, a.rate, a.duration, a.warmup, a.workers,
                   a.service_ms, a.load_base_s, a.load_mb_s, a.seed, int(a.mem_buffer_mb * MB), a.shift_s,
-                  a.live_sizes)
+                  a.live_sizes, a.live_stream, a.ray_report_s, a.ray_import_s)
     setup.build()
     print(f"{a.models} models ({sum(setup.sizes) / MB / 1024:.1f} GiB), {a.instances} instances x "
           f"{setup.capacity / MB:.0f} MiB ({a.fit:.0%} fits), Zipf s={a.zipf_s}, {a.rate:g} req/s, "
@@ -320,17 +387,27 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs = [
         ("msm (LRFU eviction, half-life 60 s: the default)", lambda: run_msm(setup, EngineConfig())),
+        ("msm, LRFU eviction, cost-aware (cost_aware_eviction on)",
+         lambda: run_msm(setup, EngineConfig(cost_aware_eviction=True))),
         ("msm, LRU eviction (ModelMesh's)", lambda: run_msm(setup, EngineConfig(frequency_half_life_s=0))),
         ("msm (no idle scale-down)", lambda: run_msm(setup, EngineConfig(idle_scale_down=False))),
         *((f"msm, LRFU eviction (half-life {h:g} s)",
            lambda h=h: run_msm(setup, EngineConfig(frequency_half_life_s=h))) for h in a.half_lives),
         ("lru-hash", lambda: run_baseline(setup, "lru-hash")),
         ("random", lambda: run_baseline(setup, "random")),
-        ("multiplex (Ray Serve's, by count)", lambda: run_multiplex(setup)),
     ]
+    if a.ray_draws > 1:
+        runs.append((None, lambda: sorted((run_multiplex(setup, d) for d in range(a.ray_draws)),
+                                          key=lambda st: st.loads)))
+    else:
+        runs.append(("multiplex (Ray Serve's, by count)", lambda: run_multiplex(setup)))
     for name, fn in runs:
         started = time.perf_counter()
         st = fn()
+        if isinstance(st, list):  # Ray's router drawn a.ray_draws times: the median run, and the range
+            name = (f"multiplex (Ray Serve's, by count; median of {len(st)} draws, loads "
+                    f"{st[0].loads}-{st[-1].loads})")
+            st = st[len(st) // 2]
         print(st.row(name, time.perf_counter() - started), flush=True)
 
 

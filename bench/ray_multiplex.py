@@ -469,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     p.add_argument("--samples", type=Path, default=None,
                    help="write every answered request here (CSV: cost, system, sent at s, model, latency ms)")
+    p.add_argument("--ray-replicas", type=Path, default=None,
+                   help="write which Ray replica answered each request here (CSV: cost, sent at s, "
+                        "model, replica pid), for bench/placement_zipf.py --ray-routing")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
     args = p.parse_args(argv)
     if args.setup_ray:
@@ -505,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in results:
                 f.writelines(f"{r.cost},{r.system},{at:.4f},{m},{lat * 1000:.2f}\n"
                              for at, m, lat in r.samples)
+    if args.ray_replicas:
+        with args.ray_replicas.open("w") as f:
+            f.write("cost,sent_s,model,replica\n")
+            for r in results:
+                start = min((at for at, _, _ in r.served), default=0.0)
+                f.writelines(f"{r.cost},{at - start:.4f},{m},{pid}\n" for at, m, pid in sorted(r.served))
     out = table(results, probs, per_replica, args)
     cmd = "python bench/ray_multiplex.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + out + f"\n\n`{cmd.strip()}`")

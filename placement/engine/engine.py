@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -90,6 +91,8 @@ class Engine:
         self.models: dict[str, ModelState] = {}
         self._owner: dict[str, str] = {}  # revision -> model name
         self._measured: dict[str, int] = {}  # revision -> size reported by a load
+        self._load_s: dict[str, float] = {}  # revision -> its fastest load's seconds (eviction)
+        self._typical_load_s: float | None = None  # their median, for copies never measured (lazy)
         self._pending: list[Action] = []  # decided between ticks (e.g. unload a late load)
         self._dirty: set[str] = set()  # models to re-examine at the next tick
         # runtime -> models whose must-happen copy found no room: retried when room may have
@@ -278,6 +281,13 @@ class Engine:
         if size_bytes > 0:
             c.size_bytes, c.measured = size_bytes, True
             self._measured[revision] = size_bytes
+        if c.started_at is not None and cache.loads_done:
+            # the fastest load seen is the model's own cost: queueing and contention only add
+            # to it, and an instance's first load also imports its runtime's framework
+            took = now - c.started_at
+            self._load_s[revision] = min(took, self._load_s.get(revision, took))
+            self._typical_load_s = None
+        cache.loads_done += 1
         c.phase, c.ready_at = Phase.READY, now  # evictable (after min_cache_s): room for a blocked copy?
         self._release_blocked(cache.info.runtime)
         rs = self._rev(revision)
@@ -594,14 +604,36 @@ class Engine:
             rs.want = min(rs.want, len(rs.copies))
 
     def _eviction_score(self, now: float) -> Callable[[CachedCopy], float] | None:
-        """LRFU: a copy's model's decayed request count (None: plain LRU order)."""
+        """What keeping a copy is worth; lowest goes first (None: plain LRU order).
+
+        LRFU: its model's decayed request count. With ``cost_aware_eviction``, per byte and
+        weighed by what a miss of it costs (GreedyDual-Size-Frequency, Cherkasova 1998): the
+        requests a byte of cache saves a miss for, times the miss's seconds (its fastest load
+        seen, plus ``miss_overhead_s`` for the cold path around every load). Among models that
+        load in about the same time this keeps the small ones a big one would displace; where
+        loads take long in proportion to size, the count alone decides."""
         if not self.config.frequency_half_life_s:
             return None
+        cost_aware = self.config.cost_aware_eviction
+        overhead = self.config.miss_overhead_s
+        measured = self._load_s
 
         def score(c: CachedCopy) -> float:
             ms = self.models.get(c.model) if c.model else None
-            return ms.frequency.at(now) if ms is not None and ms.frequency is not None else 0.0
+            count = ms.frequency.at(now) if ms is not None and ms.frequency is not None else 0.0
+            if not cost_aware:
+                return count
+            load_s = measured.get(c.revision)
+            if load_s is None:
+                load_s = self._typical_load()
+            return count * (load_s + overhead) / max(c.size_bytes, 1)
         return score
+
+    def _typical_load(self) -> float:
+        """The median of the measured loads (0 when none was): a never-measured copy's cost."""
+        if self._typical_load_s is None:
+            self._typical_load_s = statistics.median(self._load_s.values()) if self._load_s else 0.0
+        return self._typical_load_s
 
     def _protected(self, c: CachedCopy) -> bool:
         """Evicting it would take its revision below ``min_copies``."""
@@ -718,6 +750,8 @@ class Engine:
                 # LOADING: unloaded when its result comes (load_succeeded sees it retired)
             if not rs.copies:
                 del ms.revisions[rev]
+                if self._load_s.pop(rev, None) is not None:
+                    self._typical_load_s = None
                 self._retiring.discard((name, rev))
                 if self._owner.get(rev) == name:
                     del self._owner[rev]

@@ -53,6 +53,7 @@ class InstanceCache:
     info: InstanceInfo
     copies: dict[str, CachedCopy] = field(default_factory=dict)  # revision -> copy
     rate: RateTracker = field(default_factory=RateTracker)
+    loads_done: int = 0  # loads that succeeded here (the first one also warms the runtime up)
 
     @property
     def id(self) -> str:

@@ -116,6 +116,13 @@ class EngineConfig:
     # lately); 0 or None = least recently used first (ModelMesh's and Ray Serve's LRU). See
     # docs/placement.md for the simulations that chose 60 s.
     frequency_half_life_s: float | None = 60.0
+    # with LRFU, True = rank copies by score x what a miss costs / their bytes (GDSF): fewer loads
+    # where loads cost about the same, but the misses left are the big, slow models (measured in
+    # docs/placement.md: 2-13 % fewer loads, a p99 1-3 ms higher); False = the score alone
+    cost_aware_eviction: bool = False
+    # what every miss costs beside its load: the activator's hop and the replay (about 9 ms
+    # measured, docs/benchmarks.md), the same for a small model and a big one
+    miss_overhead_s: float = 0.01
     # a copy that just became ready is not evicted for this long: the requests that waited for it
     # are still being replayed, and the gateway's request counts for it arrive ~1 s late
     min_cache_s: float = 2.0

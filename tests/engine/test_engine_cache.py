@@ -89,6 +89,67 @@ def test_lrfu_forgets_old_popularity_by_its_half_life() -> None:
     assert h.unloads(h.tick()) == [("i0", "b__isvc-a")]
 
 
+def _load(h: Harness, name: str, took_s: float) -> None:
+    """Ask for ``name`` and complete its load ``took_s`` later on the engine's clock."""
+    h.engine.request_for_cold_model(name)
+    (iid, rev), = h.loads(h.tick())
+    h.clock.advance(took_s)
+    h.succeed(iid, rev)
+
+
+def _two_used_alike_then_new(h: Harness, first: tuple[str, float], second: tuple[str, float]) -> None:
+    """A warm-up load, then ``first`` and ``second`` (name, load seconds) loaded and asked for
+    equally often, ``first`` a little more lately; then ``new`` needs the room of one of them."""
+    _load(h, "warm", 0.1)  # an instance's first load also warms its runtime up: not measured
+    h.engine.record_requests("warm", 50)
+    _load(h, *second)
+    _load(h, *first)
+    for name in (second[0], first[0]):
+        h.engine.record_requests(name, 5)
+        h.clock.advance(1)
+    h.engine.request_for_cold_model("new")
+
+
+def test_cost_aware_eviction_gives_up_one_big_model_before_a_small_one_used_as_often() -> None:
+    for cost_aware, victim in ((True, "big"), (False, "small")):
+        h = Harness(EngineConfig(cost_aware_eviction=cost_aware))
+        h.up("i0", capacity_mb=400)
+        h.engine.set_desired([model("warm"), model("big", size_mb=200), model("small"),
+                              model("new", size_mb=100)])
+        _two_used_alike_then_new(h, ("big", 0.1), ("small", 0.1))
+        # per byte big is worth half of small: it goes, though small was used less lately
+        assert h.unloads(h.tick()) == [("i0", f"{victim}__isvc-a")], cost_aware
+
+
+def test_cost_aware_eviction_keeps_the_model_whose_load_took_longer() -> None:
+    h = Harness(EngineConfig(cost_aware_eviction=True))
+    h.up("i0", capacity_mb=300)
+    h.engine.set_desired([model(n) for n in ("warm", "slow", "quick", "new")])
+    _two_used_alike_then_new(h, ("quick", 0.1), ("slow", 2.0))
+    assert h.unloads(h.tick()) == [("i0", "quick__isvc-a")]
+
+
+def test_an_instances_first_load_does_not_count_as_the_models_cost() -> None:
+    """The first load on an instance imports the runtime's framework: a model that happened to
+    come first would otherwise look costly to reload and hold its place for good."""
+    h = Harness(EngineConfig(cost_aware_eviction=True))
+    h.up("i0", capacity_mb=200)
+    h.engine.set_desired([model(n) for n in ("first", "later", "new")])
+    _load(h, "first", 5.0)
+    _load(h, "later", 0.1)
+    h.engine.record_requests("first", 5)
+    h.clock.advance(1)
+    h.engine.record_requests("later", 5)
+    h.clock.advance(1)
+    h.engine.request_for_cold_model("new")
+    # first costs the typical load (0.1 s), not its 5 s, and was used less lately: it goes
+    assert h.unloads(h.tick()) == [("i0", "first__isvc-a")]
+
+
+def test_cost_aware_eviction_is_off_by_default() -> None:
+    assert not EngineConfig().cost_aware_eviction
+
+
 def test_lrfu_is_the_default() -> None:
     assert EngineConfig().frequency_half_life_s == 60.0
 
