@@ -212,7 +212,7 @@ def run_multiplex(setup: Setup, draw: int = 0) -> Stats:
 
     Where a request goes is Ray 2.60's router (``ray/serve/_private/request_router``): to a
     replica the router believes holds its model, else to one of those it believes hold the fewest
-    models; among the candidates, power of two choices by queue (ties at random). The router
+    models; among the candidates, power of two choices by ongoing requests (ties at random). The router
     learns what a replica holds only from the replica's reports, which its event loop pushes every
     ``--ray-report-s`` and which a blocking load holds back (the first load on a replica also
     imports scikit-learn, ``--ray-import-s``). A hot model asked for again before its first load
