@@ -273,6 +273,16 @@ def run_multiplex(setup: Setup, draw: int = 0) -> Stats:
     return st
 
 
+def run_multiplex_draws(setup: Setup, draws: int) -> tuple[str, Stats]:
+    """Ray's router run ``draws`` times, its random choices drawn anew: the run with the median
+    loads, named with their range."""
+    if draws <= 1:
+        return "multiplex (Ray Serve's, by count)", run_multiplex(setup)
+    stats = sorted((run_multiplex(setup, d) for d in range(draws)), key=lambda st: st.loads)
+    return (f"multiplex (Ray Serve's, by count; median of {draws} draws, loads "
+            f"{stats[0].loads}-{stats[-1].loads})", stats[len(stats) // 2])
+
+
 def run_msm(setup: Setup, config: EngineConfig) -> Stats:
     st = Stats()
     clock = FakeClock(0.0)
@@ -396,19 +406,13 @@ def main() -> None:
         ("lru-hash", lambda: run_baseline(setup, "lru-hash")),
         ("random", lambda: run_baseline(setup, "random")),
     ]
-    if a.ray_draws > 1:
-        runs.append((None, lambda: sorted((run_multiplex(setup, d) for d in range(a.ray_draws)),
-                                          key=lambda st: st.loads)))
-    else:
-        runs.append(("multiplex (Ray Serve's, by count)", lambda: run_multiplex(setup)))
     for name, fn in runs:
         started = time.perf_counter()
         st = fn()
-        if isinstance(st, list):  # Ray's router drawn a.ray_draws times: the median run, and the range
-            name = (f"multiplex (Ray Serve's, by count; median of {len(st)} draws, loads "
-                    f"{st[0].loads}-{st[-1].loads})")
-            st = st[len(st) // 2]
         print(st.row(name, time.perf_counter() - started), flush=True)
+    started = time.perf_counter()
+    name, st = run_multiplex_draws(setup, a.ray_draws)
+    print(st.row(name, time.perf_counter() - started), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,23 +126,45 @@ class Result:
         return quantile([lat for at, _, lat in self.samples if at >= after_s], q)
 
 
-def second_replica_loads(served: list[tuple[float, str, int]], per_replica: int) -> tuple[int, int]:
+@dataclass
+class ReplicaReplay:
+    """Ray's run replayed from which replica answered each request (``second_replica_loads``)."""
+
+    loads: int
+    held_elsewhere: int  # loads of a model another replica held at that moment
+    first_doubles: list[tuple[float, str, int]]  # the first of those: (s from the first send, model, rank)
+    doubled_slots: float  # slots holding a model's second copy, averaged over the run
+
+
+def second_replica_loads(served: list[tuple[float, str, int]], per_replica: int) -> ReplicaReplay:
     """Ray's loads replayed from which replica answered each request, in the order they were
-    sent, each replica an LRU of ``per_replica`` models (as ``@serve.multiplexed``): (loads, of
-    them loads of a model another replica held at that moment)."""
+    sent, each replica an LRU of ``per_replica`` models (as ``@serve.multiplexed``). A model loaded
+    where another replica holds it takes a second slot, which stays while both get requests."""
+    ranked = Counter(model for _, model, _ in served)
+    rank = {model: i + 1 for i, (model, _) in enumerate(ranked.most_common())}
     caches: dict[int, OrderedDict[str, None]] = {}
     loads = held_elsewhere = 0
-    for _, model, replica in sorted(served):
+    doubles: list[tuple[float, str, int]] = []
+    slot_seconds, start, last = 0.0, None, None
+    for at, model, replica in sorted(served):
+        start = at if start is None else start
+        if last is not None:  # models held by more than one replica since the last request
+            held = Counter(m for c in caches.values() for m in c)
+            slot_seconds += (at - last) * sum(n - 1 for n in held.values())
+        last = at
         cache = caches.setdefault(replica, OrderedDict())
         if model in cache:
             cache.move_to_end(model)
             continue
         loads += 1
-        held_elsewhere += any(model in c for r, c in caches.items() if r != replica)
+        if any(model in c for r, c in caches.items() if r != replica):
+            held_elsewhere += 1
+            doubles.append((at - start, model, rank[model]))
         cache[model] = None
         if len(cache) > per_replica:
             cache.popitem(last=False)
-    return loads, held_elsewhere
+    span = (last - start) if start is not None and last is not None and last > start else 1.0
+    return ReplicaReplay(loads, held_elsewhere, doubles[:4], slot_seconds / span)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -398,10 +420,13 @@ def table(results: list[Result], probs: list[float], per_replica: int, args: arg
                      f"| {r.rss_bytes / 1e9:.1f} GB |")
     for r in results:
         if r.served:
-            loads, elsewhere = second_replica_loads(r.served, per_replica)
+            rp = second_replica_loads(r.served, per_replica)
+            first = ", ".join(f"{m} (rank {k}) at {t:.1f} s" for t, m, k in rp.first_doubles)
             lines += ["", f"{r.cost}: Ray's loads replayed from which replica answered each request "
-                      f"(in send order, each replica an LRU of {per_replica}): {loads:,} (it counted "
-                      f"{r.loads:,}); {elsewhere:,} of them of a model the other replica held then."]
+                      f"(in send order, each replica an LRU of {per_replica}): {rp.loads:,} (it counted "
+                      f"{r.loads:,}); {rp.held_elsewhere:,} of them of a model another replica held then"
+                      + (f", the first {first}" if first else "") + f". A second copy held "
+                      f"{rp.doubled_slots:.1f} of the {per_replica * args.replicas} slots on average."]
     cold = [r for r in results if r.cold]
     if cold:
         lines += ["", "msm's cold path (its histograms; median from the buckets, mean): the runtime's "
@@ -471,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="write every answered request here (CSV: cost, system, sent at s, model, latency ms)")
     p.add_argument("--ray-replicas", type=Path, default=None,
                    help="write which Ray replica answered each request here (CSV: cost, sent at s, "
-                        "model, replica pid), for bench/placement_zipf.py --ray-routing")
+                        "model, replica pid)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
     args = p.parse_args(argv)
     if args.setup_ray:

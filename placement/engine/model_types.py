@@ -120,8 +120,8 @@ class EngineConfig:
     # where loads cost about the same, but the misses left are the big, slow models (measured in
     # docs/placement.md: 2-13 % fewer loads, a p99 1-3 ms higher); False = the score alone
     cost_aware_eviction: bool = False
-    # what every miss costs beside its load: the activator's hop and the replay (about 9 ms
-    # measured, docs/benchmarks.md), the same for a small model and a big one
+    # with cost_aware_eviction: what every miss costs beside its load, the activator's hop and
+    # the replay (about 9 ms measured, docs/benchmarks.md), the same for a small model and a big one
     miss_overhead_s: float = 0.01
     # a copy that just became ready is not evicted for this long: the requests that waited for it
     # are still being replayed, and the gateway's request counts for it arrive ~1 s late
